@@ -1,0 +1,1 @@
+//! Quantized convolution (filled in by the conv work).

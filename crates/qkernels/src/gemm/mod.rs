@@ -1,0 +1,1 @@
+//! u8 x s8 GEMM (filled in by the GEMM work).

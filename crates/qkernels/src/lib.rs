@@ -1,0 +1,12 @@
+//! # qkernels
+//!
+//! int8 math for qforge, usable on its own: u8 x s8 GEMM with i32 accumulation and fused
+//! epilogues, convolution, pooling and element-wise kernels. Every operation has a portable
+//! reference (the oracle) and SIMD paths chosen at run time that produce identical integers.
+
+pub mod conv;
+pub mod eltwise;
+mod error;
+pub mod gemm;
+
+pub use error::{KernelError, Result};
