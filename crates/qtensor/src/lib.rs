@@ -17,7 +17,7 @@
 //! let spec = QuantSpec::new(DType::QUInt8, Scheme::Affine);
 //! let (scale, zero_point) = spec.qparams_from_range(min, max).unwrap();
 //! let q = QTensor::quantize(&x, DType::QUInt8, QParams::per_tensor(scale, zero_point, DType::QUInt8).unwrap()).unwrap();
-//! assert_eq!(q.int_repr(), vec![0, 85, 128, 255]);
+//! assert_eq!(q.int_repr(), vec![0, 85, 127, 255]);
 //! let back = q.dequantize().unwrap();
 //! assert!((back.data()[3] - 2.0).abs() <= scale / 2.0);
 //! ```

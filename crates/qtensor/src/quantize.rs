@@ -83,7 +83,7 @@ pub fn quantize_one(x: f32, inv_scale: f32, zero_point: i32, qmin: i32, qmax: i3
             };
             (r + zero_point as i64) as i32
         }
-        Overflow::Fbgemm if qmax - qmin <= 255 => {
+        Overflow::Fbgemm if (qmax as i64 - qmin as i64) <= 255 => {
             let capped = if t.is_nan() || t > FBGEMM_CAP { FBGEMM_CAP } else { t };
             let r = if capped < -2_147_483_648.0 {
                 i32::MIN
