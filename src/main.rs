@@ -46,10 +46,7 @@ fn demo() -> Result<(), qtensor::QError> {
         println!("{dtype} {scheme:?}: scale {scale:.6}, zero point {zp}");
         println!("  x      {:?}", x.data());
         println!("  q      {:?}", q.int_repr());
-        println!(
-            "  max |x - dequantize(q)| = {err:.6} (<= scale / 2 = {:.6})",
-            scale / 2.0
-        );
+        println!("  max |x - dequantize(q)| = {err:.6}");
     }
     Ok(())
 }

@@ -24,6 +24,7 @@
 
 mod dtype;
 mod error;
+pub mod fake_quant;
 pub mod qparams;
 mod qtensor;
 pub mod quantize;

@@ -190,3 +190,40 @@ fn minmax_observer_qparams_match_pytorch() {
     }
     assert!(checked >= 8, "only {checked} MinMax cases");
 }
+
+#[test]
+fn fake_quantize_matches_pytorch() {
+    use qtensor::fake_quant::{fake_quantize_per_channel, straight_through, FakeQuant};
+    let suite = Suite::load("fake_quant");
+    let mut checked = 0;
+    for case in &suite.cases {
+        let qmin = case["quant_min"].as_i64().unwrap() as i32;
+        let qmax = case["quant_max"].as_i64().unwrap() as i32;
+        let (shape, x) = suite.f32s(case, "x");
+        let (_, expected) = suite.f32s(case, "y");
+        let mut y = vec![0f32; x.len()];
+        let mut mask = vec![false; x.len()];
+        if case["op"] == "fake_quantize_per_tensor_affine" {
+            let scale = case["scale"].as_f64().unwrap() as f32;
+            let fq = FakeQuant::new(scale, case["zero_point"].as_i64().unwrap() as i32, qmin, qmax).unwrap();
+            fq.forward(&x, &mut y, &mut mask).unwrap();
+            // The reference gradient is d(sum y)/dx: ones through the mask.
+            let (_, grad) = suite.f32s(case, "grad_x");
+            assert_eq!(straight_through(&vec![1.0; x.len()], &mask), grad, "{case}");
+            assert!(mask.iter().any(|m| !m), "the case should exercise the clamp");
+        } else {
+            let (_, scales) = suite.f32s(case, "scales");
+            let zps = suite.ints(case, "zero_points");
+            let params: Vec<FakeQuant> = scales
+                .iter()
+                .zip(&zps)
+                .map(|(&s, &z)| FakeQuant::new(s, z, qmin, qmax).unwrap())
+                .collect();
+            let axis = case["axis"].as_u64().unwrap() as usize;
+            fake_quantize_per_channel(&x, &shape, axis, &params, &mut y, &mut mask).unwrap();
+        }
+        assert_eq!(bits(&y), bits(&expected), "{case}");
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
