@@ -1,1 +1,10 @@
-//! placeholder
+//! # qapi
+//!
+//! The entry points of qforge: dynamic quantization, static post-training quantization and
+//! quantization-aware training, quantized model files, and reports of what was quantized.
+
+mod error;
+pub mod file;
+
+pub use error::{ApiError, Result};
+pub use file::{ModelFile, StoredTensor, FORMAT_VERSION};
