@@ -90,7 +90,7 @@ fn rewrite_metadata(key: &str, value: Option<&str>) -> Vec<u8> {
         None => meta.remove(key),
     };
     let mut text = serde_json::to_vec(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
