@@ -1,8 +1,11 @@
-//! Project tasks: `cargo xtask test`, `cargo xtask bench [SUITE] [--json FILE]`.
+//! Project tasks: `cargo xtask test`, `cargo xtask bench [SUITE] [--json FILE]`,
+//! `cargo xtask fetch-models`.
 //!
 //! Benchmark suites live next to the code they measure as release-mode examples
 //! (`crates/<crate>/examples/bench_<suite>.rs`); this runner builds and runs them and forwards
 //! `--json FILE` so every suite writes the same JSON-lines format.
+
+mod fetch;
 
 use std::process::{Command, ExitCode};
 
@@ -18,8 +21,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("fetch-models") => fetch::fetch_models().map(|dir| eprintln!("models in {}", dir.display())),
         _ => {
-            eprintln!("usage: cargo xtask test [cargo test args]\n       cargo xtask bench [SUITE ...] [--json FILE]\nsuites: {}", suite_names());
+            eprintln!("usage: cargo xtask test [cargo test args]\n       cargo xtask fetch-models\n       cargo xtask bench [SUITE ...] [--json FILE]\nsuites: {}", suite_names());
             return ExitCode::from(2);
         }
     };
@@ -49,10 +53,18 @@ fn run(mut cmd: Command) -> Result<(), String> {
     }
 }
 
-/// Runs every test of the workspace (unit, integration and doc tests).
+/// Fetches the real models, then runs every test of the workspace (unit, integration and doc
+/// tests). Tests that need a model read `QFORGE_MODELS`; `QFORGE_REQUIRE_MODELS=1` tells them the
+/// models were fetched, so a missing file is a failure rather than a skip.
 fn test(extra: &[String]) -> Result<(), String> {
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]).args(extra);
+    match fetch::fetch_models() {
+        Ok(dir) => {
+            cmd.env("QFORGE_MODELS", dir).env("QFORGE_REQUIRE_MODELS", "1");
+        }
+        Err(e) => eprintln!("warning: models not fetched ({e}); tests that need them will be skipped"),
+    }
     run(cmd)
 }
 
