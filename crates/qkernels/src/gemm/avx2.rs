@@ -148,7 +148,7 @@ pub(crate) unsafe fn finish_row_avx2(plan: &EpiloguePlan, i: usize, j0: usize, a
                 let ws = _mm256_loadu_ps(w_scales.as_ptr().add(j));
                 let scale = _mm256_mul_ps(_mm256_set1_ps(plan.a_scale.get(i)), ws);
                 let b = _mm256_loadu_ps(bias.as_ptr().add(j));
-                let mut y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(c), scale), b);
+                let mut y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), scale, b);
                 if *relu {
                     y = _mm256_max_ps(y, _mm256_setzero_ps());
                 }

@@ -29,7 +29,7 @@ impl BlockKernel for Avx512Vnni {
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: Range<usize>, cols: Range<usize>) {
     let k = w.k();
     let mut tile = Tile([[0; NR]; MR]);
@@ -125,7 +125,7 @@ unsafe fn microkernel<const R: usize, const P: usize>(
 /// The epilogue of [`EpiloguePlan::finish_row`], 16 lanes at a time.
 ///
 /// Safety: as `finish_row`; the CPU has AVX-512 F/BW/VL.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 pub(crate) unsafe fn finish_row_avx512(plan: &EpiloguePlan, i: usize, j0: usize, acc: &[i32]) {
     let a_zp = _mm512_set1_epi32(plan.a_zp.get(i));
     let row_sum = _mm512_set1_epi32(plan.row_sum(i));
@@ -173,7 +173,7 @@ pub(crate) unsafe fn finish_row_avx512(plan: &EpiloguePlan, i: usize, j0: usize,
                 let ws = _mm512_maskz_loadu_ps(mask, w_scales.as_ptr().add(j));
                 let scale = _mm512_mul_ps(_mm512_set1_ps(plan.a_scale.get(i)), ws);
                 let b = _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(j));
-                let mut y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c), scale), b);
+                let mut y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), scale, b);
                 if *relu {
                     y = _mm512_max_ps(y, _mm512_setzero_ps());
                 }
