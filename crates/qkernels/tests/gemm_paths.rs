@@ -33,7 +33,7 @@ struct Case {
 fn case() -> impl Strategy<Value = Case> {
     (
         1usize..24,
-        prop_oneof![1usize..80, 60usize..300],
+        prop_oneof![1usize..80, 60usize..300, 500usize..1100],
         1usize..70,
         any::<u64>(),
         0u8..5,
