@@ -400,7 +400,8 @@ pub(crate) fn requantize_one(c: i32, bias_term: f32, multiplier: f32, zero_point
 #[inline]
 pub(crate) fn dequantize_one(c: i32, scale: f32, bias: f32, relu: bool) -> f32 {
     let y = (c as f32).mul_add(scale, bias);
-    if relu && !(y > 0.0) {
+    // NaN and -0.0 both become +0.0, as `vmaxps(y, 0)` returns its second operand for them.
+    if relu && y.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         0.0
     } else {
         y
