@@ -7,10 +7,9 @@
 //! `--path NAME` measures a single path.
 
 use qkernels::gemm::{
-    available_paths, best_path, gemm_u8s8, ActivationQuant, Dequantize, Epilogue, GemmConfig, GemmOutput, KernelPath,
-    PackedWeights, Requantize, WeightQuant,
+    available_paths, best_path, gemm_u8s8, quantize_dynamic_per_tensor, ActivationQuant, Dequantize, Epilogue,
+    GemmConfig, GemmOutput, KernelPath, PackedWeights, Requantize, WeightQuant,
 };
-use qtensor::quantize::{quantize_into, Affine};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -134,10 +133,7 @@ fn main() {
                 });
                 let t_dynamic = pool.install(|| {
                     median_ns(|| {
-                        let (lo, hi) = qtensor::min_max(&xf);
-                        let (scale, zp) = qtensor::choose_dynamic_qparams(lo, hi, 0, 255, true).unwrap();
-                        let affine = Affine::new(scale, zp, qtensor::DType::QUInt8).unwrap();
-                        quantize_into(&xf, &mut xbuf, &affine).unwrap();
+                        let (scale, zp) = quantize_dynamic_per_tensor(&xf, &mut xbuf, true).unwrap();
                         let act = ActivationQuant::PerTensor { scale, zero_point: zp };
                         gemm_u8s8(&xbuf, m, &act, &packed, &dynamic, GemmOutput::F32(&mut out_f32), &cfg).unwrap();
                     })
