@@ -5,7 +5,7 @@
 //! [`qtensor::QuantSpec::qparams_from_range`] (PyTorch `_calculate_qparams`).
 
 mod entropy;
-mod histogram;
+pub mod histogram;
 mod minmax;
 mod moving_average;
 mod moving_average_per_channel;
