@@ -1,0 +1,76 @@
+//! Element-wise activations and Softmax, with PyTorch's definitions:
+//! ReLU6 `min(max(x, 0), 6)`, Hardswish `x * relu6(x + 3) / 6`, SiLU `x * sigmoid(x)`,
+//! GELU `0.5 x (1 + erf(x / sqrt 2))` or its tanh form, Softmax `exp(x - max) / sum`.
+
+use qtensor::Tensor;
+
+use crate::op::GeluApprox;
+
+/// Applies `f` to every element.
+pub fn map(x: &Tensor, f: impl Fn(f32) -> f32) -> Tensor {
+    let mut y = x.clone();
+    y.data_mut().iter_mut().for_each(|v| *v = f(*v));
+    y
+}
+
+pub fn relu(x: f32) -> f32 {
+    x.max(0.0)
+}
+
+pub fn relu6(x: f32) -> f32 {
+    x.clamp(0.0, 6.0)
+}
+
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+pub fn silu(x: f32) -> f32 {
+    x * sigmoid(x)
+}
+
+pub fn hardswish(x: f32) -> f32 {
+    x * (x + 3.0).clamp(0.0, 6.0) / 6.0
+}
+
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+pub fn gelu_tanh(x: f32) -> f32 {
+    let k = (2.0f32 / std::f32::consts::PI).sqrt();
+    0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
+}
+
+pub fn gelu(x: &Tensor, approx: GeluApprox) -> Tensor {
+    match approx {
+        GeluApprox::Erf => map(x, gelu_erf),
+        GeluApprox::Tanh => map(x, gelu_tanh),
+    }
+}
+
+/// Softmax along axis `dim` (already normalized to `0..rank`).
+pub fn softmax(x: &Tensor, dim: usize) -> Tensor {
+    let shape = x.shape();
+    let len = shape[dim];
+    let inner: usize = shape[dim + 1..].iter().product();
+    let outer: usize = shape[..dim].iter().product();
+    let mut y = x.clone();
+    let data = y.data_mut();
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| (o * len + k) * inner + i;
+            let max = (0..len).map(|k| data[at(k)]).fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for k in 0..len {
+                let e = (data[at(k)] - max).exp();
+                data[at(k)] = e;
+                sum += e;
+            }
+            for k in 0..len {
+                data[at(k)] /= sum;
+            }
+        }
+    }
+    y
+}
