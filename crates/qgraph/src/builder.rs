@@ -55,7 +55,9 @@ impl GraphBuilder {
 
     /// Chains `layers` after `x`, returning the last output.
     pub fn sequential(&mut self, x: NodeId, layers: Vec<(&str, Op)>) -> NodeId {
-        layers.into_iter().fold(x, |prev, (name, op)| self.node(name, op, &[prev]))
+        layers
+            .into_iter()
+            .fold(x, |prev, (name, op)| self.node(name, op, &[prev]))
     }
 
     /// Marks `x` as a graph output (in call order).

@@ -73,7 +73,10 @@ impl Graph {
 }
 
 fn check_input(node: &Node, declared: &[usize], ty: ValueType, v: &Value) -> Result<()> {
-    let ok_type = matches!((ty, v), (ValueType::F32, Value::F32(_)) | (ValueType::I64, Value::I64(_)));
+    let ok_type = matches!(
+        (ty, v),
+        (ValueType::F32, Value::F32(_)) | (ValueType::I64, Value::I64(_))
+    );
     if !ok_type {
         return Err(GraphError::InputValue {
             input: node.name.clone(),
@@ -85,7 +88,12 @@ fn check_input(node: &Node, declared: &[usize], ty: ValueType, v: &Value) -> Res
     if v.shape().len() != declared.len() {
         return Err(GraphError::InputValue {
             input: node.name.clone(),
-            message: format!("got rank {} (shape {:?}), the graph declares rank {} ({declared:?})", v.shape().len(), v.shape(), declared.len()),
+            message: format!(
+                "got rank {} (shape {:?}), the graph declares rank {} ({declared:?})",
+                v.shape().len(),
+                v.shape(),
+                declared.len()
+            ),
         });
     }
     Ok(())

@@ -85,7 +85,11 @@ impl Graph {
             };
             let ids = group
                 .iter()
-                .map(|n| self.find(n).map(|id| id.0).ok_or_else(|| GraphError::UnknownNode { name: n.to_string() }))
+                .map(|n| {
+                    self.find(n)
+                        .map(|id| id.0)
+                        .ok_or_else(|| GraphError::UnknownNode { name: n.to_string() })
+                })
                 .collect::<Result<Vec<_>>>()?;
             let kinds: Vec<OpKind> = ids.iter().map(|&i| self.nodes[i].op.kind()).collect();
             if !PATTERNS.contains(&kinds.as_slice()) {
@@ -220,7 +224,12 @@ pub fn fold_batch_norm(head: &mut Node, bn_node: &Node, bn: &BatchNormAttrs) -> 
             })
         }
     };
-    let out_channels = head.op.param_shapes().iter().find(|(n, _)| n == "bias").map(|(_, s)| s[0]);
+    let out_channels = head
+        .op
+        .param_shapes()
+        .iter()
+        .find(|(n, _)| n == "bias")
+        .map(|(_, s)| s[0]);
     if out_channels != Some(channels) {
         return Err(GraphError::Fusion {
             nodes: vec![head.name.clone(), bn_node.name.clone()],
@@ -233,7 +242,11 @@ pub fn fold_batch_norm(head: &mut Node, bn_node: &Node, bn: &BatchNormAttrs) -> 
         .enumerate()
         .map(|(i, &v)| v * scale[channel_of(i)])
         .collect();
-    let b_old = head.params.get("bias").map(|t| t.data().to_vec()).unwrap_or(vec![0.0; channels]);
+    let b_old = head
+        .params
+        .get("bias")
+        .map(|t| t.data().to_vec())
+        .unwrap_or(vec![0.0; channels]);
     let b: Vec<f32> = (0..channels)
         .map(|c| {
             if is_linear {

@@ -161,7 +161,10 @@ impl Graph {
             }
             for input in &n.inputs {
                 if input.0 >= i {
-                    let input_name = self.nodes.get(input.0).map_or(format!("#{}", input.0), |m| m.name.clone());
+                    let input_name = self
+                        .nodes
+                        .get(input.0)
+                        .map_or(format!("#{}", input.0), |m| m.name.clone());
                     return Err(if input.0 < self.nodes.len() {
                         GraphError::Cycle { node: n.name.clone() }
                     } else {
@@ -324,9 +327,12 @@ pub(crate) fn default_params(op: &Op) -> BTreeMap<String, Tensor> {
         .into_iter()
         .map(|(name, shape)| {
             let one = matches!(op, Op::BatchNorm(_) | Op::LayerNorm(_)) && (name == "weight" || name == "running_var");
-            let t = if one { Tensor::full(shape, 1.0) } else { Tensor::zeros(shape) };
+            let t = if one {
+                Tensor::full(shape, 1.0)
+            } else {
+                Tensor::zeros(shape)
+            };
             (name, t)
         })
         .collect()
 }
-

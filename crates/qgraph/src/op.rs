@@ -217,13 +217,19 @@ pub trait CustomOp: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone)]
 pub enum Op {
     /// A graph input of the given example shape.
-    Input { shape: Vec<usize>, ty: ValueType },
+    Input {
+        shape: Vec<usize>,
+        ty: ValueType,
+    },
     Linear(LinearAttrs),
     Conv2d(Conv2dAttrs),
     ConvTranspose2d(ConvTranspose2dAttrs),
     BatchNorm(BatchNormAttrs),
     LayerNorm(LayerNormAttrs),
-    Embedding { num_embeddings: usize, embedding_dim: usize },
+    Embedding {
+        num_embeddings: usize,
+        embedding_dim: usize,
+    },
     Relu,
     Relu6,
     Gelu(GeluApprox),
@@ -232,24 +238,42 @@ pub enum Op {
     Sigmoid,
     Tanh,
     /// Softmax along `dim` (negative counts from the end).
-    Softmax { dim: isize },
+    Softmax {
+        dim: isize,
+    },
     MaxPool2d(Pool2dAttrs),
     AvgPool2d(Pool2dAttrs),
-    AdaptiveAvgPool2d { output: [usize; 2] },
-    Upsample { scale: [usize; 2], mode: UpsampleMode },
+    AdaptiveAvgPool2d {
+        output: [usize; 2],
+    },
+    Upsample {
+        scale: [usize; 2],
+        mode: UpsampleMode,
+    },
     /// Element-wise sum with NumPy broadcasting.
     Add,
     /// Element-wise product with NumPy broadcasting.
     Mul,
-    Cat { dim: isize },
-    Flatten { start_dim: isize, end_dim: isize },
+    Cat {
+        dim: isize,
+    },
+    Flatten {
+        start_dim: isize,
+        end_dim: isize,
+    },
     /// Reshape; one entry may be -1.
-    Reshape { shape: Vec<isize> },
-    Permute { dims: Vec<usize> },
+    Reshape {
+        shape: Vec<isize>,
+    },
+    Permute {
+        dims: Vec<usize>,
+    },
     /// Batched matrix product with broadcast batch dimensions (`torch.matmul` for rank >= 2).
     MatMul,
     /// Identity at inference.
-    Dropout { p: f32 },
+    Dropout {
+        p: f32,
+    },
     Lstm(RnnAttrs),
     Gru(RnnAttrs),
     Identity,
@@ -365,7 +389,12 @@ impl Op {
             Op::Conv2d(a) => {
                 let mut v = vec![p(
                     "weight",
-                    vec![a.out_channels, a.in_channels / a.groups.max(1), a.kernel[0], a.kernel[1]],
+                    vec![
+                        a.out_channels,
+                        a.in_channels / a.groups.max(1),
+                        a.kernel[0],
+                        a.kernel[1],
+                    ],
                 )];
                 if a.bias {
                     v.push(p("bias", vec![a.out_channels]));
@@ -375,7 +404,12 @@ impl Op {
             Op::ConvTranspose2d(a) => {
                 let mut v = vec![p(
                     "weight",
-                    vec![a.in_channels, a.out_channels / a.groups.max(1), a.kernel[0], a.kernel[1]],
+                    vec![
+                        a.in_channels,
+                        a.out_channels / a.groups.max(1),
+                        a.kernel[0],
+                        a.kernel[1],
+                    ],
                 )];
                 if a.bias {
                     v.push(p("bias", vec![a.out_channels]));

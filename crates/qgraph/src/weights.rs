@@ -92,7 +92,12 @@ impl Graph {
             .collect();
         let views = bytes
             .iter()
-            .map(|(name, shape, raw)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), raw).map_err(st_err)?)))
+            .map(|(name, shape, raw)| {
+                Ok((
+                    name.clone(),
+                    TensorView::new(Dtype::F32, shape.clone(), raw).map_err(st_err)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         safetensors::serialize(views, &None::<HashMap<String, String>>).map_err(st_err)
     }

@@ -1,9 +1,11 @@
 //! Error paths: validation (shape errors naming the node, cycles, dangling inputs, duplicate
 //! names), run-time input checks, and observers (non-finite values, empty calibration).
 
-use qgraph::observers::{EntropyCalibrator, HistogramObserver, MinMaxObserver, PercentileCalibrator, PerChannelMinMaxObserver};
+use qgraph::observers::{
+    EntropyCalibrator, HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver, PercentileCalibrator,
+};
 use qgraph::{Graph, GraphBuilder, GraphError, NamedNode, Observer, ObserverConfig, ObserverKind, Op, Value};
-use qtensor::{QParams, QuantSpec, Scheme, DType, Tensor};
+use qtensor::{DType, QParams, QuantSpec, Scheme, Tensor};
 
 #[test]
 fn shape_errors_name_the_node() {
@@ -14,7 +16,10 @@ fn shape_errors_name_the_node() {
     b.output(y);
     let err = b.build().unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("encoder.layer.0.output") && msg.contains("[2, 4]"), "{msg}");
+    assert!(
+        msg.contains("encoder.layer.0.output") && msg.contains("[2, 4]"),
+        "{msg}"
+    );
 
     let mut b = GraphBuilder::new();
     let x = b.input("x", &[1, 3, 4, 4]);
@@ -35,7 +40,14 @@ fn cycles_dangling_inputs_and_duplicates() {
         shape: vec![1, 4],
         ty: qgraph::ValueType::F32,
     };
-    let cyc = Graph::from_named(vec![n("x", input(), &[]), n("a", Op::Add, &["x", "b"]), n("b", Op::Relu, &["a"])], &["b"]);
+    let cyc = Graph::from_named(
+        vec![
+            n("x", input(), &[]),
+            n("a", Op::Add, &["x", "b"]),
+            n("b", Op::Relu, &["a"]),
+        ],
+        &["b"],
+    );
     assert!(matches!(cyc, Err(GraphError::Cycle { .. })), "{cyc:?}");
     let dangling = Graph::from_named(vec![n("x", input(), &[]), n("r", Op::Relu, &["nope"])], &["r"]);
     match dangling {
@@ -45,8 +57,19 @@ fn cycles_dangling_inputs_and_duplicates() {
     let dup = Graph::from_named(vec![n("x", input(), &[]), n("x", Op::Relu, &[])], &["x"]);
     assert!(matches!(dup, Err(GraphError::DuplicateName { .. })));
     // Out-of-order names are sorted topologically.
-    let ok = Graph::from_named(vec![n("r2", Op::Relu, &["r1"]), n("r1", Op::Relu, &["x"]), n("x", input(), &[])], &["r2"]).unwrap();
-    assert_eq!(ok.nodes().iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["x", "r1", "r2"]);
+    let ok = Graph::from_named(
+        vec![
+            n("r2", Op::Relu, &["r1"]),
+            n("r1", Op::Relu, &["x"]),
+            n("x", input(), &[]),
+        ],
+        &["r2"],
+    )
+    .unwrap();
+    assert_eq!(
+        ok.nodes().iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["x", "r1", "r2"]
+    );
     assert!(matches!(
         Graph::from_named(vec![n("x", input(), &[])], &[]),
         Err(GraphError::NoOutputs)
@@ -60,13 +83,19 @@ fn run_time_input_errors() {
     let y = b.linear("fc", x, 4, 2);
     b.output(y);
     let g = b.build().unwrap();
-    assert!(matches!(g.run(vec![]), Err(GraphError::InputCount { expected: 1, got: 0 })));
+    assert!(matches!(
+        g.run(vec![]),
+        Err(GraphError::InputCount { expected: 1, got: 0 })
+    ));
     let err = g.run(vec![Value::F32(Tensor::zeros([1, 5]))]).unwrap_err();
     assert!(err.to_string().contains("`fc`"), "{err}");
     let err = g.run(vec![Value::F32(Tensor::zeros([4]))]).unwrap_err();
     assert!(err.to_string().contains("`x`"), "{err}");
     // Another batch size runs.
-    assert_eq!(g.run(vec![Value::F32(Tensor::zeros([3, 4]))]).unwrap()[0].shape(), &[3, 2]);
+    assert_eq!(
+        g.run(vec![Value::F32(Tensor::zeros([3, 4]))]).unwrap()[0].shape(),
+        &[3, 2]
+    );
 }
 
 #[test]
@@ -75,12 +104,23 @@ fn observer_errors() {
     let bad = Tensor::new([3], vec![0.0, f32::NAN, 1.0]).unwrap();
     let configs = [
         ObserverKind::MinMax,
-        ObserverKind::MovingAverageMinMax { averaging_constant: 0.01 },
+        ObserverKind::MovingAverageMinMax {
+            averaging_constant: 0.01,
+        },
         ObserverKind::PerChannelMinMax { axis: 0 },
-        ObserverKind::MovingAveragePerChannelMinMax { axis: 0, averaging_constant: 0.01 },
+        ObserverKind::MovingAveragePerChannelMinMax {
+            axis: 0,
+            averaging_constant: 0.01,
+        },
         ObserverKind::Histogram { bins: 2048 },
-        ObserverKind::Percentile { bins: 2048, percentile: 99.999 },
-        ObserverKind::Entropy { bins: 128, quantized_bins: 128 },
+        ObserverKind::Percentile {
+            bins: 2048,
+            percentile: 99.999,
+        },
+        ObserverKind::Entropy {
+            bins: 128,
+            quantized_bins: 128,
+        },
     ];
     for kind in configs {
         let mut obs = ObserverConfig::new(kind, spec).build("block.conv1");
@@ -92,14 +132,20 @@ fn observer_errors() {
         obs.observe(&Tensor::zeros([0])).unwrap();
         assert!(obs.qparams().is_err());
         match obs.observe(&bad) {
-            Err(GraphError::NonFiniteObservation { node, index, .. }) => assert_eq!((node.as_str(), index), ("block.conv1", 1)),
+            Err(GraphError::NonFiniteObservation { node, index, .. }) => {
+                assert_eq!((node.as_str(), index), ("block.conv1", 1))
+            }
             other => panic!("{kind:?}: expected a non-finite error, got {other:?}"),
         }
         let inf = Tensor::new([2], vec![f32::INFINITY, 0.0]).unwrap();
         assert!(obs.observe(&inf).is_err());
     }
     let mut pc = PerChannelMinMaxObserver::new(QuantSpec::weight_default(), 3).labeled("fc");
-    assert!(pc.observe(&Tensor::zeros([2, 2])).unwrap_err().to_string().contains("fc"));
+    assert!(pc
+        .observe(&Tensor::zeros([2, 2]))
+        .unwrap_err()
+        .to_string()
+        .contains("fc"));
 }
 
 #[test]

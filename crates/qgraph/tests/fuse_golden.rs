@@ -7,12 +7,22 @@ use qtensor::Tensor;
 use safetensors::SafeTensors;
 use serde_json::Value as Json;
 
-const JSON: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/elementwise.json"));
-const TENSORS: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/elementwise.safetensors"));
+const JSON: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/golden/elementwise.json"
+));
+const TENSORS: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/golden/elementwise.safetensors"
+));
 
 fn f32_tensor(st: &SafeTensors, name: &str) -> Tensor {
     let v = st.tensor(name).unwrap();
-    let data = v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let data = v
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     Tensor::new(v.shape().to_vec(), data).unwrap()
 }
 
@@ -20,7 +30,12 @@ fn f32_tensor(st: &SafeTensors, name: &str) -> Tensor {
 fn conv_bn_folding_is_bit_exact() {
     let cases: Json = serde_json::from_str(JSON).unwrap();
     let st = SafeTensors::deserialize(TENSORS).unwrap();
-    let case = cases["cases"].as_array().unwrap().iter().find(|c| c["op"] == "fuse_conv_bn").unwrap();
+    let case = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["op"] == "fuse_conv_bn")
+        .unwrap();
     let t = |k: &str| f32_tensor(&st, case["tensors"][k].as_str().unwrap());
     let conv_w = t("conv_w");
     let (o, c, k) = (conv_w.shape()[0], conv_w.shape()[1], conv_w.shape()[2]);
@@ -35,7 +50,12 @@ fn conv_bn_folding_is_bit_exact() {
     let mut bn = graph.nodes()[2].clone();
     conv.params.insert("weight".into(), conv_w);
     conv.params.insert("bias".into(), t("conv_b"));
-    for (local, key) in [("weight", "bn_w"), ("bias", "bn_b"), ("running_mean", "bn_mean"), ("running_var", "bn_var")] {
+    for (local, key) in [
+        ("weight", "bn_w"),
+        ("bias", "bn_b"),
+        ("running_mean", "bn_mean"),
+        ("running_var", "bn_var"),
+    ] {
         bn.params.insert(local.into(), t(key));
     }
     let attrs = BatchNormAttrs {

@@ -26,18 +26,29 @@ fn model() -> Graph {
 
 fn weights() -> Vec<(&'static str, Vec<usize>, Vec<f32>)> {
     vec![
-        ("conv1.weight", vec![2, 1, 2, 2], vec![0.5, -1.0, 0.25, 2.0, -0.5, 1.5, 1.0, -0.75]),
+        (
+            "conv1.weight",
+            vec![2, 1, 2, 2],
+            vec![0.5, -1.0, 0.25, 2.0, -0.5, 1.5, 1.0, -0.75],
+        ),
         ("conv1.bias", vec![2], vec![0.1, -0.2]),
         ("bn1.weight", vec![2], vec![1.5, 0.8]),
         ("bn1.bias", vec![2], vec![0.3, -0.1]),
         ("bn1.running_mean", vec![2], vec![0.2, -0.4]),
         ("bn1.running_var", vec![2], vec![2.0, 0.5]),
-        ("fc.weight", vec![2, 8], (0..16).map(|i| (i as f32 - 7.5) * 0.1).collect()),
+        (
+            "fc.weight",
+            vec![2, 8],
+            (0..16).map(|i| (i as f32 - 7.5) * 0.1).collect(),
+        ),
         ("fc.bias", vec![2], vec![0.05, -0.05]),
     ]
 }
 
-fn write_file(extra: &[(&str, Dtype, Vec<usize>, Vec<u8>)], skip: Option<&str>, path: &std::path::Path) {
+/// An extra tensor for the file: (name, dtype, shape, raw bytes).
+type Extra<'a> = (&'a str, Dtype, Vec<usize>, Vec<u8>);
+
+fn write_file(extra: &[Extra], skip: Option<&str>, path: &std::path::Path) {
     let raw: Vec<(String, Vec<usize>, Vec<u8>)> = weights()
         .into_iter()
         .filter(|(n, _, _)| Some(*n) != skip)
@@ -62,7 +73,12 @@ fn hand(x: &[f32; 9], skip: [f32; 2]) -> ([f32; 2], [f32; 4]) {
     let w = weights();
     let get = |name: &str| w.iter().find(|(n, _, _)| *n == name).unwrap().2.clone();
     let (cw, cb) = (get("conv1.weight"), get("conv1.bias"));
-    let (g, beta, mean, var) = (get("bn1.weight"), get("bn1.bias"), get("bn1.running_mean"), get("bn1.running_var"));
+    let (g, beta, mean, var) = (
+        get("bn1.weight"),
+        get("bn1.bias"),
+        get("bn1.running_mean"),
+        get("bn1.running_var"),
+    );
     let mut flat = [0.0f32; 8];
     for o in 0..2 {
         for oy in 0..2 {
@@ -79,7 +95,9 @@ fn hand(x: &[f32; 9], skip: [f32; 2]) -> ([f32; 2], [f32; 4]) {
         }
     }
     let (fw, fb) = (get("fc.weight"), get("fc.bias"));
-    let fc: Vec<f32> = (0..2).map(|n| fb[n] + (0..8).map(|k| fw[n * 8 + k] * flat[k]).sum::<f32>()).collect();
+    let fc: Vec<f32> = (0..2)
+        .map(|n| fb[n] + (0..8).map(|k| fw[n * 8 + k] * flat[k]).sum::<f32>())
+        .collect();
     ([fc[0] + skip[0], fc[1] + skip[1]], [fc[0], fc[1], skip[0], skip[1]])
 }
 
@@ -92,7 +110,10 @@ fn run(g: &Graph, x: &[f32; 9], skip: [f32; 2]) -> (Vec<f32>, Vec<f32>) {
         .unwrap();
     assert_eq!(out[0].shape(), &[1, 2]);
     assert_eq!(out[1].shape(), &[1, 4]);
-    (out[0].as_f32().unwrap().data().to_vec(), out[1].as_f32().unwrap().data().to_vec())
+    (
+        out[0].as_f32().unwrap().data().to_vec(),
+        out[1].as_f32().unwrap().data().to_vec(),
+    )
 }
 
 fn close(a: &[f32], b: &[f32]) {
@@ -106,7 +127,12 @@ fn close(a: &[f32], b: &[f32]) {
 fn loads_runs_and_fuses() {
     let path = temp("model");
     // PyTorch saves num_batches_tracked as int64; loading must accept and ignore it.
-    let tracked = ("bn1.num_batches_tracked", Dtype::I64, vec![], 7i64.to_le_bytes().to_vec());
+    let tracked = (
+        "bn1.num_batches_tracked",
+        Dtype::I64,
+        vec![],
+        7i64.to_le_bytes().to_vec(),
+    );
     write_file(&[tracked], None, &path);
     let mut g = model();
     g.load_safetensors_file(&path, true).unwrap();
@@ -128,7 +154,10 @@ fn loads_runs_and_fuses() {
     assert_eq!(report.groups[0].nodes, ["conv1", "bn1", "relu1"]);
     assert_eq!(report.groups[0].fused_as, "ConvReLU2d");
     let kinds: Vec<OpKind> = g.nodes().iter().map(|n| n.op.kind()).collect();
-    assert!(!kinds.contains(&OpKind::BatchNorm2d) && !kinds.contains(&OpKind::Relu), "{kinds:?}");
+    assert!(
+        !kinds.contains(&OpKind::BatchNorm2d) && !kinds.contains(&OpKind::Relu),
+        "{kinds:?}"
+    );
     assert_eq!(g.nodes().len(), 7);
     for ((x, s), (o1, o2)) in inputs.iter().zip(&before) {
         let (f1, f2) = run(&g, x, *s);
@@ -171,9 +200,14 @@ fn manual_fusion_list_and_consumer_rule() {
 
 #[test]
 fn weight_errors_name_the_parameter() {
-    let cases: Vec<(&str, Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>, Option<&str>, &str)> = vec![
+    let cases: Vec<(&str, Vec<Extra>, Option<&str>, &str)> = vec![
         ("missing", vec![], Some("fc.bias"), "fc.bias"),
-        ("extra", vec![("head.weight", Dtype::F32, vec![1], 1f32.to_le_bytes().to_vec())], None, "head.weight"),
+        (
+            "extra",
+            vec![("head.weight", Dtype::F32, vec![1], 1f32.to_le_bytes().to_vec())],
+            None,
+            "head.weight",
+        ),
     ];
     for (tag, extra, skip, name) in cases {
         let path = temp(tag);
@@ -205,10 +239,17 @@ fn weight_errors_name_the_parameter() {
         other => panic!("expected a shape error, got {other:?}"),
     }
     let path = temp("dtype");
-    write_file(&[("fc.bias", Dtype::F64, vec![2], vec![0u8; 16])], Some("fc.bias"), &path);
+    write_file(
+        &[("fc.bias", Dtype::F64, vec![2], vec![0u8; 16])],
+        Some("fc.bias"),
+        &path,
+    );
     let err = g.load_safetensors_file(&path, true).unwrap_err();
     std::fs::remove_file(&path).ok();
-    assert!(matches!(&err, GraphError::ParameterDType { name, .. } if name == "fc.bias"), "{err}");
+    assert!(
+        matches!(&err, GraphError::ParameterDType { name, .. } if name == "fc.bias"),
+        "{err}"
+    );
     assert!(matches!(
         g.load_safetensors(b"not a safetensors file", true),
         Err(GraphError::Safetensors(_))

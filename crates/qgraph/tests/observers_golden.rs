@@ -11,18 +11,31 @@ use qtensor::{DType, QParams, QuantSpec, Scheme, Tensor};
 use safetensors::SafeTensors;
 use serde_json::Value as Json;
 
-const JSON: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/observers.json"));
-const TENSORS: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/observers.safetensors"));
+const JSON: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/golden/observers.json"
+));
+const TENSORS: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/golden/observers.safetensors"
+));
 
 fn f32_tensor(st: &SafeTensors, name: &str) -> Tensor {
     let v = st.tensor(name).unwrap();
-    let data = v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let data = v
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     Tensor::new(v.shape().to_vec(), data).unwrap()
 }
 
 fn i64_values(st: &SafeTensors, name: &str) -> Vec<i64> {
     let v = st.tensor(name).unwrap();
-    v.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+    v.data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect()
 }
 
 fn spec_of(case: &Json) -> QuantSpec {
@@ -69,7 +82,10 @@ fn observers_match_pytorch() {
         for x in batches(&st, case) {
             obs.observe(&x).unwrap();
         }
-        let label = format!("{op} {} {} rr={} {}", case["dtype"], case["qscheme"], case["reduce_range"], case["label"]);
+        let label = format!(
+            "{op} {} {} rr={} {}",
+            case["dtype"], case["qscheme"], case["reduce_range"], case["label"]
+        );
         match obs.qparams().unwrap() {
             QParams::PerTensor { scale, zero_point } => {
                 let want_scale = case["scale"].as_f64().unwrap() as f32;
@@ -81,7 +97,9 @@ fn observers_match_pytorch() {
                     scale.to_bits() == want_scale.to_bits()
                 };
                 if !scale_ok || zero_point != want_zp {
-                    failures.push(format!("{label}: got ({scale:e}, {zero_point}), want ({want_scale:e}, {want_zp})"));
+                    failures.push(format!(
+                        "{label}: got ({scale:e}, {zero_point}), want ({want_scale:e}, {want_zp})"
+                    ));
                 }
             }
             QParams::PerChannel {
@@ -89,16 +107,27 @@ fn observers_match_pytorch() {
             } => {
                 let want_scales = f32_tensor(&st, case["tensors"]["scales"].as_str().unwrap());
                 let want_zps = i64_values(&st, case["tensors"]["zero_points"].as_str().unwrap());
-                let exact = scales.iter().zip(want_scales.data()).all(|(a, b)| a.to_bits() == b.to_bits())
+                let exact = scales
+                    .iter()
+                    .zip(want_scales.data())
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
                     && zero_points.iter().zip(&want_zps).all(|(&a, &b)| a as i64 == b)
                     && scales.len() == want_zps.len();
                 if !exact {
-                    failures.push(format!("{label}: got {scales:?} {zero_points:?}, want {:?} {want_zps:?}", want_scales.data()));
+                    failures.push(format!(
+                        "{label}: got {scales:?} {zero_points:?}, want {:?} {want_zps:?}",
+                        want_scales.data()
+                    ));
                 }
             }
         }
         checked += 1;
     }
-    assert!(failures.is_empty(), "{} of {checked} cases differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} cases differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert_eq!(checked, 34);
 }

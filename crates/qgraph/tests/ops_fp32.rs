@@ -38,7 +38,11 @@ fn run1(op: Op, x: Tensor, params: &[(&str, Tensor)]) -> Tensor {
 fn close(got: &Tensor, want: &[f32], tol: f32) {
     assert_eq!(got.numel(), want.len(), "{:?}", got.shape());
     for (i, (a, b)) in got.data().iter().zip(want).enumerate() {
-        assert!((a - b).abs() <= tol * (1.0 + b.abs()), "element {i}: {a} vs {b} ({:?})", got.data());
+        assert!(
+            (a - b).abs() <= tol * (1.0 + b.abs()),
+            "element {i}: {a} vs {b} ({:?})",
+            got.data()
+        );
     }
 }
 
@@ -51,7 +55,11 @@ fn linear_and_matmul() {
         activation: Default::default(),
     });
     let w = t(&[2, 3], &[1., 2., 3., -1., 0., 1.]);
-    let y = run1(op.clone(), t(&[2, 3], &[1., 1., 1., 0., 2., -1.]), &[("weight", w.clone()), ("bias", t(&[2], &[0.5, -0.5]))]);
+    let y = run1(
+        op.clone(),
+        t(&[2, 3], &[1., 1., 1., 0., 2., -1.]),
+        &[("weight", w.clone()), ("bias", t(&[2], &[0.5, -0.5]))],
+    );
     close(&y, &[6.5, -0.5, 1.5, -1.5], 0.0);
     // Many rows exercise the packed GEMM path as well as the row-dot path.
     let rows = 37;
@@ -75,21 +83,41 @@ fn linear_and_matmul() {
 fn conv2d_groups_dilation_and_padding() {
     // 1x1 input channel, 3x3 image, 2x2 kernel of ones: sums of windows.
     let x = t(&[1, 1, 3, 3], &[1., 2., 3., 4., 5., 6., 7., 8., 9.]);
-    let y = run1(Op::Conv2d(Conv2dAttrs::new(1, 1, 2)), x.clone(), &[("weight", t(&[1, 1, 2, 2], &[1.; 4])), ("bias", t(&[1], &[1.]))]);
+    let y = run1(
+        Op::Conv2d(Conv2dAttrs::new(1, 1, 2)),
+        x.clone(),
+        &[("weight", t(&[1, 1, 2, 2], &[1.; 4])), ("bias", t(&[1], &[1.]))],
+    );
     close(&y, &[13., 17., 25., 29.], 0.0);
     // Padding 1, stride 2, 3x3 kernel of ones.
-    let y = run1(Op::Conv2d(Conv2dAttrs::new(1, 1, 3).padding(1).stride(2)), x.clone(), &[("weight", t(&[1, 1, 3, 3], &[1.; 9])), ("bias", t(&[1], &[0.]))]);
+    let y = run1(
+        Op::Conv2d(Conv2dAttrs::new(1, 1, 3).padding(1).stride(2)),
+        x.clone(),
+        &[("weight", t(&[1, 1, 3, 3], &[1.; 9])), ("bias", t(&[1], &[0.]))],
+    );
     close(&y, &[12., 16., 24., 28.], 0.0);
     // Dilation 2 with a 2x2 kernel picks the corners: 1 + 3 + 7 + 9.
-    let y = run1(Op::Conv2d(Conv2dAttrs::new(1, 1, 2).dilation(2)), x.clone(), &[("weight", t(&[1, 1, 2, 2], &[1.; 4])), ("bias", t(&[1], &[0.]))]);
+    let y = run1(
+        Op::Conv2d(Conv2dAttrs::new(1, 1, 2).dilation(2)),
+        x.clone(),
+        &[("weight", t(&[1, 1, 2, 2], &[1.; 4])), ("bias", t(&[1], &[0.]))],
+    );
     close(&y, &[20.], 0.0);
     // Groups: 2 channels, 2 groups, each output scales its own channel (depthwise 1x1).
     let x2 = t(&[1, 2, 1, 2], &[1., 2., 3., 4.]);
-    let y = run1(Op::Conv2d(Conv2dAttrs::new(2, 2, 1).groups(2)), x2.clone(), &[("weight", t(&[2, 1, 1, 1], &[2., -1.])), ("bias", t(&[2], &[0., 1.]))]);
+    let y = run1(
+        Op::Conv2d(Conv2dAttrs::new(2, 2, 1).groups(2)),
+        x2.clone(),
+        &[("weight", t(&[2, 1, 1, 1], &[2., -1.])), ("bias", t(&[2], &[0., 1.]))],
+    );
     close(&y, &[2., 4., -2., -3.], 0.0);
     // Grouped (not depthwise): 4 in, 2 out, 2 groups, out g = sum of its two channels.
     let x4 = t(&[1, 4, 1, 1], &[1., 2., 3., 4.]);
-    let y = run1(Op::Conv2d(Conv2dAttrs::new(4, 2, 1).groups(2)), x4, &[("weight", t(&[2, 2, 1, 1], &[1.; 4])), ("bias", t(&[2], &[0.; 2]))]);
+    let y = run1(
+        Op::Conv2d(Conv2dAttrs::new(4, 2, 1).groups(2)),
+        x4,
+        &[("weight", t(&[2, 2, 1, 1], &[1.; 4])), ("bias", t(&[2], &[0.; 2]))],
+    );
     close(&y, &[3., 7.], 0.0);
 }
 
@@ -97,14 +125,35 @@ fn conv2d_groups_dilation_and_padding() {
 fn conv_transpose2d() {
     // 2x2 input, 2x2 kernel of ones, stride 2: each input value fills its own 2x2 block.
     let x = t(&[1, 1, 2, 2], &[1., 2., 3., 4.]);
-    let y = run1(Op::ConvTranspose2d(ConvTranspose2dAttrs::new(1, 1, 2).stride(2)), x.clone(), &[("weight", t(&[1, 1, 2, 2], &[1.; 4])), ("bias", t(&[1], &[0.5]))]);
+    let y = run1(
+        Op::ConvTranspose2d(ConvTranspose2dAttrs::new(1, 1, 2).stride(2)),
+        x.clone(),
+        &[("weight", t(&[1, 1, 2, 2], &[1.; 4])), ("bias", t(&[1], &[0.5]))],
+    );
     assert_eq!(y.shape(), &[1, 1, 4, 4]);
-    close(&y, &[1.5, 1.5, 2.5, 2.5, 1.5, 1.5, 2.5, 2.5, 3.5, 3.5, 4.5, 4.5, 3.5, 3.5, 4.5, 4.5], 0.0);
+    close(
+        &y,
+        &[
+            1.5, 1.5, 2.5, 2.5, 1.5, 1.5, 2.5, 2.5, 3.5, 3.5, 4.5, 4.5, 3.5, 3.5, 4.5, 4.5,
+        ],
+        0.0,
+    );
     // Stride 1 overlaps: the "full" correlation, centre gets all four.
-    let y = run1(Op::ConvTranspose2d(ConvTranspose2dAttrs::new(1, 1, 2)), x.clone(), &[("weight", t(&[1, 1, 2, 2], &[1.; 4])), ("bias", t(&[1], &[0.]))]);
+    let y = run1(
+        Op::ConvTranspose2d(ConvTranspose2dAttrs::new(1, 1, 2)),
+        x.clone(),
+        &[("weight", t(&[1, 1, 2, 2], &[1.; 4])), ("bias", t(&[1], &[0.]))],
+    );
     close(&y, &[1., 3., 2., 4., 10., 6., 3., 7., 4.], 0.0);
     // Padding 1 crops the border of that result.
-    let y = run1(Op::ConvTranspose2d(ConvTranspose2dAttrs::new(1, 1, 3).padding(1)), x, &[("weight", t(&[1, 1, 3, 3], &[0., 0., 0., 0., 1., 0., 0., 0., 0.])), ("bias", t(&[1], &[0.]))]);
+    let y = run1(
+        Op::ConvTranspose2d(ConvTranspose2dAttrs::new(1, 1, 3).padding(1)),
+        x,
+        &[
+            ("weight", t(&[1, 1, 3, 3], &[0., 0., 0., 0., 1., 0., 0., 0., 0.])),
+            ("bias", t(&[1], &[0.])),
+        ],
+    );
     close(&y, &[1., 2., 3., 4.], 0.0);
 }
 
@@ -138,7 +187,14 @@ fn norms_and_embedding() {
         affine: true,
     });
     // mean 2.5, variance 1.25.
-    let y = run1(ln, t(&[1, 4], &[1., 2., 3., 4.]), &[("weight", t(&[4], &[1., 1., 2., 1.])), ("bias", t(&[4], &[0., 0., 0., 1.]))]);
+    let y = run1(
+        ln,
+        t(&[1, 4], &[1., 2., 3., 4.]),
+        &[
+            ("weight", t(&[4], &[1., 1., 2., 1.])),
+            ("bias", t(&[4], &[0., 0., 0., 1.])),
+        ],
+    );
     let s = 1.25f32.sqrt();
     close(&y, &[-1.5 / s, -0.5 / s, 1.0 / s, 1.5 / s + 1.0], 1e-6);
 
@@ -147,7 +203,11 @@ fn norms_and_embedding() {
         embedding_dim: 2,
     };
     let ids = IdTensor::new([1, 3], vec![2, 0, 2]).unwrap();
-    let y = run(emb, vec![Value::I64(ids)], &[("weight", t(&[3, 2], &[0., 1., 10., 11., 20., 21.]))]);
+    let y = run(
+        emb,
+        vec![Value::I64(ids)],
+        &[("weight", t(&[3, 2], &[0., 1., 10., 11., 20., 21.]))],
+    );
     assert_eq!(y.shape(), &[1, 3, 2]);
     close(&y, &[20., 21., 0., 1., 20., 21.], 0.0);
 }
@@ -157,15 +217,39 @@ fn activations() {
     let x = t(&[6], &[-4., -1., 0., 0.5, 3., 7.]);
     close(&run1(Op::Relu, x.clone(), &[]), &[0., 0., 0., 0.5, 3., 7.], 0.0);
     close(&run1(Op::Relu6, x.clone(), &[]), &[0., 0., 0., 0.5, 3., 6.], 0.0);
-    close(&run1(Op::Hardswish, x.clone(), &[]), &[0., -1. / 3., 0., 0.5 * 3.5 / 6., 3., 7.], 1e-7);
+    close(
+        &run1(Op::Hardswish, x.clone(), &[]),
+        &[0., -1. / 3., 0., 0.5 * 3.5 / 6., 3., 7.],
+        1e-7,
+    );
     let sig = |v: f32| 1. / (1. + (-v as f64).exp()) as f32;
-    close(&run1(Op::Sigmoid, x.clone(), &[]), &x.data().iter().map(|&v| sig(v)).collect::<Vec<_>>(), 1e-6);
-    close(&run1(Op::Silu, x.clone(), &[]), &x.data().iter().map(|&v| v * sig(v)).collect::<Vec<_>>(), 1e-6);
-    close(&run1(Op::Tanh, x.clone(), &[]), &x.data().iter().map(|&v| (v as f64).tanh() as f32).collect::<Vec<_>>(), 1e-6);
+    close(
+        &run1(Op::Sigmoid, x.clone(), &[]),
+        &x.data().iter().map(|&v| sig(v)).collect::<Vec<_>>(),
+        1e-6,
+    );
+    close(
+        &run1(Op::Silu, x.clone(), &[]),
+        &x.data().iter().map(|&v| v * sig(v)).collect::<Vec<_>>(),
+        1e-6,
+    );
+    close(
+        &run1(Op::Tanh, x.clone(), &[]),
+        &x.data().iter().map(|&v| (v as f64).tanh() as f32).collect::<Vec<_>>(),
+        1e-6,
+    );
     // Known GELU values: gelu(1) = 0.8413447, gelu(-1) = -0.1586553; tanh form 0.8411920.
     let g = t(&[3], &[1., -1., 0.]);
-    close(&run1(Op::Gelu(GeluApprox::Erf), g.clone(), &[]), &[0.841_344_7, -0.158_655_3, 0.], 1e-6);
-    close(&run1(Op::Gelu(GeluApprox::Tanh), g, &[]), &[0.841_192, -0.158_808, 0.], 1e-5);
+    close(
+        &run1(Op::Gelu(GeluApprox::Erf), g.clone(), &[]),
+        &[0.841_344_7, -0.158_655_3, 0.],
+        1e-6,
+    );
+    close(
+        &run1(Op::Gelu(GeluApprox::Tanh), g, &[]),
+        &[0.841_192, -0.158_808, 0.],
+        1e-5,
+    );
     // Softmax of [0, ln 3] is [0.25, 0.75], along the last dim of each row.
     let y = run1(Op::Softmax { dim: -1 }, t(&[2, 2], &[0., 3f32.ln(), 5., 5.]), &[]);
     close(&y, &[0.25, 0.75, 0.5, 0.5], 1e-6);
@@ -177,31 +261,81 @@ fn activations() {
 #[test]
 fn pooling_and_upsample() {
     let x = t(&[1, 1, 4, 4], &(1..=16).map(|v| v as f32).collect::<Vec<_>>());
-    close(&run1(Op::MaxPool2d(Pool2dAttrs::new(2, 2, 0)), x.clone(), &[]), &[6., 8., 14., 16.], 0.0);
-    close(&run1(Op::AvgPool2d(Pool2dAttrs::new(2, 2, 0)), x.clone(), &[]), &[3.5, 5.5, 11.5, 13.5], 0.0);
+    close(
+        &run1(Op::MaxPool2d(Pool2dAttrs::new(2, 2, 0)), x.clone(), &[]),
+        &[6., 8., 14., 16.],
+        0.0,
+    );
+    close(
+        &run1(Op::AvgPool2d(Pool2dAttrs::new(2, 2, 0)), x.clone(), &[]),
+        &[3.5, 5.5, 11.5, 13.5],
+        0.0,
+    );
     // Padding 1, kernel 3, stride 2 (MobileNet/ResNet stem): corner windows hold padding.
     let y = run1(Op::MaxPool2d(Pool2dAttrs::new(3, 2, 1)), x.clone(), &[]);
     close(&y, &[6., 8., 14., 16.], 0.0);
     let y = run1(Op::AvgPool2d(Pool2dAttrs::new(3, 2, 1)), x.clone(), &[]);
-    close(&y, &[(1. + 2. + 5. + 6.) / 9., (2. + 3. + 4. + 6. + 7. + 8.) / 9., (5. + 6. + 9. + 10. + 13. + 14.) / 9., (6. + 7. + 8. + 10. + 11. + 12. + 14. + 15. + 16.) / 9.], 1e-6);
+    close(
+        &y,
+        &[
+            (1. + 2. + 5. + 6.) / 9.,
+            (2. + 3. + 4. + 6. + 7. + 8.) / 9.,
+            (5. + 6. + 9. + 10. + 13. + 14.) / 9.,
+            (6. + 7. + 8. + 10. + 11. + 12. + 14. + 15. + 16.) / 9.,
+        ],
+        1e-6,
+    );
     let mut excl = Pool2dAttrs::new(3, 2, 1);
     excl.count_include_pad = false;
     let y = run1(Op::AvgPool2d(excl), x.clone(), &[]);
     close(&t(&[1], &y.data()[..1]), &[3.5], 1e-6);
-    close(&run1(Op::AdaptiveAvgPool2d { output: [1, 1] }, x.clone(), &[]), &[8.5], 0.0);
+    close(
+        &run1(Op::AdaptiveAvgPool2d { output: [1, 1] }, x.clone(), &[]),
+        &[8.5],
+        0.0,
+    );
     // 4 -> 3 windows: [0, 2), [1, 3), [2, 4).
     let row = t(&[1, 1, 1, 4], &[1., 2., 3., 4.]);
-    close(&run1(Op::AdaptiveAvgPool2d { output: [1, 3] }, row, &[]), &[1.5, 2.5, 3.5], 0.0);
+    close(
+        &run1(Op::AdaptiveAvgPool2d { output: [1, 3] }, row, &[]),
+        &[1.5, 2.5, 3.5],
+        0.0,
+    );
 
     let small = t(&[1, 1, 2, 2], &[1., 2., 3., 4.]);
-    let y = run1(Op::Upsample { scale: [2, 2], mode: UpsampleMode::Nearest }, small.clone(), &[]);
-    close(&y, &[1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.], 0.0);
+    let y = run1(
+        Op::Upsample {
+            scale: [2, 2],
+            mode: UpsampleMode::Nearest,
+        },
+        small.clone(),
+        &[],
+    );
+    close(
+        &y,
+        &[1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.],
+        0.0,
+    );
     // Bilinear, align_corners = false (PyTorch): first row 1, 1.25, 1.75, 2.
-    let y = run1(Op::Upsample { scale: [2, 2], mode: UpsampleMode::Bilinear { align_corners: false } }, small.clone(), &[]);
+    let y = run1(
+        Op::Upsample {
+            scale: [2, 2],
+            mode: UpsampleMode::Bilinear { align_corners: false },
+        },
+        small.clone(),
+        &[],
+    );
     close(&t(&[4], &y.data()[..4]), &[1., 1.25, 1.75, 2.], 1e-6);
     close(&t(&[4], &y.data()[4..8]), &[1.5, 1.75, 2.25, 2.5], 1e-6);
     // align_corners = true: 1, 4/3, 5/3, 2.
-    let y = run1(Op::Upsample { scale: [2, 2], mode: UpsampleMode::Bilinear { align_corners: true } }, small, &[]);
+    let y = run1(
+        Op::Upsample {
+            scale: [2, 2],
+            mode: UpsampleMode::Bilinear { align_corners: true },
+        },
+        small,
+        &[],
+    );
     close(&t(&[4], &y.data()[..4]), &[1., 4. / 3., 5. / 3., 2.], 1e-6);
 }
 
@@ -210,12 +344,28 @@ fn elementwise_and_layout() {
     let a = t(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
     let row = t(&[3], &[10., 20., 30.]);
     let col = t(&[2, 1], &[2., 3.]);
-    close(&run(Op::Add, vec![a.clone().into(), row.into()], &[]), &[11., 22., 33., 14., 25., 36.], 0.0);
-    close(&run(Op::Mul, vec![a.clone().into(), col.into()], &[]), &[2., 4., 6., 12., 15., 18.], 0.0);
-    let y = run(Op::Cat { dim: 1 }, vec![a.clone().into(), t(&[2, 1], &[7., 8.]).into()], &[]);
+    close(
+        &run(Op::Add, vec![a.clone().into(), row.into()], &[]),
+        &[11., 22., 33., 14., 25., 36.],
+        0.0,
+    );
+    close(
+        &run(Op::Mul, vec![a.clone().into(), col.into()], &[]),
+        &[2., 4., 6., 12., 15., 18.],
+        0.0,
+    );
+    let y = run(
+        Op::Cat { dim: 1 },
+        vec![a.clone().into(), t(&[2, 1], &[7., 8.]).into()],
+        &[],
+    );
     assert_eq!(y.shape(), &[2, 4]);
     close(&y, &[1., 2., 3., 7., 4., 5., 6., 8.], 0.0);
-    let y = run(Op::Cat { dim: 0 }, vec![a.clone().into(), t(&[1, 3], &[7., 8., 9.]).into()], &[]);
+    let y = run(
+        Op::Cat { dim: 0 },
+        vec![a.clone().into(), t(&[1, 3], &[7., 8., 9.]).into()],
+        &[],
+    );
     close(&y, &[1., 2., 3., 4., 5., 6., 7., 8., 9.], 0.0);
     let y = run1(Op::Permute { dims: vec![1, 0] }, a.clone(), &[]);
     assert_eq!(y.shape(), &[3, 2]);
@@ -223,7 +373,18 @@ fn elementwise_and_layout() {
     let x3 = t(&[2, 3, 2], &(0..12).map(|v| v as f32).collect::<Vec<_>>());
     let y = run1(Op::Permute { dims: vec![2, 0, 1] }, x3.clone(), &[]);
     close(&y, &[0., 2., 4., 6., 8., 10., 1., 3., 5., 7., 9., 11.], 0.0);
-    assert_eq!(run1(Op::Flatten { start_dim: 1, end_dim: -1 }, x3.clone(), &[]).shape(), &[2, 6]);
+    assert_eq!(
+        run1(
+            Op::Flatten {
+                start_dim: 1,
+                end_dim: -1
+            },
+            x3.clone(),
+            &[]
+        )
+        .shape(),
+        &[2, 6]
+    );
     let y = run1(Op::Reshape { shape: vec![3, -1] }, x3, &[]);
     assert_eq!(y.shape(), &[3, 4]);
     close(&y, &(0..12).map(|v| v as f32).collect::<Vec<_>>(), 0.0);
@@ -258,7 +419,9 @@ fn rnn_params(gates: usize, h: usize, i: usize, layers: usize) -> Vec<(String, T
 /// `W v + b` for a row-major weight.
 fn affine(w: &Tensor, v: &[f32], b: &Tensor) -> Vec<f32> {
     let k = v.len();
-    (0..w.shape()[0]).map(|r| b.data()[r] + (0..k).map(|c| w.data()[r * k + c] * v[c]).sum::<f32>()).collect()
+    (0..w.shape()[0])
+        .map(|r| b.data()[r] + (0..k).map(|c| w.data()[r * k + c] * v[c]).sum::<f32>())
+        .collect()
 }
 
 /// One sequence (batch 1), stacked layers, hand-rolled PyTorch cell steps.
@@ -266,7 +429,12 @@ fn hand_rnn(lstm: bool, params: &[(String, Tensor)], xs: &[Vec<f32>], h: usize, 
     let get = |n: String| &params.iter().find(|(k, _)| *k == n).unwrap().1;
     let mut seq = xs.to_vec();
     for l in 0..layers {
-        let (wi, wh, bi, bh) = (get(format!("weight_ih_l{l}")), get(format!("weight_hh_l{l}")), get(format!("bias_ih_l{l}")), get(format!("bias_hh_l{l}")));
+        let (wi, wh, bi, bh) = (
+            get(format!("weight_ih_l{l}")),
+            get(format!("weight_hh_l{l}")),
+            get(format!("bias_ih_l{l}")),
+            get(format!("bias_hh_l{l}")),
+        );
         let (mut hs, mut cs) = (vec![0.0; h], vec![0.0; h]);
         let mut out = Vec::new();
         for x in &seq {
@@ -297,7 +465,9 @@ fn hand_rnn(lstm: bool, params: &[(String, Tensor)], xs: &[Vec<f32>], h: usize, 
 #[test]
 fn lstm_and_gru_match_hand_rolled_steps() {
     let (i, h, layers, steps) = (3, 4, 2, 5);
-    let xs: Vec<Vec<f32>> = (0..steps).map(|s| (0..i).map(|k| ((s * i + k) as f32 * 0.37).sin()).collect()).collect();
+    let xs: Vec<Vec<f32>> = (0..steps)
+        .map(|s| (0..i).map(|k| ((s * i + k) as f32 * 0.37).sin()).collect())
+        .collect();
     for lstm in [true, false] {
         let gates = if lstm { 4 } else { 3 };
         let params = rnn_params(gates, h, i, layers);
@@ -315,7 +485,13 @@ fn lstm_and_gru_match_hand_rolled_steps() {
             let x = if batch_first {
                 t(&[2, steps, i], &[xs.concat(), xs.concat()].concat())
             } else {
-                t(&[steps, 2, i], &xs.iter().flat_map(|v| [v.clone(), v.clone()]).flatten().collect::<Vec<_>>())
+                t(
+                    &[steps, 2, i],
+                    &xs.iter()
+                        .flat_map(|v| [v.clone(), v.clone()])
+                        .flatten()
+                        .collect::<Vec<_>>(),
+                )
             };
             let p: Vec<(&str, Tensor)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
             let y = run1(op, x, &p);

@@ -255,7 +255,10 @@ impl Observer for HistogramObserver {
                 }
                 let old = if min == max {
                     let mass: f32 = self.histogram.iter().sum();
-                    histc(&[min], self.bins, new_min, new_max).into_iter().map(|v| v * mass).collect()
+                    histc(&[min], self.bins, new_min, new_max)
+                        .into_iter()
+                        .map(|v| v * mass)
+                        .collect()
                 } else {
                     self.upscale(min, max, new_min, new_max)
                 };

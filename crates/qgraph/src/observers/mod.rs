@@ -47,15 +47,30 @@ pub trait Observer: Send + fmt::Debug {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ObserverKind {
     MinMax,
-    MovingAverageMinMax { averaging_constant: f32 },
-    PerChannelMinMax { axis: usize },
-    MovingAveragePerChannelMinMax { axis: usize, averaging_constant: f32 },
+    MovingAverageMinMax {
+        averaging_constant: f32,
+    },
+    PerChannelMinMax {
+        axis: usize,
+    },
+    MovingAveragePerChannelMinMax {
+        axis: usize,
+        averaging_constant: f32,
+    },
     /// PyTorch's HistogramObserver (`bins` 2048 by default).
-    Histogram { bins: usize },
+    Histogram {
+        bins: usize,
+    },
     /// ONNX Runtime's percentile calibrator (`bins` 2048, `percentile` 99.999 by default).
-    Percentile { bins: usize, percentile: f64 },
+    Percentile {
+        bins: usize,
+        percentile: f64,
+    },
     /// ONNX Runtime's entropy (KL) calibrator (`bins` 128, `quantized_bins` 128 by default).
-    Entropy { bins: usize, quantized_bins: usize },
+    Entropy {
+        bins: usize,
+        quantized_bins: usize,
+    },
 }
 
 /// An observer choice plus the quantization spec it computes parameters for.
@@ -78,7 +93,9 @@ impl ObserverConfig {
             ObserverKind::MovingAverageMinMax { averaging_constant } => {
                 Box::new(MovingAverageMinMaxObserver::new(spec, averaging_constant).labeled(label))
             }
-            ObserverKind::PerChannelMinMax { axis } => Box::new(PerChannelMinMaxObserver::new(spec, axis).labeled(label)),
+            ObserverKind::PerChannelMinMax { axis } => {
+                Box::new(PerChannelMinMaxObserver::new(spec, axis).labeled(label))
+            }
             ObserverKind::MovingAveragePerChannelMinMax {
                 axis,
                 averaging_constant,
@@ -126,7 +143,10 @@ pub(crate) fn channel_min_max(label: &str, x: &Tensor, axis: usize) -> Result<(V
     if axis >= x.rank() {
         return Err(GraphError::Observer {
             node: label.to_string(),
-            message: format!("channel axis {axis} is out of range for a tensor of shape {:?}", x.shape()),
+            message: format!(
+                "channel axis {axis} is out of range for a tensor of shape {:?}",
+                x.shape()
+            ),
         });
     }
     let c = x.shape()[axis];

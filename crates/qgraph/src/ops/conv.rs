@@ -16,7 +16,7 @@ fn out_size(input: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usiz
 }
 
 fn check_groups(node: &str, cin: usize, cout: usize, groups: usize) -> Result<()> {
-    if groups == 0 || cin % groups != 0 || cout % groups != 0 {
+    if cin.checked_rem(groups) != Some(0) || cout.checked_rem(groups) != Some(0) {
         return Err(shape_err(
             node,
             format!("groups {groups} must divide in_channels {cin} and out_channels {cout}"),
@@ -116,7 +116,11 @@ fn im2col(a: &Conv2dAttrs, x: &[f32], c: usize, h: usize, w: usize, oh: usize, o
                     let src = &x[(ch * h + iy as usize) * w..(ch * h + iy as usize + 1) * w];
                     for (ox, v) in line.iter_mut().enumerate() {
                         let ix = (ox * a.stride[1] + j * a.dilation[1]) as isize - a.padding[1] as isize;
-                        *v = if ix < 0 || ix >= w as isize { 0.0 } else { src[ix as usize] };
+                        *v = if ix < 0 || ix >= w as isize {
+                            0.0
+                        } else {
+                            src[ix as usize]
+                        };
                     }
                 }
                 row += 1;
@@ -164,12 +168,20 @@ pub fn conv_transpose2d_shape(node: &str, a: &ConvTranspose2dAttrs, x: &[usize])
     let mut out = vec![x[0], a.out_channels];
     for d in 0..2 {
         if a.output_padding[d] >= a.stride[d].max(a.dilation[d]) {
-            return Err(shape_err(node, "output_padding must be smaller than stride or dilation"));
+            return Err(shape_err(
+                node,
+                "output_padding must be smaller than stride or dilation",
+            ));
         }
         let full = (x[2 + d] - 1) * a.stride[d] + a.dilation[d] * (a.kernel[d] - 1) + a.output_padding[d] + 1;
         match full.checked_sub(2 * a.padding[d]) {
             Some(v) if v > 0 => out.push(v),
-            _ => return Err(shape_err(node, format!("padding {:?} leaves no output for input {x:?}", a.padding))),
+            _ => {
+                return Err(shape_err(
+                    node,
+                    format!("padding {:?} leaves no output for input {x:?}", a.padding),
+                ))
+            }
         }
     }
     Ok(out)

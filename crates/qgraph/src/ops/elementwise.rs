@@ -24,7 +24,13 @@ fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let own = qtensor::strides(shape);
     let pad = out.len() - shape.len();
     (0..out.len())
-        .map(|i| if i < pad || shape[i - pad] == 1 { 0 } else { own[i - pad] })
+        .map(|i| {
+            if i < pad || shape[i - pad] == 1 {
+                0
+            } else {
+                own[i - pad]
+            }
+        })
         .collect()
 }
 
@@ -34,7 +40,10 @@ pub fn binary(a: &Tensor, b: &Tensor, out_shape: Vec<usize>, f: impl Fn(f32, f32
         return Tensor::new(out_shape, y).expect("same shape");
     }
     let n: usize = out_shape.iter().product();
-    let (sa, sb) = (broadcast_strides(a.shape(), &out_shape), broadcast_strides(b.shape(), &out_shape));
+    let (sa, sb) = (
+        broadcast_strides(a.shape(), &out_shape),
+        broadcast_strides(b.shape(), &out_shape),
+    );
     let mut y = Vec::with_capacity(n);
     let mut idx = vec![0usize; out_shape.len()];
     let (mut ia, mut ib) = (0usize, 0usize);

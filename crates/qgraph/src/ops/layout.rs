@@ -16,7 +16,9 @@ pub fn normalize_dim(node: &str, dim: isize, rank: usize) -> Result<usize> {
 }
 
 pub fn cat_shape(node: &str, dim: isize, ins: &[&[usize]]) -> Result<Vec<usize>> {
-    let first = ins.first().ok_or_else(|| shape_err(node, "Cat needs at least one input"))?;
+    let first = ins
+        .first()
+        .ok_or_else(|| shape_err(node, "Cat needs at least one input"))?;
     let d = normalize_dim(node, dim, first.len())?;
     let mut out = first.to_vec();
     for s in &ins[1..] {
@@ -50,7 +52,10 @@ pub fn flatten_shape(node: &str, start: isize, end: isize, x: &[usize]) -> Resul
     }
     let (s, e) = (normalize_dim(node, start, x.len())?, normalize_dim(node, end, x.len())?);
     if s > e {
-        return Err(shape_err(node, format!("Flatten start_dim {start} comes after end_dim {end}")));
+        return Err(shape_err(
+            node,
+            format!("Flatten start_dim {start} comes after end_dim {end}"),
+        ));
     }
     let mut out = x[..s].to_vec();
     out.push(x[s..=e].iter().product());
@@ -62,26 +67,39 @@ pub fn reshape_shape(node: &str, shape: &[isize], x: &[usize]) -> Result<Vec<usi
     let n: usize = x.iter().product();
     let infer: Vec<usize> = (0..shape.len()).filter(|&i| shape[i] == -1).collect();
     if infer.len() > 1 || shape.iter().any(|&d| d < -1) {
-        return Err(shape_err(node, format!("Reshape target {shape:?}: at most one -1 and no other negatives")));
+        return Err(shape_err(
+            node,
+            format!("Reshape target {shape:?}: at most one -1 and no other negatives"),
+        ));
     }
     let known: usize = shape.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
     let mut out: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(&i) = infer.first() {
-        if known == 0 || n % known != 0 {
+        if n.checked_rem(known) != Some(0) {
             return Err(shape_err(node, format!("cannot reshape {x:?} into {shape:?}")));
         }
         out[i] = n / known;
     }
     if out.iter().product::<usize>() != n {
-        return Err(shape_err(node, format!("cannot reshape {x:?} ({n} elements) into {shape:?}")));
+        return Err(shape_err(
+            node,
+            format!("cannot reshape {x:?} ({n} elements) into {shape:?}"),
+        ));
     }
     Ok(out)
 }
 
 pub fn permute_shape(node: &str, dims: &[usize], x: &[usize]) -> Result<Vec<usize>> {
     let mut seen = vec![false; x.len()];
-    if dims.len() != x.len() || dims.iter().any(|&d| d >= x.len() || std::mem::replace(&mut seen[d], true)) {
-        return Err(shape_err(node, format!("Permute {dims:?} is not a permutation of the {} dims of {x:?}", x.len())));
+    if dims.len() != x.len()
+        || dims
+            .iter()
+            .any(|&d| d >= x.len() || std::mem::replace(&mut seen[d], true))
+    {
+        return Err(shape_err(
+            node,
+            format!("Permute {dims:?} is not a permutation of the {} dims of {x:?}", x.len()),
+        ));
     }
     Ok(dims.iter().map(|&d| x[d]).collect())
 }

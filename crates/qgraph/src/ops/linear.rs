@@ -53,12 +53,18 @@ pub fn linear(node: &Node, a: &LinearAttrs, x: &Tensor, out_shape: Vec<usize>) -
 
 pub fn matmul_shape(node: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     if a.len() < 2 || b.len() < 2 {
-        return Err(shape_err(node, format!("MatMul needs operands of rank >= 2, got {a:?} and {b:?}")));
+        return Err(shape_err(
+            node,
+            format!("MatMul needs operands of rank >= 2, got {a:?} and {b:?}"),
+        ));
     }
     let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
     let (k2, n) = (b[b.len() - 2], b[b.len() - 1]);
     if k != k2 {
-        return Err(shape_err(node, format!("MatMul inner dimensions differ: {a:?} x {b:?}")));
+        return Err(shape_err(
+            node,
+            format!("MatMul inner dimensions differ: {a:?} x {b:?}"),
+        ));
     }
     let mut batch = broadcast_shape(node, &a[..a.len() - 2], &b[..b.len() - 2])?;
     batch.extend([m, n]);

@@ -124,7 +124,10 @@ pub fn forward(node: &Node, args: &[&Value]) -> Result<Value> {
     if let Op::Embedding { .. } = &node.op {
         return match args[0] {
             Value::I64(ids) => embedding::embedding(node, ids, out_shape).map(Value::F32),
-            other => Err(shape_err(&node.name, format!("expects i64 token ids, got a {}", other.kind()))),
+            other => Err(shape_err(
+                &node.name,
+                format!("expects i64 token ids, got a {}", other.kind()),
+            )),
         };
     }
     let x: Vec<&Tensor> = args

@@ -19,10 +19,17 @@ pub fn batch_norm_shape(node: &str, a: &BatchNormAttrs, x: &[usize]) -> Result<V
     if ok {
         Ok(x.to_vec())
     } else {
-        let want = if a.dims == 1 { "[N, C] or [N, C, L]" } else { "[N, C, H, W]" };
+        let want = if a.dims == 1 {
+            "[N, C] or [N, C, L]"
+        } else {
+            "[N, C, H, W]"
+        };
         Err(shape_err(
             node,
-            format!("BatchNorm{}d expects {want} with C = {}, got {x:?}", a.dims, a.num_features),
+            format!(
+                "BatchNorm{}d expects {want} with C = {}, got {x:?}",
+                a.dims, a.num_features
+            ),
         ))
     }
 }
@@ -57,7 +64,10 @@ pub fn layer_norm_shape(node: &str, a: &LayerNormAttrs, x: &[usize]) -> Result<V
     if k == 0 || x.len() < k || x[x.len() - k..] != a.normalized_shape[..] {
         return Err(shape_err(
             node,
-            format!("LayerNorm over {:?} needs an input ending in those sizes, got {x:?}", a.normalized_shape),
+            format!(
+                "LayerNorm over {:?} needs an input ending in those sizes, got {x:?}",
+                a.normalized_shape
+            ),
         ));
     }
     Ok(x.to_vec())

@@ -23,7 +23,12 @@ pub fn pool2d_shape(node: &str, a: &Pool2dAttrs, x: &[usize]) -> Result<Vec<usiz
     for d in 0..2 {
         match (x[2 + d] + 2 * a.padding[d]).checked_sub(a.kernel[d]) {
             Some(v) => out.push(v / a.stride[d] + 1),
-            None => return Err(shape_err(node, format!("input {x:?} is smaller than the pool window {:?}", a.kernel))),
+            None => {
+                return Err(shape_err(
+                    node,
+                    format!("input {x:?} is smaller than the pool window {:?}", a.kernel),
+                ))
+            }
         }
     }
     Ok(out)
@@ -93,7 +98,11 @@ pub fn avg_pool2d(a: &Pool2dAttrs, x: &Tensor, out_shape: Vec<usize>) -> Tensor 
                 for yy in ya..yb {
                     s += plane[yy * w + xa..yy * w + xb].iter().sum::<f32>();
                 }
-                let count = if a.count_include_pad { padded_count } else { (yb - ya) * (xb - xa) };
+                let count = if a.count_include_pad {
+                    padded_count
+                } else {
+                    (yb - ya) * (xb - xa)
+                };
                 y.push(s / count as f32);
             }
         }

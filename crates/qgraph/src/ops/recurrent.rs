@@ -18,10 +18,17 @@ use crate::Result;
 
 pub fn rnn_shape(node: &str, a: &RnnAttrs, x: &[usize]) -> Result<Vec<usize>> {
     if x.len() != 3 || x[2] != a.input_size || a.num_layers == 0 {
-        let layout = if a.batch_first { "[batch, seq, features]" } else { "[seq, batch, features]" };
+        let layout = if a.batch_first {
+            "[batch, seq, features]"
+        } else {
+            "[seq, batch, features]"
+        };
         return Err(shape_err(
             node,
-            format!("recurrent layer expects {layout} with {} features and >= 1 layer, got {x:?}", a.input_size),
+            format!(
+                "recurrent layer expects {layout} with {} features and >= 1 layer, got {x:?}",
+                a.input_size
+            ),
         ));
     }
     Ok(vec![x[0], x[1], a.hidden_size])
@@ -39,7 +46,11 @@ fn to_seq_major(a: &RnnAttrs, x: &Tensor) -> (usize, usize, Vec<f32>) {
 
 fn from_seq_major(a: &RnnAttrs, t: usize, b: usize, h: usize, data: Vec<f32>) -> Result<Tensor> {
     let y = Tensor::new([t, b, h], data)?;
-    Ok(if a.batch_first { super::layout::permute(&y, &[1, 0, 2]) } else { y })
+    Ok(if a.batch_first {
+        super::layout::permute(&y, &[1, 0, 2])
+    } else {
+        y
+    })
 }
 
 /// `x W^T + b` for all rows of `x` (`rows x in`), weight `[gates * h, in]`.
@@ -51,7 +62,12 @@ fn project(x: &[f32], rows: usize, w: &Tensor, b: Option<&Tensor>) -> Vec<f32> {
             row.copy_from_slice(b.data());
         }
     }
-    sgemm(MatRef::row_major(x, rows, k), MatRef::transposed(w.data(), k, n), &mut y, b.is_some());
+    sgemm(
+        MatRef::row_major(x, rows, k),
+        MatRef::transposed(w.data(), k, n),
+        &mut y,
+        b.is_some(),
+    );
     y
 }
 
@@ -66,8 +82,16 @@ fn layer_params<'a>(node: &'a Node, a: &RnnAttrs, l: usize) -> Result<LayerParam
     Ok(LayerParams {
         w_ih: node.param(&format!("weight_ih_l{l}"))?,
         w_hh: node.param(&format!("weight_hh_l{l}"))?,
-        b_ih: if a.bias { Some(node.param(&format!("bias_ih_l{l}"))?) } else { None },
-        b_hh: if a.bias { Some(node.param(&format!("bias_hh_l{l}"))?) } else { None },
+        b_ih: if a.bias {
+            Some(node.param(&format!("bias_ih_l{l}"))?)
+        } else {
+            None
+        },
+        b_hh: if a.bias {
+            Some(node.param(&format!("bias_hh_l{l}"))?)
+        } else {
+            None
+        },
     })
 }
 
