@@ -9,4 +9,6 @@ pub mod eltwise;
 mod error;
 pub mod gemm;
 
+pub use gemm::available_paths;
+
 pub use error::{KernelError, Result};

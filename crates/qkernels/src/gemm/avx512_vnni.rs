@@ -1,0 +1,185 @@
+//! AVX-512 VNNI path: a register-blocked microkernel of 8 rows x 48 columns (24 zmm
+//! accumulators). Per 4-element K group it loads three 64-byte packed weight rows (16 columns
+//! x 4 bytes each), broadcasts 4 activation bytes per row and issues `vpdpbusd` (u8 x s8 ->
+//! i32, 4 products per lane, non-saturating). The epilogue runs 16 lanes at a time with masks
+//! for ragged edges, performing the reference epilogue's f32 operations in the same order.
+
+use super::driver::BlockKernel;
+use super::epilogue::{EpiloguePlan, OutKind, Stage, ROUND_LIMIT};
+use super::pack::{PackedWeights, K_GROUP, PANEL_COLS, PANEL_ROW_BYTES};
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+const MR: usize = 8;
+const PANELS: usize = 3;
+const NR: usize = PANELS * PANEL_COLS;
+
+/// One register tile's i32 sums, row-major `MR x NR`.
+#[repr(C, align(64))]
+pub(crate) struct Tile(pub(crate) [[i32; NR]; MR]);
+
+pub(crate) struct Avx512Vnni;
+
+impl BlockKernel for Avx512Vnni {
+    const MR: usize = MR;
+    const NR: usize = NR;
+
+    unsafe fn block(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: Range<usize>, cols: Range<usize>) {
+        block_avx512(plan, a, w, rows, cols)
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: Range<usize>, cols: Range<usize>) {
+    let k = w.k();
+    let mut tile = Tile([[0; NR]; MR]);
+    for i0 in rows.clone().step_by(MR) {
+        let mr = MR.min(rows.end - i0);
+        let a_tile = a.as_ptr().add(i0 * k);
+        for j0 in cols.clone().step_by(NR) {
+            let nc = NR.min(cols.end - j0);
+            let panels = nc.div_ceil(PANEL_COLS);
+            let b = w.panel_ptr(j0 / PANEL_COLS);
+            let stride = w.panel_stride();
+            macro_rules! dispatch {
+                ($($r:literal),*) => {
+                    match (mr, panels) {
+                        $(
+                            ($r, 1) => microkernel::<$r, 1>(a_tile, k, b, stride, &mut tile),
+                            ($r, 2) => microkernel::<$r, 2>(a_tile, k, b, stride, &mut tile),
+                            ($r, 3) => microkernel::<$r, 3>(a_tile, k, b, stride, &mut tile),
+                        )*
+                        _ => unreachable!("tile of {mr} rows x {panels} panels"),
+                    }
+                };
+            }
+            dispatch!(1, 2, 3, 4, 5, 6, 7, 8);
+            for r in 0..mr {
+                finish_row_avx512(plan, i0 + r, j0, &tile.0[r][..nc]);
+            }
+        }
+    }
+}
+
+/// Reads the 4 activation bytes of K group `g` (zero beyond K) as one little-endian u32.
+#[inline(always)]
+unsafe fn group_bytes(row: *const u8, k: usize, g: usize) -> i32 {
+    let start = g * K_GROUP;
+    if start + K_GROUP <= k {
+        // In bounds: the row has k bytes.
+        (row.add(start) as *const i32).read_unaligned()
+    } else {
+        let mut v = 0u32;
+        for t in 0..k - start {
+            v |= (*row.add(start + t) as u32) << (8 * t);
+        }
+        v as i32
+    }
+}
+
+/// `tile[r][c] = sum_k a[r][k] * w[c][k]` for `R` rows (stride `k`) and `P` panels.
+///
+/// Safety: `a` points at `R` rows of `k` bytes; `b` at `P` panels `stride` bytes apart, each
+/// of `ceil(k / 4)` 64-byte aligned rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn microkernel<const R: usize, const P: usize>(
+    a: *const u8,
+    k: usize,
+    b: *const i8,
+    stride: usize,
+    tile: &mut Tile,
+) {
+    let mut acc = [[_mm512_setzero_si512(); P]; R];
+    let full = k / K_GROUP;
+    let mut bp = b;
+    for g in 0..full {
+        let mut wv = [_mm512_setzero_si512(); P];
+        for (p, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_load_si512(bp.add(p * stride) as *const __m512i);
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32((a.add(r * k + g * K_GROUP) as *const i32).read_unaligned());
+            for p in 0..P {
+                acc_r[p] = _mm512_dpbusd_epi32(acc_r[p], av, wv[p]);
+            }
+        }
+        bp = bp.add(PANEL_ROW_BYTES);
+    }
+    if full * K_GROUP < k {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32(group_bytes(a.add(r * k), k, full));
+            for (p, acc_rp) in acc_r.iter_mut().enumerate() {
+                let wv = _mm512_load_si512(bp.add(p * stride) as *const __m512i);
+                *acc_rp = _mm512_dpbusd_epi32(*acc_rp, av, wv);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (p, v) in acc_r.iter().enumerate() {
+            _mm512_store_si512(tile.0[r].as_mut_ptr().add(p * PANEL_COLS) as *mut __m512i, *v);
+        }
+    }
+}
+
+/// The epilogue of [`EpiloguePlan::finish_row`], 16 lanes at a time.
+///
+/// Safety: as `finish_row`; the CPU has AVX-512 F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+pub(crate) unsafe fn finish_row_avx512(plan: &EpiloguePlan, i: usize, j0: usize, acc: &[i32]) {
+    let a_zp = _mm512_set1_epi32(plan.a_zp.get(i));
+    let row_sum = _mm512_set1_epi32(plan.row_sum(i));
+    let has_row_sums = !plan.row_sums.is_empty();
+    let mut jj = 0;
+    while jj < acc.len() {
+        let lanes = (acc.len() - jj).min(16);
+        let mask: __mmask16 = if lanes == 16 { 0xffff } else { (1u16 << lanes) - 1 };
+        let j = j0 + jj;
+        // Masked loads never touch lanes past N.
+        let mut c = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(jj));
+        if plan.has_a_zp {
+            let col = _mm512_maskz_loadu_epi32(mask, plan.col_offsets.as_ptr().add(j));
+            c = _mm512_sub_epi32(c, _mm512_mullo_epi32(a_zp, col));
+        }
+        if has_row_sums {
+            let wzp = _mm512_maskz_loadu_epi32(mask, plan.w_zps.as_ptr().add(j));
+            c = _mm512_sub_epi32(c, _mm512_mullo_epi32(row_sum, wzp));
+        }
+        let dst = plan.out.at(i, j);
+        match &plan.stage {
+            Stage::I32 => _mm512_mask_storeu_epi32(dst as *mut i32, mask, c),
+            Stage::Requantize {
+                bias_term,
+                multiplier,
+                zero_point,
+                lo,
+                hi,
+            } => {
+                let bt = _mm512_maskz_loadu_ps(mask, bias_term.as_ptr().add(j));
+                let mul = _mm512_maskz_loadu_ps(mask, multiplier.as_ptr().add(j));
+                let x = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(c), bt), mul);
+                let x = _mm512_min_ps(
+                    _mm512_max_ps(x, _mm512_set1_ps(-ROUND_LIMIT)),
+                    _mm512_set1_ps(ROUND_LIMIT),
+                );
+                // cvtps2dq rounds half to even under the default MXCSR mode.
+                let q = _mm512_add_epi32(_mm512_cvtps_epi32(x), _mm512_set1_epi32(*zero_point));
+                let q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_set1_epi32(*lo)), _mm512_set1_epi32(*hi));
+                // In-range values, so truncating to 8 bits is exact for u8 and i8 alike.
+                debug_assert!(matches!(plan.out.kind, OutKind::U8 | OutKind::I8));
+                _mm512_mask_cvtepi32_storeu_epi8(dst as *mut i8, mask, q);
+            }
+            Stage::Dequantize { w_scales, bias, relu } => {
+                let ws = _mm512_maskz_loadu_ps(mask, w_scales.as_ptr().add(j));
+                let scale = _mm512_mul_ps(_mm512_set1_ps(plan.a_scale.get(i)), ws);
+                let b = _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(j));
+                let mut y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), scale, b);
+                if *relu {
+                    y = _mm512_max_ps(y, _mm512_setzero_ps());
+                }
+                _mm512_mask_storeu_ps(dst as *mut f32, mask, y);
+            }
+        }
+        jj += lanes;
+    }
+}
