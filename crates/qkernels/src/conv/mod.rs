@@ -26,6 +26,7 @@ pub mod depthwise;
 #[cfg(target_arch = "x86_64")]
 mod depthwise_avx512;
 pub mod geometry;
+mod im2col;
 pub mod layout;
 pub mod reference;
 pub mod requant;
@@ -37,6 +38,7 @@ pub use layout::{nchw_f32_to_nhwc_u8, nhwc_u8_to_nchw_f32};
 pub use requant::{ActQuant, ConvRequant, ConvWeightQuant, FusedActivation};
 pub use transpose::PackedConvTranspose2d;
 
+use crate::gemm::{self, KernelPath};
 use crate::{KernelError, Result};
 
 /// Dimensions of an NHWC tensor.
@@ -109,12 +111,15 @@ pub enum ConvPath {
     Reference,
     /// Direct depthwise kernel (depthwise geometries only).
     Depthwise(DepthwisePath),
+    /// The shared GEMM on the given path: in place for 1x1 convolutions, through im2col blocks
+    /// otherwise (every geometry but depthwise).
+    Gemm(KernelPath),
 }
 
 #[derive(Debug, Clone)]
 enum Packed {
     Depthwise(PackedDepthwise),
-    General,
+    Gemm(im2col::GemmConv),
 }
 
 /// A `Conv2d` with its weights packed for the fastest path the geometry allows.
@@ -163,7 +168,8 @@ impl PackedConv2d {
         let packed = if geometry.is_depthwise() {
             Packed::Depthwise(PackedDepthwise::new(geometry, weights, &weight_quant, ConvArithmetic::default())?)
         } else {
-            Packed::General
+            gemm::check_k("conv2d", geometry.depth())?;
+            Packed::Gemm(im2col::GemmConv::new(&geometry, weights, &weight_quant)?)
         };
         Ok(PackedConv2d {
             geometry,
@@ -200,8 +206,9 @@ impl PackedConv2d {
     /// The paths this convolution can run on this CPU, slowest first.
     pub fn paths(&self) -> Vec<ConvPath> {
         let mut paths = vec![ConvPath::Reference];
-        if let Packed::Depthwise(_) = self.packed {
-            paths.extend(DepthwisePath::available().into_iter().map(ConvPath::Depthwise));
+        match self.packed {
+            Packed::Depthwise(_) => paths.extend(DepthwisePath::available().into_iter().map(ConvPath::Depthwise)),
+            Packed::Gemm(_) => paths.extend(gemm::available_paths().into_iter().map(ConvPath::Gemm)),
         }
         paths
     }
@@ -211,10 +218,13 @@ impl PackedConv2d {
         if forced_reference() {
             return match self.packed {
                 Packed::Depthwise(_) => ConvPath::Depthwise(DepthwisePath::Portable),
-                Packed::General => ConvPath::Reference,
+                Packed::Gemm(_) => ConvPath::Gemm(KernelPath::Reference),
             };
         }
-        *self.paths().last().expect("reference always exists")
+        match self.packed {
+            Packed::Depthwise(_) => ConvPath::Depthwise(DepthwisePath::best()),
+            Packed::Gemm(_) => ConvPath::Gemm(gemm::best_path()),
+        }
     }
 
     /// Output shape for an input shape.
@@ -294,6 +304,7 @@ impl PackedConv2d {
                 Ok(())
             }
             (ConvPath::Depthwise(p), Packed::Depthwise(dw)) => dw.run(p, x, xs, x_q.zero_point, &rq, y),
+            (ConvPath::Gemm(p), Packed::Gemm(gc)) => gc.run(p, g, x, xs, x_q, y_q, activation, self.bias.as_deref(), y),
             (path, _) => Err(KernelError::Param {
                 op: "conv2d",
                 detail: format!("path {path:?} does not apply to {g:?}; pick one of {:?}", self.paths()),
