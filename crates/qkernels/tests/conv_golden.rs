@@ -31,7 +31,11 @@ fn conv2d_matches_pytorch_fbgemm() {
         let xs = NhwcShape::new(n, h, w, c);
         let x_q = ActQuant::new(f(case, "x_scale"), i(case, "x_zero_point") as i32).unwrap();
         let y_q = ActQuant::new(f(case, "y_scale"), i(case, "y_zero_point") as i32).unwrap();
-        let act = if case["relu"].as_bool().unwrap() { FusedActivation::Relu } else { FusedActivation::None };
+        let act = if case["relu"].as_bool().unwrap() {
+            FusedActivation::Relu
+        } else {
+            FusedActivation::None
+        };
         let yshape = g.shape(case, "y_q");
         let expected = nchw_to_nhwc(&g.u8s(case, "y_q"), yshape[0], yshape[1], yshape[2], yshape[3]);
         for path in conv.paths() {
@@ -39,7 +43,12 @@ fn conv2d_matches_pytorch_fbgemm() {
             let mut y = vec![0u8; ys.len()];
             conv.run_with(path, &x, xs, x_q, y_q, act, &mut y).unwrap();
             let bad = y.iter().zip(&expected).filter(|(a, b)| a != b).count();
-            assert_eq!(bad, 0, "case {ci} ({geom:?}) on {path:?}: {bad} of {} values differ", y.len());
+            assert_eq!(
+                bad,
+                0,
+                "case {ci} ({geom:?}) on {path:?}: {bad} of {} values differ",
+                y.len()
+            );
         }
     }
 }

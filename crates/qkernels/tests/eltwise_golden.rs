@@ -9,7 +9,11 @@ use qkernels::conv::{ActQuant, NhwcShape};
 use qkernels::eltwise::{self, ActivationLut, FloatRule, Pool2d, PoolRounding};
 
 fn q(case: &serde_json::Value, p: &str) -> ActQuant {
-    ActQuant::new(f(case, &format!("{p}_scale")), i(case, &format!("{p}_zero_point")) as i32).unwrap()
+    ActQuant::new(
+        f(case, &format!("{p}_scale")),
+        i(case, &format!("{p}_zero_point")) as i32,
+    )
+    .unwrap()
 }
 
 /// PyTorch's element-wise loops run the vector code on the first `len / 128 * 128` elements and
@@ -21,7 +25,11 @@ fn vector_part(len: usize) -> usize {
 #[test]
 fn binary_ops_match_pytorch() {
     let g = Golden::load("elementwise");
-    for case in g.cases.iter().filter(|c| c["op"].as_str().unwrap().starts_with("quantized_add") || c["op"] == "quantized_mul") {
+    for case in g
+        .cases
+        .iter()
+        .filter(|c| c["op"].as_str().unwrap().starts_with("quantized_add") || c["op"] == "quantized_mul")
+    {
         let (a, b, expected) = (g.u8s(case, "a_q"), g.u8s(case, "b_q"), g.u8s(case, "y_q"));
         let (aq, bq, yq) = (q(case, "a"), q(case, "b"), q(case, "y"));
         let op = case["op"].as_str().unwrap();
@@ -62,16 +70,22 @@ fn pooling_and_activations_match_pytorch() {
         let nchw = PoolRounding::ContiguousNchw;
         let y = match op {
             "quantized_max_pool2d_k3s2p1" => {
-                eltwise::max_pool2d(&x, xs, &Pool2d::new(3, 3).with_stride(2, 2).with_padding(1, 1)).unwrap().0
+                eltwise::max_pool2d(&x, xs, &Pool2d::new(3, 3).with_stride(2, 2).with_padding(1, 1))
+                    .unwrap()
+                    .0
             }
-            "quantized_avg_pool2d_k2s2" => eltwise::avg_pool2d(&x, xs, zp, &Pool2d::new(2, 2), true, None, nchw).unwrap().0,
+            "quantized_avg_pool2d_k2s2" => {
+                eltwise::avg_pool2d(&x, xs, zp, &Pool2d::new(2, 2), true, None, nchw)
+                    .unwrap()
+                    .0
+            }
             "quantized_adaptive_avg_pool2d_1" => eltwise::adaptive_avg_pool2d(&x, xs, zp, (1, 1), nchw).unwrap().0,
             "quantized_hardswish" => {
                 // PyTorch takes the reciprocal of its f64 output scale (0.03 here is not an f32).
                 let inv = (1.0 / case["y_scale"].as_f64().unwrap()) as f32;
                 let yzp = i(case, "y_zero_point") as i32;
                 let lut = ActivationLut::with_inverse(xq, yzp, inv, FloatRule::Vectorized, |v| {
-                    v * (v + 3.0).max(0.0).min(6.0) / 6.0
+                    v * (v + 3.0).clamp(0.0, 6.0) / 6.0
                 })
                 .unwrap();
                 let mut y = vec![0u8; x.len()];

@@ -150,8 +150,8 @@ impl PackedDepthwise {
         let zp_row = vec![x_zp as u8; c];
         let row_len = ow_n * c;
         #[cfg(target_arch = "x86_64")]
-        let epilogue = (path == DepthwisePath::Avx512Vnni)
-            .then(|| super::depthwise_avx512::Epilogue::new(self, x_zp, rq));
+        let epilogue =
+            (path == DepthwisePath::Avx512Vnni).then(|| super::depthwise_avx512::Epilogue::new(self, x_zp, rq));
         y.par_chunks_mut(row_len).enumerate().for_each(|(row, out_row)| {
             let n = row / oh_n;
             let oh = row % oh_n;
@@ -175,7 +175,7 @@ impl PackedDepthwise {
                     DepthwisePath::Portable => self.pixel_portable(&taps, x_zp, rq, out),
                     #[cfg(target_arch = "x86_64")]
                     DepthwisePath::Avx512Vnni => {
-                        while taps.len() % TAP_GROUP != 0 {
+                        while !taps.len().is_multiple_of(TAP_GROUP) {
                             taps.push(&zp_row);
                         }
                         let epi = epilogue.as_ref().expect("built for this path");
@@ -235,7 +235,7 @@ impl PackedDepthwise {
 pub fn fbgemm_runs_depthwise(g: &Conv2dGeometry) -> bool {
     let k = g.kernel.0;
     g.is_depthwise()
-        && g.c_in % 8 == 0
+        && g.c_in.is_multiple_of(8)
         && g.kernel.0 == g.kernel.1
         && (k == 3 || k == 5)
         && matches!(g.stride.0, 1 | 2)

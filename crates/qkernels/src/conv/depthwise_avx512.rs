@@ -112,9 +112,18 @@ impl Epilogue {
                     }
                 })
                 .collect(),
-            weight_zp: order.iter().map(|&ch| if get(ch) { p.weight_zps[ch] } else { 0 }).collect(),
-            bias_term: order.iter().map(|&ch| if get(ch) { rq.bias_term[ch] } else { 0.0 }).collect(),
-            multiplier: order.iter().map(|&ch| if get(ch) { rq.multiplier[ch] } else { 0.0 }).collect(),
+            weight_zp: order
+                .iter()
+                .map(|&ch| if get(ch) { p.weight_zps[ch] } else { 0 })
+                .collect(),
+            bias_term: order
+                .iter()
+                .map(|&ch| if get(ch) { rq.bias_term[ch] } else { 0.0 })
+                .collect(),
+            multiplier: order
+                .iter()
+                .map(|&ch| if get(ch) { rq.multiplier[ch] } else { 0.0 })
+                .collect(),
             zero_point: rq.zero_point,
             lo: rq.lo as u8,
             hi: rq.hi as u8,
@@ -169,7 +178,10 @@ pub unsafe fn pixel(p: &PackedDepthwise, taps: &[&[u8]], epi: &Epilogue, out: &m
         }
         let v: [__m512i; 4] = std::array::from_fn(|r| requant16(acc[r], xsum[r], epi, base + r * 16, p.symmetric));
         let packed = _mm512_packus_epi16(_mm512_packs_epi32(v[0], v[1]), _mm512_packs_epi32(v[2], v[3]));
-        let clamped = _mm512_min_epu8(_mm512_max_epu8(packed, _mm512_set1_epi8(epi.lo as i8)), _mm512_set1_epi8(epi.hi as i8));
+        let clamped = _mm512_min_epu8(
+            _mm512_max_epu8(packed, _mm512_set1_epi8(epi.lo as i8)),
+            _mm512_set1_epi8(epi.hi as i8),
+        );
         // SAFETY: `out` holds `c >= base + 64` bytes.
         _mm512_storeu_si512(out.as_mut_ptr().add(base).cast(), clamped);
     }
@@ -183,9 +195,8 @@ pub unsafe fn pixel(p: &PackedDepthwise, taps: &[&[u8]], epi: &Epilogue, out: &m
         let mut xsum = _mm512_setzero_si512();
         for g in 0..groups {
             // SAFETY: masked loads touch only the `valid` bytes inside each tap slice.
-            let t: [__m128i; 4] = std::array::from_fn(|i| {
-                _mm_maskz_loadu_epi8(mask, taps[g * TAP_GROUP + i].as_ptr().add(base).cast())
-            });
+            let t: [__m128i; 4] =
+                std::array::from_fn(|i| _mm_maskz_loadu_epi8(mask, taps[g * TAP_GROUP + i].as_ptr().add(base).cast()));
             let lo01 = _mm_unpacklo_epi8(t[0], t[1]);
             let hi01 = _mm_unpackhi_epi8(t[0], t[1]);
             let lo23 = _mm_unpacklo_epi8(t[2], t[3]);
@@ -207,7 +218,10 @@ pub unsafe fn pixel(p: &PackedDepthwise, taps: &[&[u8]], epi: &Epilogue, out: &m
             }
         }
         let v = requant16(acc, xsum, epi, base, p.symmetric);
-        let v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(epi.lo as i32)), _mm512_set1_epi32(epi.hi as i32));
+        let v = _mm512_min_epi32(
+            _mm512_max_epi32(v, _mm512_set1_epi32(epi.lo as i32)),
+            _mm512_set1_epi32(epi.hi as i32),
+        );
         // SAFETY: the masked store writes only the `valid` bytes inside `out`.
         _mm_mask_storeu_epi8(out.as_mut_ptr().add(base).cast(), mask, _mm512_cvtepi32_epi8(v));
         base += NARROW;
@@ -225,7 +239,10 @@ unsafe fn requant16(acc: __m512i, xsum: __m512i, epi: &Epilogue, at: usize, symm
         let wzp = _mm512_loadu_si512(epi.weight_zp.as_ptr().add(at).cast());
         corrected = _mm512_sub_epi32(corrected, _mm512_mullo_epi32(wzp, xsum));
     }
-    let f = _mm512_add_ps(_mm512_cvtepi32_ps(corrected), _mm512_loadu_ps(epi.bias_term.as_ptr().add(at)));
+    let f = _mm512_add_ps(
+        _mm512_cvtepi32_ps(corrected),
+        _mm512_loadu_ps(epi.bias_term.as_ptr().add(at)),
+    );
     let f = _mm512_mul_ps(f, _mm512_loadu_ps(epi.multiplier.as_ptr().add(at)));
     let f = _mm512_min_ps(_mm512_max_ps(f, _mm512_set1_ps(-CLAMP)), _mm512_set1_ps(CLAMP));
     let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);

@@ -87,7 +87,10 @@ impl Conv2dGeometry {
     pub fn validate(&self) -> Result<()> {
         let bad = |detail: String| Err(KernelError::Param { op: "conv2d", detail });
         if self.c_in == 0 || self.c_out == 0 {
-            return bad(format!("channels must be positive (c_in {}, c_out {})", self.c_in, self.c_out));
+            return bad(format!(
+                "channels must be positive (c_in {}, c_out {})",
+                self.c_in, self.c_out
+            ));
         }
         if self.kernel.0 == 0 || self.kernel.1 == 0 {
             return bad(format!("kernel size {:?} must be positive", self.kernel));
@@ -98,7 +101,7 @@ impl Conv2dGeometry {
         if self.dilation.0 == 0 || self.dilation.1 == 0 {
             return bad(format!("dilation {:?} must be positive", self.dilation));
         }
-        if self.groups == 0 || self.c_in % self.groups != 0 || self.c_out % self.groups != 0 {
+        if self.groups == 0 || !self.c_in.is_multiple_of(self.groups) || !self.c_out.is_multiple_of(self.groups) {
             return bad(format!(
                 "groups {} must divide both c_in {} and c_out {}",
                 self.groups, self.c_in, self.c_out
@@ -226,12 +229,29 @@ impl ConvTranspose2dGeometry {
         let len = |i: usize, s: usize, p: usize, d: usize, k: usize, op: usize| {
             ((i as i64 - 1) * s as i64 - 2 * p as i64 + (d * (k - 1)) as i64 + op as i64 + 1).max(0) as usize
         };
-        let oh = len(h, self.stride.0, self.padding.0, self.dilation.0, self.kernel.0, self.output_padding.0);
-        let ow = len(w, self.stride.1, self.padding.1, self.dilation.1, self.kernel.1, self.output_padding.1);
+        let oh = len(
+            h,
+            self.stride.0,
+            self.padding.0,
+            self.dilation.0,
+            self.kernel.0,
+            self.output_padding.0,
+        );
+        let ow = len(
+            w,
+            self.stride.1,
+            self.padding.1,
+            self.dilation.1,
+            self.kernel.1,
+            self.output_padding.1,
+        );
         if h == 0 || w == 0 || oh == 0 || ow == 0 {
             return Err(KernelError::Shape {
                 op: "conv_transpose2d",
-                detail: format!("input {h}x{w} gives an empty output with padding {:?}; reduce the padding", self.padding),
+                detail: format!(
+                    "input {h}x{w} gives an empty output with padding {:?}; reduce the padding",
+                    self.padding
+                ),
             });
         }
         Ok((oh, ow))

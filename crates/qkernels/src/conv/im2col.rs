@@ -94,7 +94,15 @@ impl GemmConv {
         let pixels = xs.n * oh_n * ow_n;
         if g.is_pointwise() {
             let config = GemmConfig::with_path(path);
-            gemm::gemm_u8s8(x, pixels, &act, &self.groups[0], &epilogue(0), GemmOutput::U8(y), &config)?;
+            gemm::gemm_u8s8(
+                x,
+                pixels,
+                &act,
+                &self.groups[0],
+                &epilogue(0),
+                GemmOutput::U8(y),
+                &config,
+            )?;
             return Ok(());
         }
         let k = g.depth();
@@ -104,7 +112,11 @@ impl GemmConv {
             let first = b * rows;
             let count = out.len() / g.c_out;
             let mut a = vec![0u8; count * k];
-            let mut tmp = if g.groups > 1 { vec![0u8; count * cog] } else { Vec::new() };
+            let mut tmp = if g.groups > 1 {
+                vec![0u8; count * cog]
+            } else {
+                Vec::new()
+            };
             for grp in 0..g.groups {
                 gather(g, x, xs, x_q.zero_point as u8, (oh_n, ow_n), first, grp, &mut a);
                 let e = epilogue(grp);
@@ -124,10 +136,14 @@ impl GemmConv {
                 path: Some(path),
                 threads: Some(1),
             };
-            y.par_chunks_mut(rows * g.c_out).enumerate().try_for_each(|bo| block(bo, &config))
+            y.par_chunks_mut(rows * g.c_out)
+                .enumerate()
+                .try_for_each(|bo| block(bo, &config))
         } else {
             let config = GemmConfig::with_path(path);
-            y.chunks_mut(rows * g.c_out).enumerate().try_for_each(|bo| block(bo, &config))
+            y.chunks_mut(rows * g.c_out)
+                .enumerate()
+                .try_for_each(|bo| block(bo, &config))
         }
     }
 }

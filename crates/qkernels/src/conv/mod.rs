@@ -166,7 +166,12 @@ impl PackedConv2d {
             }
         }
         let packed = if geometry.is_depthwise() {
-            Packed::Depthwise(PackedDepthwise::new(geometry, weights, &weight_quant, ConvArithmetic::default())?)
+            Packed::Depthwise(PackedDepthwise::new(
+                geometry,
+                weights,
+                &weight_quant,
+                ConvArithmetic::default(),
+            )?)
         } else {
             gemm::check_k("conv2d", geometry.depth())?;
             Packed::Gemm(im2col::GemmConv::new(&geometry, weights, &weight_quant)?)

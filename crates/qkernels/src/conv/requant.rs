@@ -192,7 +192,14 @@ impl ConvRequant {
     /// Requantizes the exact accumulator of output channel `c`.
     #[inline]
     pub fn apply(&self, c: usize, acc: i32) -> u8 {
-        requantize(acc, self.bias_term[c], self.multiplier[c], self.zero_point, self.lo, self.hi)
+        requantize(
+            acc,
+            self.bias_term[c],
+            self.multiplier[c],
+            self.zero_point,
+            self.lo,
+            self.hi,
+        )
     }
 }
 

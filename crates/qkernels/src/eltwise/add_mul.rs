@@ -34,7 +34,8 @@ pub fn add(
     check_same_len("add", a.len(), y.len())?;
     let inv = 1.0 / y_q.scale;
     let one = |qa: u8, qb: u8| {
-        let c = rule.dequantize(qa as i32, a_q.scale, a_q.zero_point) + rule.dequantize(qb as i32, b_q.scale, b_q.zero_point);
+        let c = rule.dequantize(qa as i32, a_q.scale, a_q.zero_point)
+            + rule.dequantize(qb as i32, b_q.scale, b_q.zero_point);
         let c = if relu { c.max(0.0) } else { c };
         quantize_u8(c, inv, y_q.zero_point)
     };

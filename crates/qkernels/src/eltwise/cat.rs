@@ -33,7 +33,11 @@ pub fn cat_channels(inputs: &[(&[u8], NhwcShape, ActQuant)], y_q: ActQuant) -> R
         .map(|&(_, _, q)| {
             (q != y_q).then(|| {
                 std::array::from_fn(|v| {
-                    quantize_u8(qtensor::quantize::dequantize_one(v as i32, q.scale, q.zero_point), inv, y_q.zero_point)
+                    quantize_u8(
+                        qtensor::quantize::dequantize_one(v as i32, q.scale, q.zero_point),
+                        inv,
+                        y_q.zero_point,
+                    )
                 })
             })
         })

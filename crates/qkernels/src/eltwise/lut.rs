@@ -60,7 +60,7 @@ impl ActivationLut {
 
     /// `hardswish(x) = x * min(max(x + 3, 0), 6) / 6` (PyTorch `qhardswish_kernel`).
     pub fn hardswish(input: ActQuant, output: ActQuant, rule: FloatRule) -> Result<ActivationLut> {
-        Self::new(input, output, rule, |x| x * (x + 3.0).max(0.0).min(6.0) / 6.0)
+        Self::new(input, output, rule, |x| x * (x + 3.0).clamp(0.0, 6.0) / 6.0)
     }
 
     /// `1 / (1 + exp(-x))`.

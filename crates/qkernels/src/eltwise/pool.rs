@@ -77,13 +77,19 @@ impl Pool2d {
     pub fn output_hw(&self, op: &'static str, h: usize, w: usize) -> Result<(usize, usize)> {
         let bad = |d: String| Err(KernelError::Param { op, detail: d });
         if self.kernel.0 == 0 || self.kernel.1 == 0 || self.stride.0 == 0 || self.stride.1 == 0 {
-            return bad(format!("kernel {:?} and stride {:?} must be positive", self.kernel, self.stride));
+            return bad(format!(
+                "kernel {:?} and stride {:?} must be positive",
+                self.kernel, self.stride
+            ));
         }
         if self.dilation.0 == 0 || self.dilation.1 == 0 {
             return bad(format!("dilation {:?} must be positive", self.dilation));
         }
         if self.padding.0 * 2 > self.kernel.0 || self.padding.1 * 2 > self.kernel.1 {
-            return bad(format!("padding {:?} must be at most half the kernel {:?}", self.padding, self.kernel));
+            return bad(format!(
+                "padding {:?} must be at most half the kernel {:?}",
+                self.padding, self.kernel
+            ));
         }
         let len = |i: usize, k: usize, p: usize, s: usize, d: usize| -> Option<usize> {
             let span = (d * (k - 1) + 1) as i64;

@@ -21,7 +21,9 @@ impl Golden {
     }
 
     fn view(&self, case: &Value, role: &str) -> (Dtype, Vec<usize>, Vec<u8>) {
-        let name = case["tensors"][role].as_str().unwrap_or_else(|| panic!("no tensor {role}"));
+        let name = case["tensors"][role]
+            .as_str()
+            .unwrap_or_else(|| panic!("no tensor {role}"));
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
         let t = st.tensor(name).unwrap();
         (t.dtype(), t.shape().to_vec(), t.data().to_vec())
@@ -46,7 +48,9 @@ impl Golden {
     pub fn f32s(&self, case: &Value, role: &str) -> Vec<f32> {
         let (dt, _, data) = self.view(case, role);
         assert_eq!(dt, Dtype::F32, "{role}");
-        data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+        data.chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
 }
 
