@@ -33,7 +33,7 @@ struct Case {
 fn case() -> impl Strategy<Value = Case> {
     (
         1usize..24,
-        prop_oneof![1usize..80, 60usize..300],
+        prop_oneof![1usize..80, 60usize..300, 500usize..1100],
         1usize..70,
         any::<u64>(),
         0u8..5,
@@ -45,12 +45,12 @@ fn case() -> impl Strategy<Value = Case> {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 (s >> 33) as u32
             };
-            let extreme = next() % 4 == 0;
+            let extreme = next().is_multiple_of(4);
             let a = (0..m * k).map(|_| if extreme { 255 } else { next() as u8 }).collect();
             let w = (0..n * k).map(|_| if extreme { -128 } else { next() as i8 }).collect();
-            let per_channel = next() % 2 == 0;
-            let per_row = next() % 3 == 0;
-            let wz = |v: u32| if v % 3 == 0 { 0 } else { (v % 256) as i32 - 128 };
+            let per_channel = next().is_multiple_of(2);
+            let per_row = next().is_multiple_of(3);
+            let wz = |v: u32| if v.is_multiple_of(3) { 0 } else { (v % 256) as i32 - 128 };
             let w_zp = if per_channel {
                 (0..n).map(|_| wz(next())).collect()
             } else {
@@ -61,14 +61,21 @@ fn case() -> impl Strategy<Value = Case> {
                 .collect();
             let rows = if per_row { m } else { 1 };
             let a_zp = (0..rows)
-                .map(|_| if next() % 4 == 0 { 0 } else { (next() % 256) as i32 })
+                .map(|_| {
+                    if next().is_multiple_of(4) {
+                        0
+                    } else {
+                        (next() % 256) as i32
+                    }
+                })
                 .collect();
             let a_scale = (0..rows).map(|_| 1e-3 * (1 + next() % 200) as f32).collect();
-            let bias = (next() % 3 != 0).then(|| (0..n).map(|_| (next() % 2001) as f32 / 100.0 - 10.0).collect());
+            let bias =
+                (!next().is_multiple_of(3)).then(|| (0..n).map(|_| (next() % 2001) as f32 / 100.0 - 10.0).collect());
             let out_scale = 1e-3 * (1 + next() % 500) as f32;
             let out_zp = (next() % 256) as i32;
-            let relu = next() % 2 == 0;
-            let clamp = (next() % 4 == 0).then_some((10, 200));
+            let relu = next().is_multiple_of(2);
+            let clamp = next().is_multiple_of(4).then_some((10, 200));
             Case {
                 m,
                 k,

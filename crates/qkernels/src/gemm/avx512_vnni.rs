@@ -29,36 +29,87 @@ impl BlockKernel for Avx512Vnni {
     }
 }
 
+/// K groups per cache block: a 48-column weight micro-panel of up to 128 groups (24 KiB)
+/// stays in L1 while every row tile of the block streams past it.
+const KC_GROUPS: usize = 128;
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: Range<usize>, cols: Range<usize>) {
     let k = w.k();
-    let mut tile = Tile([[0; NR]; MR]);
-    for i0 in rows.clone().step_by(MR) {
-        let mr = MR.min(rows.end - i0);
-        let a_tile = a.as_ptr().add(i0 * k);
+    let groups = k.div_ceil(K_GROUP);
+    let k_blocks = groups.div_ceil(KC_GROUPS);
+    let kc = groups.div_ceil(k_blocks);
+    let stride = w.panel_stride();
+    let a0 = a.as_ptr();
+    if k_blocks == 1 {
+        // Whole K at once: finish each register tile straight away.
+        let mut tile = Tile([[0; NR]; MR]);
         for j0 in cols.clone().step_by(NR) {
             let nc = NR.min(cols.end - j0);
-            let panels = nc.div_ceil(PANEL_COLS);
             let b = w.panel_ptr(j0 / PANEL_COLS);
-            let stride = w.panel_stride();
-            macro_rules! dispatch {
-                ($($r:literal),*) => {
-                    match (mr, panels) {
-                        $(
-                            ($r, 1) => microkernel::<$r, 1>(a_tile, k, b, stride, &mut tile),
-                            ($r, 2) => microkernel::<$r, 2>(a_tile, k, b, stride, &mut tile),
-                            ($r, 3) => microkernel::<$r, 3>(a_tile, k, b, stride, &mut tile),
-                        )*
-                        _ => unreachable!("tile of {mr} rows x {panels} panels"),
-                    }
-                };
+            for i0 in rows.clone().step_by(MR) {
+                let mr = MR.min(rows.end - i0);
+                let c = tile.0.as_mut_ptr() as *mut i32;
+                tile_kernel(mr, nc, a0.add(i0 * k), k, 0, groups, b, stride, c, NR, false);
+                for r in 0..mr {
+                    finish_row_avx512(plan, i0 + r, j0, &tile.0[r][..nc]);
+                }
             }
-            dispatch!(1, 2, 3, 4, 5, 6, 7, 8);
-            for r in 0..mr {
-                finish_row_avx512(plan, i0 + r, j0, &tile.0[r][..nc]);
+        }
+        return;
+    }
+    // K blocks: partial sums of the whole block live in `sums` (row-major, `ldc` columns).
+    let ldc = (cols.end - cols.start).div_ceil(NR) * NR;
+    let mut sums = vec![0i32; (rows.end - rows.start) * ldc];
+    for kb in 0..k_blocks {
+        let (g0, g1) = (kb * kc, ((kb + 1) * kc).min(groups));
+        for j0 in cols.clone().step_by(NR) {
+            let nc = NR.min(cols.end - j0);
+            let b = w.panel_ptr(j0 / PANEL_COLS);
+            for i0 in rows.clone().step_by(MR) {
+                let mr = MR.min(rows.end - i0);
+                let c = sums.as_mut_ptr().add((i0 - rows.start) * ldc + (j0 - cols.start));
+                tile_kernel(mr, nc, a0.add(i0 * k), k, g0, g1, b, stride, c, ldc, kb > 0);
             }
         }
     }
+    for i in rows.clone() {
+        let row = &sums[(i - rows.start) * ldc..];
+        finish_row_avx512(plan, i, cols.start, &row[..cols.end - cols.start]);
+    }
+}
+
+/// Runs the register tile of `mr` rows x `nc` columns (rounded up to whole panels).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn tile_kernel(
+    mr: usize,
+    nc: usize,
+    a: *const u8,
+    k: usize,
+    g0: usize,
+    g1: usize,
+    b: *const i8,
+    stride: usize,
+    c: *mut i32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let panels = nc.div_ceil(PANEL_COLS);
+    macro_rules! dispatch {
+        ($($r:literal),*) => {
+            match (mr, panels) {
+                $(
+                    ($r, 1) => microkernel::<$r, 1>(a, k, g0, g1, b, stride, c, ldc, accumulate),
+                    ($r, 2) => microkernel::<$r, 2>(a, k, g0, g1, b, stride, c, ldc, accumulate),
+                    ($r, 3) => microkernel::<$r, 3>(a, k, g0, g1, b, stride, c, ldc, accumulate),
+                )*
+                _ => unreachable!("tile of {mr} rows x {panels} panels"),
+            }
+        };
+    }
+    dispatch!(1, 2, 3, 4, 5, 6, 7, 8);
 }
 
 /// Reads the 4 activation bytes of K group `g` (zero beyond K) as one little-endian u32.
@@ -77,23 +128,36 @@ unsafe fn group_bytes(row: *const u8, k: usize, g: usize) -> i32 {
     }
 }
 
-/// `tile[r][c] = sum_k a[r][k] * w[c][k]` for `R` rows (stride `k`) and `P` panels.
+/// `c[r][col] (+)= sum over K groups g0..g1 of a[r][4g..4g+4] . w[col][4g..4g+4]` for `R` rows
+/// (stride `k`) and `P` panels.
 ///
 /// Safety: `a` points at `R` rows of `k` bytes; `b` at `P` panels `stride` bytes apart, each
-/// of `ceil(k / 4)` 64-byte aligned rows.
+/// of `ceil(k / 4)` 64-byte aligned rows; `c` at `R` rows of `P * 16` i32, `ldc` apart.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn microkernel<const R: usize, const P: usize>(
     a: *const u8,
     k: usize,
+    g0: usize,
+    g1: usize,
     b: *const i8,
     stride: usize,
-    tile: &mut Tile,
+    c: *mut i32,
+    ldc: usize,
+    accumulate: bool,
 ) {
     let mut acc = [[_mm512_setzero_si512(); P]; R];
-    let full = k / K_GROUP;
-    let mut bp = b;
-    for g in 0..full {
+    if accumulate {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            for (p, v) in acc_r.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(c.add(r * ldc + p * PANEL_COLS) as *const __m512i);
+            }
+        }
+    }
+    let full_end = g1.min(k / K_GROUP);
+    let mut bp = b.add(g0 * PANEL_ROW_BYTES);
+    for g in g0..full_end {
         let mut wv = [_mm512_setzero_si512(); P];
         for (p, v) in wv.iter_mut().enumerate() {
             *v = _mm512_load_si512(bp.add(p * stride) as *const __m512i);
@@ -106,9 +170,9 @@ unsafe fn microkernel<const R: usize, const P: usize>(
         }
         bp = bp.add(PANEL_ROW_BYTES);
     }
-    if full * K_GROUP < k {
+    if full_end < g1 {
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32(group_bytes(a.add(r * k), k, full));
+            let av = _mm512_set1_epi32(group_bytes(a.add(r * k), k, full_end));
             for (p, acc_rp) in acc_r.iter_mut().enumerate() {
                 let wv = _mm512_load_si512(bp.add(p * stride) as *const __m512i);
                 *acc_rp = _mm512_dpbusd_epi32(*acc_rp, av, wv);
@@ -117,7 +181,7 @@ unsafe fn microkernel<const R: usize, const P: usize>(
     }
     for (r, acc_r) in acc.iter().enumerate() {
         for (p, v) in acc_r.iter().enumerate() {
-            _mm512_store_si512(tile.0[r].as_mut_ptr().add(p * PANEL_COLS) as *mut __m512i, *v);
+            _mm512_storeu_si512(c.add(r * ldc + p * PANEL_COLS) as *mut __m512i, *v);
         }
     }
 }

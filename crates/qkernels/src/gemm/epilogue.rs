@@ -274,24 +274,31 @@ impl<'a> EpiloguePlan<'a> {
                     lo = lo.max(clo);
                     hi = hi.min(chi);
                 }
-                let mut bias_term = vec![0.0f32; n];
-                let mut multiplier = vec![0.0f32; n];
-                for j in 0..n {
-                    let ats = act_scale * w.scale(j);
-                    multiplier[j] = ats / r.out_scale;
-                    if let Some(b) = r.bias {
-                        bias_term[j] = if w.per_channel() {
-                            b[j] / ats
-                        } else {
-                            b[j] * (1.0f64 / ats as f64) as f32
-                        };
-                    }
-                    if !(multiplier[j].is_finite() && multiplier[j] > 0.0 && bias_term[j].is_finite()) {
-                        return Err(param(format!(
-                            "channel {j}: activation scale {act_scale} x weight scale {} / output scale {} gives a multiplier {} (bias term {}) outside f32; rescale",
-                            w.scale(j), r.out_scale, multiplier[j], bias_term[j]
-                        )));
-                    }
+                // Per-tensor weights share one scale: one multiplier and one reciprocal (in
+                // f64, as fbgemm's `1.0 / act_times_w_scale`) serve every column.
+                let (multiplier, bias_term): (Vec<f32>, Vec<f32>) = if w.per_channel() {
+                    let ats: Vec<f32> = w.scales().iter().map(|&ws| act_scale * ws).collect();
+                    let multiplier = ats.iter().map(|&s| s / r.out_scale).collect();
+                    let bias_term = match r.bias {
+                        Some(b) => b.iter().zip(&ats).map(|(&b, &s)| b / s).collect(),
+                        None => vec![0.0; n],
+                    };
+                    (multiplier, bias_term)
+                } else {
+                    let ats = act_scale * w.scale(0);
+                    let reciprocal = (1.0f64 / ats as f64) as f32;
+                    let bias_term = match r.bias {
+                        Some(b) => b.iter().map(|&b| b * reciprocal).collect(),
+                        None => vec![0.0; n],
+                    };
+                    (vec![ats / r.out_scale; n], bias_term)
+                };
+                let finite = |v: &f32| v.is_finite();
+                if !multiplier.iter().all(|&m| m.is_finite() && m > 0.0) || !bias_term.iter().all(finite) {
+                    return Err(param(format!(
+                        "activation scale {act_scale} x weight scales / output scale {} gives a multiplier or bias term outside f32; rescale",
+                        r.out_scale
+                    )));
                 }
                 Stage::Requantize {
                     bias_term,
@@ -400,7 +407,8 @@ pub(crate) fn requantize_one(c: i32, bias_term: f32, multiplier: f32, zero_point
 #[inline]
 pub(crate) fn dequantize_one(c: i32, scale: f32, bias: f32, relu: bool) -> f32 {
     let y = (c as f32).mul_add(scale, bias);
-    if relu && !(y > 0.0) {
+    // NaN and -0.0 both become +0.0, as `vmaxps(y, 0)` returns its second operand for them.
+    if relu && y.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         0.0
     } else {
         y

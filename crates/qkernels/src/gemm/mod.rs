@@ -32,6 +32,7 @@
 
 mod dispatch;
 mod driver;
+mod dynamic;
 mod epilogue;
 mod pack;
 mod reference;
@@ -46,6 +47,7 @@ mod avx512_vnni;
 mod avxvnni;
 
 pub use dispatch::{available_paths, best_path, KernelPath};
+pub use dynamic::{finite_min_max, quantize_dynamic_per_tensor};
 pub use epilogue::{ActivationQuant, Dequantize, Epilogue, GemmOutput, Requantize};
 pub use pack::{PackedWeights, WeightQuant, K_GROUP, PANEL_COLS};
 
