@@ -15,6 +15,9 @@ use qkernels::conv::{
     PackedConvTranspose2d,
 };
 
+/// One timed call of a layer, writing its output.
+type RunLayer = dyn Fn(&mut [u8]) + Send + Sync;
+
 #[derive(Clone, Copy)]
 struct Layer {
     name: &'static str,
@@ -180,7 +183,7 @@ fn main() {
         let w: Vec<i8> = w_bytes.iter().map(|&b| b as i8).collect();
         let wq = ConvWeightQuant::per_channel(vec![0.003; l.c_out], vec![0; l.c_out]).unwrap();
         let bias = Some((0..l.c_out).map(|i| i as f32 * 0.01 - 0.3).collect::<Vec<f32>>());
-        let (ys, macs, path, run): (NhwcShape, f64, String, Box<dyn Fn(&mut [u8]) + Send + Sync>) = if l.transposed {
+        let (ys, macs, path, run): (NhwcShape, f64, String, Box<RunLayer>) = if l.transposed {
             let g = ConvTranspose2dGeometry::new(l.c_in, l.c_out, (l.k, l.k)).with_stride(l.stride, l.stride);
             let t = PackedConvTranspose2d::new(g, &w, wq, bias).unwrap();
             let ys = t.output_shape(xs).unwrap();
