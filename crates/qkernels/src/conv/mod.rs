@@ -1,1 +1,319 @@
-//! Quantized convolution (filled in by the conv work).
+//! Quantized 2-D convolutions on channels-last (NHWC) `u8` activations with `i8` weights:
+//! `Conv2d` (any stride, padding, dilation and groups; padding holds the input zero point),
+//! depthwise convolutions through a direct kernel, 1x1 and general convolutions through the
+//! shared GEMM, and `ConvTranspose2d` with per-tensor or per-channel weights.
+//!
+//! Every path produces the integers of [`reference`], which follows PyTorch fbgemm's
+//! `ReQuantizeOutput` (see [`requant`]). Weights are packed once ([`PackedConv2d::new`]); a call
+//! takes the input and output quantization parameters and an optional fused ReLU / ReLU6.
+//!
+//! ```
+//! use qkernels::conv::{ActQuant, Conv2dGeometry, ConvWeightQuant, FusedActivation, NhwcShape, PackedConv2d};
+//!
+//! let g = Conv2dGeometry::new(2, 2, (3, 3)).with_padding(1, 1).with_groups(2);
+//! let w = vec![1i8; 2 * 9];
+//! let conv = PackedConv2d::new(g, &w, ConvWeightQuant::per_tensor(0.1, 0).unwrap(), None).unwrap();
+//! let xs = NhwcShape::new(1, 4, 4, 2);
+//! let x = vec![130u8; xs.len()];
+//! let (x_q, y_q) = (ActQuant::new(0.5, 128).unwrap(), ActQuant::new(0.25, 10).unwrap());
+//! let (y, ys) = conv.forward(&x, xs, x_q, y_q, FusedActivation::None).unwrap();
+//! assert_eq!(ys, NhwcShape::new(1, 4, 4, 2));
+//! // centre pixel: 9 taps of (130 - 128) * 1 -> 18 * 0.5 * 0.1 / 0.25 = 3.6 -> 4 + 10
+//! assert_eq!(y[ys.offset(0, 1, 1)], 14);
+//! ```
+
+pub mod depthwise;
+#[cfg(target_arch = "x86_64")]
+mod depthwise_avx512;
+pub mod geometry;
+mod im2col;
+pub mod layout;
+pub mod reference;
+pub mod requant;
+pub mod transpose;
+
+pub use depthwise::{DepthwisePath, PackedDepthwise};
+pub use geometry::{Conv2dGeometry, ConvTranspose2dGeometry};
+pub use layout::{nchw_f32_to_nhwc_u8, nhwc_u8_to_nchw_f32};
+pub use requant::{ActQuant, ConvRequant, ConvWeightQuant, FusedActivation};
+pub use transpose::PackedConvTranspose2d;
+
+use crate::gemm::{self, KernelPath};
+use crate::{KernelError, Result};
+
+/// Dimensions of an NHWC tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NhwcShape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl NhwcShape {
+    pub fn new(n: usize, h: usize, w: usize, c: usize) -> NhwcShape {
+        NhwcShape { n, h, w, c }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Index of channel 0 of pixel `(n, h, w)`.
+    #[inline]
+    pub fn offset(&self, n: usize, h: usize, w: usize) -> usize {
+        ((n * self.h + h) * self.w + w) * self.c
+    }
+
+    /// Checks that `data_len` matches and nothing is empty.
+    pub fn check(&self, op: &'static str, what: &str, data_len: usize) -> Result<()> {
+        if self.is_empty() {
+            return Err(KernelError::Shape {
+                op,
+                detail: format!("{what} {self:?} is empty; every dimension must be positive"),
+            });
+        }
+        if data_len != self.len() {
+            return Err(KernelError::Shape {
+                op,
+                detail: format!("{what} {self:?} needs {} values, got {data_len}", self.len()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `QFORGE_KERNEL=reference` forces the portable paths everywhere (the GEMM honours it too).
+pub(crate) fn forced_reference() -> bool {
+    std::env::var("QFORGE_KERNEL").is_ok_and(|v| v.eq_ignore_ascii_case("reference"))
+}
+
+/// Which integer arithmetic a convolution reproduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ConvArithmetic {
+    /// PyTorch fbgemm, bit for bit: exact everywhere except fbgemm's depthwise kernel, whose
+    /// i16 saturation of tap-pair sums is reproduced (see [`depthwise`]).
+    #[default]
+    FbgemmParity,
+    /// `sum (x - x_zp) * (w - w_zp)` exactly, for every geometry.
+    Exact,
+}
+
+/// How a [`PackedConv2d`] computes. Every path gives the integers of [`ConvPath::Reference`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConvPath {
+    /// The portable oracle ([`reference::conv2d_reference`]).
+    Reference,
+    /// Direct depthwise kernel (depthwise geometries only).
+    Depthwise(DepthwisePath),
+    /// The shared GEMM on the given path: in place for 1x1 convolutions, through im2col blocks
+    /// otherwise (every geometry but depthwise).
+    Gemm(KernelPath),
+}
+
+#[derive(Debug, Clone)]
+enum Packed {
+    Depthwise(PackedDepthwise),
+    Gemm(im2col::GemmConv),
+}
+
+/// A `Conv2d` with its weights packed for the fastest path the geometry allows.
+#[derive(Debug, Clone)]
+pub struct PackedConv2d {
+    geometry: Conv2dGeometry,
+    /// PyTorch layout `[c_out, c_in / groups, kh, kw]`, kept for the reference path.
+    weights: Vec<i8>,
+    weight_quant: ConvWeightQuant,
+    bias: Option<Vec<f32>>,
+    arithmetic: ConvArithmetic,
+    packed: Packed,
+}
+
+impl PackedConv2d {
+    /// Validates and packs `weights` (`[c_out, c_in / groups, kh, kw]`, `qint8`) with their
+    /// quantization (per tensor or per output channel) and an optional f32 bias.
+    pub fn new(
+        geometry: Conv2dGeometry,
+        weights: &[i8],
+        weight_quant: ConvWeightQuant,
+        bias: Option<Vec<f32>>,
+    ) -> Result<PackedConv2d> {
+        let _span = tracing::debug_span!("pack_conv2d", ?geometry).entered();
+        geometry.validate()?;
+        let expected = geometry.c_out * geometry.depth();
+        if weights.len() != expected {
+            return Err(KernelError::Shape {
+                op: "conv2d",
+                detail: format!(
+                    "weights have {} values, expected c_out * c_in/groups * kh * kw = {expected}",
+                    weights.len()
+                ),
+            });
+        }
+        weight_quant.check_channels("conv2d", geometry.c_out)?;
+        if let Some(b) = &bias {
+            // Checked again per call with the scales; fail early on the obvious mistakes.
+            if b.len() != geometry.c_out {
+                return Err(KernelError::Shape {
+                    op: "conv2d",
+                    detail: format!("bias has {} values for {} output channels", b.len(), geometry.c_out),
+                });
+            }
+        }
+        let packed = if geometry.is_depthwise() {
+            Packed::Depthwise(PackedDepthwise::new(
+                geometry,
+                weights,
+                &weight_quant,
+                ConvArithmetic::default(),
+            )?)
+        } else {
+            gemm::check_k("conv2d", geometry.depth())?;
+            Packed::Gemm(im2col::GemmConv::new(&geometry, weights, &weight_quant)?)
+        };
+        Ok(PackedConv2d {
+            geometry,
+            weights: weights.to_vec(),
+            weight_quant,
+            bias,
+            arithmetic: ConvArithmetic::default(),
+            packed,
+        })
+    }
+
+    /// The same convolution with another arithmetic (repacks depthwise weights).
+    pub fn with_arithmetic(mut self, arithmetic: ConvArithmetic) -> Result<PackedConv2d> {
+        if let Packed::Depthwise(_) = self.packed {
+            self.packed = Packed::Depthwise(PackedDepthwise::new(
+                self.geometry,
+                &self.weights,
+                &self.weight_quant,
+                arithmetic,
+            )?);
+        }
+        self.arithmetic = arithmetic;
+        Ok(self)
+    }
+
+    pub fn arithmetic(&self) -> ConvArithmetic {
+        self.arithmetic
+    }
+
+    pub fn geometry(&self) -> &Conv2dGeometry {
+        &self.geometry
+    }
+
+    /// The paths this convolution can run on this CPU, slowest first.
+    pub fn paths(&self) -> Vec<ConvPath> {
+        let mut paths = vec![ConvPath::Reference];
+        match self.packed {
+            Packed::Depthwise(_) => paths.extend(DepthwisePath::available().into_iter().map(ConvPath::Depthwise)),
+            Packed::Gemm(_) => paths.extend(gemm::available_paths().into_iter().map(ConvPath::Gemm)),
+        }
+        paths
+    }
+
+    /// The path [`PackedConv2d::run`] takes.
+    pub fn default_path(&self) -> ConvPath {
+        if forced_reference() {
+            return match self.packed {
+                Packed::Depthwise(_) => ConvPath::Depthwise(DepthwisePath::Portable),
+                Packed::Gemm(_) => ConvPath::Gemm(KernelPath::Reference),
+            };
+        }
+        match self.packed {
+            Packed::Depthwise(_) => ConvPath::Depthwise(DepthwisePath::best()),
+            Packed::Gemm(_) => ConvPath::Gemm(gemm::best_path()),
+        }
+    }
+
+    /// Output shape for an input shape.
+    pub fn output_shape(&self, xs: NhwcShape) -> Result<NhwcShape> {
+        let (oh, ow) = self.geometry.output_hw(xs.h, xs.w)?;
+        Ok(NhwcShape::new(xs.n, oh, ow, self.geometry.c_out))
+    }
+
+    /// Allocating form of [`PackedConv2d::run`]: returns the output and its shape.
+    pub fn forward(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+    ) -> Result<(Vec<u8>, NhwcShape)> {
+        let ys = self.output_shape(xs)?;
+        let mut y = vec![0u8; ys.len()];
+        self.run(x, xs, x_q, y_q, activation, &mut y)?;
+        Ok((y, ys))
+    }
+
+    /// Convolves NHWC `x` into NHWC `y` on the default path.
+    pub fn run(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+        y: &mut [u8],
+    ) -> Result<()> {
+        self.run_with(self.default_path(), x, xs, x_q, y_q, activation, y)
+    }
+
+    /// [`PackedConv2d::run`] on a chosen path (tests force each one).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with(
+        &self,
+        path: ConvPath,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+        y: &mut [u8],
+    ) -> Result<()> {
+        let g = &self.geometry;
+        let _span = tracing::debug_span!("conv2d", ?path, ?xs, c_out = g.c_out).entered();
+        if xs.c != g.c_in {
+            return Err(KernelError::Shape {
+                op: "conv2d",
+                detail: format!("input has {} channels, the convolution expects {}", xs.c, g.c_in),
+            });
+        }
+        xs.check("conv2d", "input", x.len())?;
+        let ys = self.output_shape(xs)?;
+        ys.check("conv2d", "output", y.len())?;
+        let rq = ConvRequant::new(
+            "conv2d",
+            x_q,
+            &self.weight_quant,
+            g.c_out,
+            self.bias.as_deref(),
+            y_q,
+            activation,
+        )?;
+        match (path, &self.packed) {
+            (ConvPath::Reference, Packed::Depthwise(dw)) if dw.saturating_pairs => {
+                let (w, wq) = (&self.weights, &self.weight_quant);
+                reference::depthwise_fbgemm_reference(g, x, xs, x_q.zero_point, w, wq, &rq, y);
+                Ok(())
+            }
+            (ConvPath::Reference, _) => {
+                reference::conv2d_reference(g, x, xs, x_q.zero_point, &self.weights, &self.weight_quant, &rq, y);
+                Ok(())
+            }
+            (ConvPath::Depthwise(p), Packed::Depthwise(dw)) => dw.run(p, x, xs, x_q.zero_point, &rq, y),
+            (ConvPath::Gemm(p), Packed::Gemm(gc)) => gc.run(p, g, x, xs, x_q, y_q, activation, self.bias.as_deref(), y),
+            (path, _) => Err(KernelError::Param {
+                op: "conv2d",
+                detail: format!("path {path:?} does not apply to {g:?}; pick one of {:?}", self.paths()),
+            }),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Convolution benchmark suite: every distinct conv layer of MobileNetV2 (224x224), ResNet18
+//! (224x224) and a 3-level UNet with 32 base channels and ConvTranspose upsampling (256x256),
+//! at batch 1, on 1 and 2 threads, through the default path of each layer.
+//!
+//! `cargo xtask bench conv [--json FILE]` (or `cargo run --release -p qkernels --example
+//! bench_conv -- [--json FILE] [--threads 1,2] [--filter NAME]`). Prints a table; with
+//! `--json FILE` appends one JSON line per measurement:
+//! `{"suite":"conv","name":..,"n":..,"c_in":..,"h":..,"w":..,"c_out":..,"kh":..,"kw":..,"stride":..,"groups":..,"threads":..,"path":..,"gops":..,"median_ns":..}`.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use qkernels::conv::{
+    ActQuant, Conv2dGeometry, ConvTranspose2dGeometry, ConvWeightQuant, FusedActivation, NhwcShape, PackedConv2d,
+    PackedConvTranspose2d,
+};
+
+/// One timed call of a layer, writing its output.
+type RunLayer = dyn Fn(&mut [u8]) + Send + Sync;
+
+#[derive(Clone, Copy)]
+struct Layer {
+    name: &'static str,
+    c_in: usize,
+    hw: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    groups: usize,
+    transposed: bool,
+}
+
+fn conv(name: &'static str, c_in: usize, hw: usize, c_out: usize, k: usize, stride: usize, groups: usize) -> Layer {
+    Layer {
+        name,
+        c_in,
+        hw,
+        c_out,
+        k,
+        stride,
+        groups,
+        transposed: false,
+    }
+}
+
+fn layers() -> Vec<Layer> {
+    let mut v = vec![
+        conv("resnet18.conv1", 3, 224, 64, 7, 2, 1),
+        conv("resnet18.layer1.conv", 64, 56, 64, 3, 1, 1),
+        conv("resnet18.layer2.0.conv1", 64, 56, 128, 3, 2, 1),
+        conv("resnet18.layer2.conv", 128, 28, 128, 3, 1, 1),
+        conv("resnet18.layer2.0.downsample", 64, 56, 128, 1, 2, 1),
+        conv("resnet18.layer3.0.conv1", 128, 28, 256, 3, 2, 1),
+        conv("resnet18.layer3.conv", 256, 14, 256, 3, 1, 1),
+        conv("resnet18.layer3.0.downsample", 128, 28, 256, 1, 2, 1),
+        conv("resnet18.layer4.0.conv1", 256, 14, 512, 3, 2, 1),
+        conv("resnet18.layer4.conv", 512, 7, 512, 3, 1, 1),
+        conv("resnet18.layer4.0.downsample", 256, 14, 512, 1, 2, 1),
+    ];
+    // MobileNetV2: (expansion, channels, repeats, stride) per stage.
+    v.push(conv("mobilenet_v2.features.0", 3, 224, 32, 3, 2, 1));
+    let names: &[&str] = &["mobilenet_v2.expand", "mobilenet_v2.dw", "mobilenet_v2.project"];
+    let mut seen = std::collections::HashSet::new();
+    let (mut c_in, mut hw) = (32usize, 112usize);
+    for (t, c, n, s) in [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ] {
+        for i in 0..n {
+            let stride = if i == 0 { s } else { 1 };
+            let hidden = c_in * t;
+            let mut block = Vec::new();
+            if t != 1 {
+                block.push(conv(names[0], c_in, hw, hidden, 1, 1, 1));
+            }
+            block.push(conv(names[1], hidden, hw, hidden, 3, stride, hidden));
+            hw /= stride;
+            block.push(conv(names[2], hidden, hw, c, 1, 1, 1));
+            for l in block {
+                if seen.insert((l.c_in, l.hw, l.c_out, l.k, l.stride, l.groups)) {
+                    v.push(l);
+                }
+            }
+            c_in = c;
+        }
+    }
+    v.push(conv("mobilenet_v2.features.18", 320, 7, 1280, 1, 1, 1));
+    let up = |name, c_in, hw, c_out| Layer {
+        name,
+        c_in,
+        hw,
+        c_out,
+        k: 2,
+        stride: 2,
+        groups: 1,
+        transposed: true,
+    };
+    v.extend([
+        conv("unet32.e1.0", 3, 256, 32, 3, 1, 1),
+        conv("unet32.e1.3", 32, 256, 32, 3, 1, 1),
+        conv("unet32.e2.0", 32, 128, 64, 3, 1, 1),
+        conv("unet32.e2.3", 64, 128, 64, 3, 1, 1),
+        conv("unet32.e3.0", 64, 64, 128, 3, 1, 1),
+        conv("unet32.e3.3", 128, 64, 128, 3, 1, 1),
+        up("unet32.u2", 128, 64, 64),
+        conv("unet32.d2.0", 128, 128, 64, 3, 1, 1),
+        conv("unet32.d2.3", 64, 128, 64, 3, 1, 1),
+        up("unet32.u1", 64, 128, 32),
+        conv("unet32.d1.0", 64, 256, 32, 3, 1, 1),
+        conv("unet32.d1.3", 32, 256, 32, 3, 1, 1),
+        conv("unet32.out", 32, 256, 5, 1, 1, 1),
+    ]);
+    v
+}
+
+/// Deterministic pseudo-random bytes.
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+fn median_ns(mut f: impl FnMut()) -> f64 {
+    f();
+    f();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 5 || (times.len() < 30 && start.elapsed() < Duration::from_millis(300)) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_nanos() as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let threads: Vec<usize> = arg("--threads")
+        .unwrap_or_else(|| "1,2".into())
+        .split(',')
+        .map(|t| t.parse().expect("--threads takes a comma-separated list"))
+        .collect();
+    let filter = arg("--filter");
+    let mut json = arg("--json").map(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .unwrap_or_else(|e| panic!("cannot open {p}: {e}"))
+    });
+    let x_q = ActQuant::new(0.02, 3).unwrap();
+    let y_q = ActQuant::new(0.05, 7).unwrap();
+    println!(
+        "{:<32} {:>5} {:>4} {:>5} {:>3} {:>2} {:>5} {:>3} {:<18} {:>10} {:>8}",
+        "layer", "c_in", "hw", "c_out", "k", "s", "g", "thr", "path", "ms", "GOP/s"
+    );
+    for l in layers() {
+        if filter.as_deref().is_some_and(|f| !l.name.contains(f)) {
+            continue;
+        }
+        let xs = NhwcShape::new(1, l.hw, l.hw, l.c_in);
+        // Activations use 7 bits, as PyTorch's x86 qconfig does (reduce_range).
+        let x: Vec<u8> = bytes(xs.len(), 1).into_iter().map(|b| b >> 1).collect();
+        let w_bytes = bytes(l.c_in * l.c_out / l.groups * l.k * l.k, 2);
+        let w: Vec<i8> = w_bytes.iter().map(|&b| b as i8).collect();
+        let wq = ConvWeightQuant::per_channel(vec![0.003; l.c_out], vec![0; l.c_out]).unwrap();
+        let bias = Some((0..l.c_out).map(|i| i as f32 * 0.01 - 0.3).collect::<Vec<f32>>());
+        let (ys, macs, path, run): (NhwcShape, f64, String, Box<RunLayer>) = if l.transposed {
+            let g = ConvTranspose2dGeometry::new(l.c_in, l.c_out, (l.k, l.k)).with_stride(l.stride, l.stride);
+            let t = PackedConvTranspose2d::new(g, &w, wq, bias).unwrap();
+            let ys = t.output_shape(xs).unwrap();
+            let macs = (xs.n * xs.h * xs.w * l.c_in * l.c_out * l.k * l.k) as f64;
+            let path = t.path_name().to_string();
+            (
+                ys,
+                macs,
+                path,
+                Box::new(move |y| t.run(&x, xs, x_q, y_q, FusedActivation::Relu, y).unwrap()),
+            )
+        } else {
+            let g = Conv2dGeometry::new(l.c_in, l.c_out, (l.k, l.k))
+                .with_stride(l.stride, l.stride)
+                .with_padding(l.k / 2, l.k / 2)
+                .with_groups(l.groups);
+            let c = PackedConv2d::new(g, &w, wq, bias).unwrap();
+            let ys = c.output_shape(xs).unwrap();
+            let macs = (ys.len() * (l.c_in / l.groups) * l.k * l.k) as f64;
+            let path = format!("{:?}", c.default_path());
+            (
+                ys,
+                macs,
+                path,
+                Box::new(move |y| c.run(&x, xs, x_q, y_q, FusedActivation::Relu, y).unwrap()),
+            )
+        };
+        for &t in &threads {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+            let mut y = vec![0u8; ys.len()];
+            let ns = pool.install(|| median_ns(|| run(&mut y)));
+            let gops = 2.0 * macs / ns;
+            println!(
+                "{:<32} {:>5} {:>4} {:>5} {:>3} {:>2} {:>5} {:>3} {:<18} {:>10.3} {:>8.1}",
+                l.name,
+                l.c_in,
+                l.hw,
+                l.c_out,
+                l.k,
+                l.stride,
+                l.groups,
+                t,
+                path,
+                ns / 1e6,
+                gops
+            );
+            if let Some(f) = json.as_mut() {
+                writeln!(
+                    f,
+                    r#"{{"suite":"conv","name":"{}","n":1,"c_in":{},"h":{},"w":{},"c_out":{},"kh":{},"kw":{},"stride":{},"groups":{},"threads":{},"path":"{}","gops":{:.3},"median_ns":{:.0}}}"#,
+                    l.name, l.c_in, l.hw, l.hw, l.c_out, l.k, l.k, l.stride, l.groups, t, path, gops, ns
+                )
+                .unwrap();
+            }
+        }
+    }
+}

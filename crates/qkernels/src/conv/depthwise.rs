@@ -1,0 +1,245 @@
+//! Depthwise convolution (one input and one output channel per group, MobileNet's 3x3 and 5x5
+//! layers) as a direct kernel over NHWC rows: for every output pixel, one pointer per kernel tap
+//! (a tap outside the input points at a row filled with the input zero point), then all
+//! channels of that pixel at once.
+//!
+//! Paths: [`DepthwisePath::Portable`] (plain loops, i32 accumulators) and
+//! [`DepthwisePath::Avx512Vnni`] (see `depthwise_avx512.rs`). Both produce the integers of the
+//! reference convolution; any kernel size, stride and dilation is accepted by both.
+//!
+//! Arithmetic ([`ConvArithmetic`]): `Exact` sums `(x - x_zp) * (w - w_zp)` exactly.
+//! `FbgemmParity` reproduces fbgemm's depthwise kernel wherever PyTorch runs it (3x3 or 5x5,
+//! stride 1 or 2, dilation 1, "same" padding, channels a multiple of 8): that kernel adds the raw
+//! products `x * w` of taps (0, 1), (2, 3), ... in pairs with `vpmaddubsw`, which saturates each
+//! pair sum to i16, and only then widens to i32 and subtracts `x_zp * sum w` (and
+//! `w_zp * sum x`). Results differ from `Exact` only when a pair sum leaves the i16 range, which
+//! needs activations above 127 (PyTorch's default `reduce_range` activations never get there).
+
+use rayon::prelude::*;
+
+use super::geometry::Conv2dGeometry;
+use super::requant::{ConvRequant, ConvWeightQuant};
+use super::{ConvArithmetic, NhwcShape};
+use crate::{KernelError, Result};
+
+/// Taps are processed four at a time by the VNNI kernel (`vpdpbusd` sums 4 byte products).
+pub(crate) const TAP_GROUP: usize = 4;
+
+/// A depthwise kernel implementation. All give identical integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DepthwisePath {
+    Portable,
+    Avx512Vnni,
+}
+
+impl DepthwisePath {
+    /// The paths this CPU can run, slowest first.
+    pub fn available() -> Vec<DepthwisePath> {
+        let mut paths = vec![DepthwisePath::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if super::depthwise_avx512::supported() {
+            paths.push(DepthwisePath::Avx512Vnni);
+        }
+        paths
+    }
+
+    /// The fastest available path (honours `QFORGE_KERNEL=reference`).
+    pub fn best() -> DepthwisePath {
+        if crate::conv::forced_reference() {
+            return DepthwisePath::Portable;
+        }
+        *Self::available().last().expect("portable path always exists")
+    }
+}
+
+/// Depthwise weights packed once: tap-major for the portable loop, and interleaved in groups
+/// of four taps for the VNNI kernel.
+#[derive(Debug, Clone)]
+pub struct PackedDepthwise {
+    pub(crate) geometry: Conv2dGeometry,
+    /// `[taps][c]`.
+    pub(crate) tap_major: Vec<i8>,
+    /// Per channel `sum_t w[t][c]` over the real taps.
+    pub(crate) weight_sums: Vec<i32>,
+    /// Per channel weight zero point.
+    pub(crate) weight_zps: Vec<i32>,
+    pub(crate) symmetric: bool,
+    /// Tap pairs saturate to i16 (fbgemm parity, see the module docs).
+    pub(crate) saturating_pairs: bool,
+    /// VNNI layout; see `depthwise_avx512::pack`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) interleaved: Vec<i8>,
+}
+
+impl PackedDepthwise {
+    /// Packs PyTorch-layout weights `[c, 1, kh, kw]` of a depthwise `geometry`.
+    pub fn new(
+        geometry: Conv2dGeometry,
+        w: &[i8],
+        wq: &ConvWeightQuant,
+        arithmetic: ConvArithmetic,
+    ) -> Result<PackedDepthwise> {
+        geometry.validate()?;
+        if !geometry.is_depthwise() {
+            return Err(KernelError::Param {
+                op: "depthwise conv2d",
+                detail: format!(
+                    "groups {} with c_in {} and c_out {} is not depthwise; use the general convolution",
+                    geometry.groups, geometry.c_in, geometry.c_out
+                ),
+            });
+        }
+        let c = geometry.c_out;
+        let taps = geometry.taps();
+        if w.len() != c * taps {
+            return Err(KernelError::Shape {
+                op: "depthwise conv2d",
+                detail: format!("weights have {} values, expected c * kh * kw = {}", w.len(), c * taps),
+            });
+        }
+        wq.check_channels("depthwise conv2d", c)?;
+        let mut tap_major = vec![0i8; taps * c];
+        let mut weight_sums = vec![0i32; c];
+        for ch in 0..c {
+            for t in 0..taps {
+                let v = w[ch * taps + t];
+                tap_major[t * c + ch] = v;
+                weight_sums[ch] += v as i32;
+            }
+        }
+        let weight_zps: Vec<i32> = (0..c).map(|ch| wq.zero_point(ch)).collect();
+        #[cfg(target_arch = "x86_64")]
+        let interleaved = super::depthwise_avx512::pack(&tap_major, c, taps);
+        #[cfg(not(target_arch = "x86_64"))]
+        let interleaved = Vec::new();
+        Ok(PackedDepthwise {
+            geometry,
+            tap_major,
+            weight_sums,
+            symmetric: wq.is_symmetric(),
+            saturating_pairs: arithmetic == ConvArithmetic::FbgemmParity && fbgemm_runs_depthwise(&geometry),
+            weight_zps,
+            interleaved,
+        })
+    }
+
+    pub fn geometry(&self) -> &Conv2dGeometry {
+        &self.geometry
+    }
+
+    /// Runs the convolution on `path`; `y` is `[n, oh, ow, c]`, rows split across rayon threads
+    /// (each output row is computed by one thread, so results do not depend on the thread count).
+    pub fn run(
+        &self,
+        path: DepthwisePath,
+        x: &[u8],
+        xs: NhwcShape,
+        x_zp: i32,
+        rq: &ConvRequant,
+        y: &mut [u8],
+    ) -> Result<()> {
+        if !DepthwisePath::available().contains(&path) {
+            return Err(KernelError::PathUnavailable {
+                path: format!("{path:?}"),
+                available: format!("{:?}", DepthwisePath::available()),
+            });
+        }
+        let g = &self.geometry;
+        let c = g.c_out;
+        let (oh_n, ow_n) = g.output_hw(xs.h, xs.w)?;
+        let zp_row = vec![x_zp as u8; c];
+        let row_len = ow_n * c;
+        #[cfg(target_arch = "x86_64")]
+        let epilogue =
+            (path == DepthwisePath::Avx512Vnni).then(|| super::depthwise_avx512::Epilogue::new(self, x_zp, rq));
+        y.par_chunks_mut(row_len).enumerate().for_each(|(row, out_row)| {
+            let n = row / oh_n;
+            let oh = row % oh_n;
+            let mut taps: Vec<&[u8]> = Vec::with_capacity(g.taps().next_multiple_of(TAP_GROUP));
+            for ow in 0..ow_n {
+                taps.clear();
+                for kh in 0..g.kernel.0 {
+                    let ih = (oh * g.stride.0 + kh * g.dilation.0) as i64 - g.padding.0 as i64;
+                    for kw in 0..g.kernel.1 {
+                        let iw = (ow * g.stride.1 + kw * g.dilation.1) as i64 - g.padding.1 as i64;
+                        if ih < 0 || iw < 0 || ih >= xs.h as i64 || iw >= xs.w as i64 {
+                            taps.push(&zp_row);
+                        } else {
+                            let at = xs.offset(n, ih as usize, iw as usize);
+                            taps.push(&x[at..at + c]);
+                        }
+                    }
+                }
+                let out = &mut out_row[ow * c..(ow + 1) * c];
+                match path {
+                    DepthwisePath::Portable => self.pixel_portable(&taps, x_zp, rq, out),
+                    #[cfg(target_arch = "x86_64")]
+                    DepthwisePath::Avx512Vnni => {
+                        while !taps.len().is_multiple_of(TAP_GROUP) {
+                            taps.push(&zp_row);
+                        }
+                        let epi = epilogue.as_ref().expect("built for this path");
+                        // SAFETY: the path is available (checked above), every tap slice holds
+                        // `c` bytes and `out` holds `c` bytes.
+                        unsafe { super::depthwise_avx512::pixel(self, &taps, epi, out) }
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    DepthwisePath::Avx512Vnni => unreachable!("not available off x86_64"),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// One output pixel, all channels.
+    fn pixel_portable(&self, taps: &[&[u8]], x_zp: i32, rq: &ConvRequant, out: &mut [u8]) {
+        let c = out.len();
+        let mut acc = vec![0i32; c];
+        if self.saturating_pairs {
+            let mut xsum = vec![0i32; c];
+            for (p, pair) in taps.chunks(2).enumerate() {
+                let w0 = &self.tap_major[2 * p * c..(2 * p + 1) * c];
+                let w1 = (pair.len() == 2).then(|| &self.tap_major[(2 * p + 1) * c..(2 * p + 2) * c]);
+                for ch in 0..c {
+                    let mut s = pair[0][ch] as i32 * w0[ch] as i32;
+                    xsum[ch] += pair[0][ch] as i32;
+                    if let Some(w1) = w1 {
+                        s += pair[1][ch] as i32 * w1[ch] as i32;
+                        xsum[ch] += pair[1][ch] as i32;
+                    }
+                    acc[ch] += s.clamp(i16::MIN as i32, i16::MAX as i32);
+                }
+            }
+            let taps_n = taps.len() as i32;
+            for ch in 0..c {
+                let wzp = self.weight_zps[ch];
+                acc[ch] += -x_zp * self.weight_sums[ch] - wzp * xsum[ch] + taps_n * x_zp * wzp;
+            }
+        } else {
+            for (t, tap) in taps.iter().enumerate() {
+                let w = &self.tap_major[t * c..(t + 1) * c];
+                for ch in 0..c {
+                    acc[ch] += (tap[ch] as i32 - x_zp) * (w[ch] as i32 - self.weight_zps[ch]);
+                }
+            }
+        }
+        for ch in 0..c {
+            out[ch] = rq.apply(ch, acc[ch]);
+        }
+    }
+}
+
+/// True where PyTorch's fbgemm build runs its depthwise kernel (fbgemm `takeDepthWiseFastPath`
+/// with one output channel per group): 3x3 or 5x5, stride 1 or 2, dilation 1, padding
+/// `(k - 1) / 2`, channels a multiple of 8.
+pub fn fbgemm_runs_depthwise(g: &Conv2dGeometry) -> bool {
+    let k = g.kernel.0;
+    g.is_depthwise()
+        && g.c_in.is_multiple_of(8)
+        && g.kernel.0 == g.kernel.1
+        && (k == 3 || k == 5)
+        && matches!(g.stride.0, 1 | 2)
+        && matches!(g.stride.1, 1 | 2)
+        && g.dilation == (1, 1)
+        && g.padding == ((k - 1) / 2, (k - 1) / 2)
+}

@@ -1,0 +1,250 @@
+//! AVX-512 VNNI depthwise kernel. Four taps of 64 channels are interleaved with two rounds of
+//! byte/word unpacks so that each 32-bit lane holds the four taps of one channel; one
+//! `vpdpbusd` then adds four exact u8 x s8 products per channel into an i32 accumulator (no
+//! saturation anywhere). The unpacks permute channels inside each 128-bit lane; weights and
+//! epilogue constants are stored in that permuted order at pack/call time, and the final
+//! `packs`/`packus` undo the permutation, so bytes leave in channel order.
+//!
+//! Exactness: the accumulator is `sum x * w` over the taps (padding taps read the input zero
+//! point); the correction `- x_zp * sum w - w_zp * sum x + taps * x_zp * w_zp` makes it the
+//! reference's `sum (x - x_zp) * (w - w_zp)`. For fbgemm parity (see `depthwise.rs`) the
+//! products of taps (4g, 4g+1) and (4g+2, 4g+3) are summed with the saturating `vpmaddubsw`
+//! first, exactly as fbgemm pairs them, and `vpdpwssd` widens the two pair sums. The float epilogue performs the reference's
+//! operations in the same order (convert, add bias term, multiply, round half to even); values
+//! are clamped to +-2^30 before the conversion so that huge products saturate as in the
+//! reference instead of turning into `i32::MIN`. Channels left after the 64-wide blocks run in
+//! 16-wide blocks with masked loads and stores.
+
+use std::arch::x86_64::*;
+
+use super::depthwise::{PackedDepthwise, TAP_GROUP};
+use super::requant::ConvRequant;
+
+const WIDE: usize = 64;
+const NARROW: usize = 16;
+/// Bytes of interleaved weights per 64-channel block and tap group.
+const WIDE_GROUP_BYTES: usize = WIDE * TAP_GROUP;
+const NARROW_GROUP_BYTES: usize = NARROW * TAP_GROUP;
+const CLAMP: f32 = (1u32 << 30) as f32;
+
+pub fn supported() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Channel held by i32 element `e` of accumulator `r` of a 64-channel block (see module docs).
+#[inline]
+fn wide_channel(r: usize, e: usize) -> usize {
+    16 * (e / 4) + 4 * r + e % 4
+}
+
+/// Interleaves `[taps][c]` weights: 64-channel blocks then 16-channel blocks, each as tap groups
+/// of four, zero-filled past the last tap and the last channel.
+pub fn pack(tap_major: &[i8], c: usize, taps: usize) -> Vec<i8> {
+    let groups = taps.div_ceil(TAP_GROUP);
+    let w = |t: usize, ch: usize| if t < taps && ch < c { tap_major[t * c + ch] } else { 0 };
+    let wide_blocks = c / WIDE;
+    let narrow_blocks = (c - wide_blocks * WIDE).div_ceil(NARROW);
+    let mut out = Vec::with_capacity(groups * (wide_blocks * WIDE_GROUP_BYTES + narrow_blocks * NARROW_GROUP_BYTES));
+    for b in 0..wide_blocks {
+        for g in 0..groups {
+            for r in 0..4 {
+                for e in 0..16 {
+                    for t in 0..TAP_GROUP {
+                        out.push(w(g * TAP_GROUP + t, b * WIDE + wide_channel(r, e)));
+                    }
+                }
+            }
+        }
+    }
+    for b in 0..narrow_blocks {
+        let base = wide_blocks * WIDE + b * NARROW;
+        for g in 0..groups {
+            for e in 0..NARROW {
+                for t in 0..TAP_GROUP {
+                    out.push(w(g * TAP_GROUP + t, base + e));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Per-call epilogue constants in kernel order (permuted inside 64-channel blocks).
+pub struct Epilogue {
+    /// `-x_zp * sum w + taps_padded * x_zp * w_zp` per channel.
+    offset: Vec<i32>,
+    weight_zp: Vec<i32>,
+    bias_term: Vec<f32>,
+    multiplier: Vec<f32>,
+    zero_point: i32,
+    lo: u8,
+    hi: u8,
+}
+
+impl Epilogue {
+    pub fn new(p: &PackedDepthwise, x_zp: i32, rq: &ConvRequant) -> Epilogue {
+        let c = p.geometry.c_out;
+        let taps_padded = p.geometry.taps().next_multiple_of(TAP_GROUP) as i32;
+        let wide_blocks = c / WIDE;
+        let padded = wide_blocks * WIDE + (c - wide_blocks * WIDE).next_multiple_of(NARROW);
+        let order: Vec<usize> = (0..padded)
+            .map(|i| {
+                if i < wide_blocks * WIDE {
+                    let (b, within) = (i / WIDE, i % WIDE);
+                    b * WIDE + wide_channel(within / 16, within % 16)
+                } else {
+                    i
+                }
+            })
+            .collect();
+        let get = |ch: usize| ch < c;
+        Epilogue {
+            offset: order
+                .iter()
+                .map(|&ch| {
+                    if get(ch) {
+                        -x_zp * p.weight_sums[ch] + taps_padded * x_zp * p.weight_zps[ch]
+                    } else {
+                        0
+                    }
+                })
+                .collect(),
+            weight_zp: order
+                .iter()
+                .map(|&ch| if get(ch) { p.weight_zps[ch] } else { 0 })
+                .collect(),
+            bias_term: order
+                .iter()
+                .map(|&ch| if get(ch) { rq.bias_term[ch] } else { 0.0 })
+                .collect(),
+            multiplier: order
+                .iter()
+                .map(|&ch| if get(ch) { rq.multiplier[ch] } else { 0.0 })
+                .collect(),
+            zero_point: rq.zero_point,
+            lo: rq.lo as u8,
+            hi: rq.hi as u8,
+        }
+    }
+}
+
+/// One output pixel, all channels.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VL/VNNI; `taps.len()` is a multiple of 4 and equals the packed
+/// tap count rounded up to 4; every tap slice and `out` hold `c` bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn pixel(p: &PackedDepthwise, taps: &[&[u8]], epi: &Epilogue, out: &mut [u8]) {
+    let c = out.len();
+    let groups = taps.len() / TAP_GROUP;
+    debug_assert_eq!(groups, p.geometry.taps().div_ceil(TAP_GROUP));
+    debug_assert!(taps.iter().all(|t| t.len() == c));
+    let wide_blocks = c / WIDE;
+    let w = p.interleaved.as_ptr();
+    for b in 0..wide_blocks {
+        let base = b * WIDE;
+        let mut acc = [_mm512_setzero_si512(); 4];
+        let mut xsum = [_mm512_setzero_si512(); 4];
+        for g in 0..groups {
+            // SAFETY: each tap slice holds `c >= base + 64` bytes.
+            let t: [__m512i; 4] =
+                std::array::from_fn(|i| _mm512_loadu_si512(taps[g * TAP_GROUP + i].as_ptr().add(base).cast()));
+            let lo01 = _mm512_unpacklo_epi8(t[0], t[1]);
+            let hi01 = _mm512_unpackhi_epi8(t[0], t[1]);
+            let lo23 = _mm512_unpacklo_epi8(t[2], t[3]);
+            let hi23 = _mm512_unpackhi_epi8(t[2], t[3]);
+            let a = [
+                _mm512_unpacklo_epi16(lo01, lo23),
+                _mm512_unpackhi_epi16(lo01, lo23),
+                _mm512_unpacklo_epi16(hi01, hi23),
+                _mm512_unpackhi_epi16(hi01, hi23),
+            ];
+            // SAFETY: the packed buffer holds `groups` 256-byte groups per wide block.
+            let wg = w.add((b * groups + g) * WIDE_GROUP_BYTES);
+            for r in 0..4 {
+                let wr = _mm512_loadu_si512(wg.add(r * 64).cast());
+                acc[r] = if p.saturating_pairs {
+                    _mm512_dpwssd_epi32(acc[r], _mm512_maddubs_epi16(a[r], wr), _mm512_set1_epi16(1))
+                } else {
+                    _mm512_dpbusd_epi32(acc[r], a[r], wr)
+                };
+                if !p.symmetric {
+                    xsum[r] = _mm512_dpbusd_epi32(xsum[r], a[r], _mm512_set1_epi8(1));
+                }
+            }
+        }
+        let v: [__m512i; 4] = std::array::from_fn(|r| requant16(acc[r], xsum[r], epi, base + r * 16, p.symmetric));
+        let packed = _mm512_packus_epi16(_mm512_packs_epi32(v[0], v[1]), _mm512_packs_epi32(v[2], v[3]));
+        let clamped = _mm512_min_epu8(
+            _mm512_max_epu8(packed, _mm512_set1_epi8(epi.lo as i8)),
+            _mm512_set1_epi8(epi.hi as i8),
+        );
+        // SAFETY: `out` holds `c >= base + 64` bytes.
+        _mm512_storeu_si512(out.as_mut_ptr().add(base).cast(), clamped);
+    }
+    let narrow_w = w.add(wide_blocks * groups * WIDE_GROUP_BYTES);
+    let mut base = wide_blocks * WIDE;
+    let mut b = 0;
+    while base < c {
+        let valid = (c - base).min(NARROW);
+        let mask: __mmask16 = if valid == NARROW { !0 } else { (1u16 << valid) - 1 };
+        let mut acc = _mm512_setzero_si512();
+        let mut xsum = _mm512_setzero_si512();
+        for g in 0..groups {
+            // SAFETY: masked loads touch only the `valid` bytes inside each tap slice.
+            let t: [__m128i; 4] =
+                std::array::from_fn(|i| _mm_maskz_loadu_epi8(mask, taps[g * TAP_GROUP + i].as_ptr().add(base).cast()));
+            let lo01 = _mm_unpacklo_epi8(t[0], t[1]);
+            let hi01 = _mm_unpackhi_epi8(t[0], t[1]);
+            let lo23 = _mm_unpacklo_epi8(t[2], t[3]);
+            let hi23 = _mm_unpackhi_epi8(t[2], t[3]);
+            let mut a = _mm512_castsi128_si512(_mm_unpacklo_epi16(lo01, lo23));
+            a = _mm512_inserti32x4::<1>(a, _mm_unpackhi_epi16(lo01, lo23));
+            a = _mm512_inserti32x4::<2>(a, _mm_unpacklo_epi16(hi01, hi23));
+            a = _mm512_inserti32x4::<3>(a, _mm_unpackhi_epi16(hi01, hi23));
+            // SAFETY: the packed buffer holds `groups` 64-byte groups per narrow block.
+            let wg = narrow_w.add((b * groups + g) * NARROW_GROUP_BYTES);
+            let wv = _mm512_loadu_si512(wg.cast());
+            acc = if p.saturating_pairs {
+                _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(a, wv), _mm512_set1_epi16(1))
+            } else {
+                _mm512_dpbusd_epi32(acc, a, wv)
+            };
+            if !p.symmetric {
+                xsum = _mm512_dpbusd_epi32(xsum, a, _mm512_set1_epi8(1));
+            }
+        }
+        let v = requant16(acc, xsum, epi, base, p.symmetric);
+        let v = _mm512_min_epi32(
+            _mm512_max_epi32(v, _mm512_set1_epi32(epi.lo as i32)),
+            _mm512_set1_epi32(epi.hi as i32),
+        );
+        // SAFETY: the masked store writes only the `valid` bytes inside `out`.
+        _mm_mask_storeu_epi8(out.as_mut_ptr().add(base).cast(), mask, _mm512_cvtepi32_epi8(v));
+        base += NARROW;
+        b += 1;
+    }
+}
+
+/// Corrects 16 accumulators and requantizes them to i32 (zero point added, not yet clamped).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn requant16(acc: __m512i, xsum: __m512i, epi: &Epilogue, at: usize, symmetric: bool) -> __m512i {
+    // SAFETY: the epilogue vectors are padded to a multiple of 16 past every block start.
+    let mut corrected = _mm512_add_epi32(acc, _mm512_loadu_si512(epi.offset.as_ptr().add(at).cast()));
+    if !symmetric {
+        let wzp = _mm512_loadu_si512(epi.weight_zp.as_ptr().add(at).cast());
+        corrected = _mm512_sub_epi32(corrected, _mm512_mullo_epi32(wzp, xsum));
+    }
+    let f = _mm512_add_ps(
+        _mm512_cvtepi32_ps(corrected),
+        _mm512_loadu_ps(epi.bias_term.as_ptr().add(at)),
+    );
+    let f = _mm512_mul_ps(f, _mm512_loadu_ps(epi.multiplier.as_ptr().add(at)));
+    let f = _mm512_min_ps(_mm512_max_ps(f, _mm512_set1_ps(-CLAMP)), _mm512_set1_ps(CLAMP));
+    let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
+    _mm512_add_epi32(r, _mm512_set1_epi32(epi.zero_point))
+}

@@ -1,0 +1,286 @@
+//! Max, average and adaptive-average pooling on NHWC `u8` tensors (PyTorch quantized
+//! `max_pool2d`, `avg_pool2d`, `adaptive_avg_pool2d`; the output keeps the input's quantization
+//! parameters, as in PyTorch).
+//!
+//! PyTorch rounds the averages differently for contiguous (NCHW) and channels-last tensors;
+//! [`PoolRounding`] selects which one to reproduce. With `m` the multiplier, `zp` the zero
+//! point, `size` the number of in-bounds taps and `div` the divisor:
+//! - `ContiguousNchw` (`avg_pool2d_out_frame`): `m = f32(1 / div)`,
+//!   `y = clamp(round_half_even((sum - size * zp) as f32 * m + zp), 0, 255)`; adaptive
+//!   (`adaptive_avg_pool_single_out_frame`): `m = f32(1.0 / 1) / kh / kw` in f32 and
+//!   `y = round_half_even(sum * m)` on the raw values.
+//! - `ChannelsLast` (`_qavg_pool_nhwc_kernel`, `_qadaptive_avg_pool_kernel`, AVX-512 build):
+//!   `m = 1.0 / div` in f32, `y = clamp(zp + round_half_even((sum - size * zp) as f32 * m))`;
+//!   channels past the last multiple of 16 go through PyTorch's scalar code, which multiplies by
+//!   `1 / (1 / m)` instead.
+//!
+//! Outputs are split by rows across rayon threads; each output is computed independently.
+
+use rayon::prelude::*;
+
+use crate::conv::NhwcShape;
+use crate::{KernelError, Result};
+
+/// Which PyTorch memory-format branch the averages reproduce (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PoolRounding {
+    ContiguousNchw,
+    /// What a quantized model sees after a quantized conv (PyTorch's conv outputs are
+    /// channels-last).
+    #[default]
+    ChannelsLast,
+}
+
+/// Window of a 2-D pooling (PyTorch arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pool2d {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub ceil_mode: bool,
+}
+
+impl Pool2d {
+    /// `kernel` with stride = kernel, no padding, dilation 1, floor mode (PyTorch defaults).
+    pub fn new(kh: usize, kw: usize) -> Pool2d {
+        Pool2d {
+            kernel: (kh, kw),
+            stride: (kh, kw),
+            padding: (0, 0),
+            dilation: (1, 1),
+            ceil_mode: false,
+        }
+    }
+
+    pub fn with_stride(mut self, sh: usize, sw: usize) -> Self {
+        self.stride = (sh, sw);
+        self
+    }
+
+    pub fn with_padding(mut self, ph: usize, pw: usize) -> Self {
+        self.padding = (ph, pw);
+        self
+    }
+
+    pub fn with_dilation(mut self, dh: usize, dw: usize) -> Self {
+        self.dilation = (dh, dw);
+        self
+    }
+
+    pub fn with_ceil_mode(mut self, ceil_mode: bool) -> Self {
+        self.ceil_mode = ceil_mode;
+        self
+    }
+
+    /// PyTorch `pooling_output_shape`, both axes.
+    pub fn output_hw(&self, op: &'static str, h: usize, w: usize) -> Result<(usize, usize)> {
+        let bad = |d: String| Err(KernelError::Param { op, detail: d });
+        if self.kernel.0 == 0 || self.kernel.1 == 0 || self.stride.0 == 0 || self.stride.1 == 0 {
+            return bad(format!(
+                "kernel {:?} and stride {:?} must be positive",
+                self.kernel, self.stride
+            ));
+        }
+        if self.dilation.0 == 0 || self.dilation.1 == 0 {
+            return bad(format!("dilation {:?} must be positive", self.dilation));
+        }
+        if self.padding.0 * 2 > self.kernel.0 || self.padding.1 * 2 > self.kernel.1 {
+            return bad(format!(
+                "padding {:?} must be at most half the kernel {:?}",
+                self.padding, self.kernel
+            ));
+        }
+        let len = |i: usize, k: usize, p: usize, s: usize, d: usize| -> Option<usize> {
+            let span = (d * (k - 1) + 1) as i64;
+            let num = i as i64 + 2 * p as i64 - span + if self.ceil_mode { s as i64 - 1 } else { 0 };
+            if num < 0 {
+                return None;
+            }
+            let mut out = num / s as i64 + 1;
+            if self.ceil_mode && (out - 1) * s as i64 >= i as i64 + p as i64 {
+                out -= 1;
+            }
+            (out > 0).then_some(out as usize)
+        };
+        match (
+            len(h, self.kernel.0, self.padding.0, self.stride.0, self.dilation.0),
+            len(w, self.kernel.1, self.padding.1, self.stride.1, self.dilation.1),
+        ) {
+            (Some(oh), Some(ow)) => Ok((oh, ow)),
+            _ => Err(KernelError::Shape {
+                op,
+                detail: format!("input {h}x{w} is smaller than the pooling window {:?}", self.kernel),
+            }),
+        }
+    }
+}
+
+/// Max pooling; padded positions never win (PyTorch `_qmaxpool_2d_nhwc_kernel`).
+pub fn max_pool2d(x: &[u8], xs: NhwcShape, pool: &Pool2d) -> Result<(Vec<u8>, NhwcShape)> {
+    xs.check("max_pool2d", "input", x.len())?;
+    let (oh_n, ow_n) = pool.output_hw("max_pool2d", xs.h, xs.w)?;
+    let ys = NhwcShape::new(xs.n, oh_n, ow_n, xs.c);
+    let mut y = vec![0u8; ys.len()];
+    y.par_chunks_mut(ow_n * xs.c).enumerate().for_each(|(row, out)| {
+        let (n, oh) = (row / oh_n, row % oh_n);
+        for ow in 0..ow_n {
+            let o = &mut out[ow * xs.c..(ow + 1) * xs.c];
+            o.fill(0);
+            for kh in 0..pool.kernel.0 {
+                let ih = (oh * pool.stride.0 + kh * pool.dilation.0) as i64 - pool.padding.0 as i64;
+                if ih < 0 || ih >= xs.h as i64 {
+                    continue;
+                }
+                for kw in 0..pool.kernel.1 {
+                    let iw = (ow * pool.stride.1 + kw * pool.dilation.1) as i64 - pool.padding.1 as i64;
+                    if iw < 0 || iw >= xs.w as i64 {
+                        continue;
+                    }
+                    let at = xs.offset(n, ih as usize, iw as usize);
+                    for (m, &v) in o.iter_mut().zip(&x[at..at + xs.c]) {
+                        *m = (*m).max(v);
+                    }
+                }
+            }
+        }
+    });
+    Ok((y, ys))
+}
+
+/// Average pooling (dilation must be 1, as in PyTorch). `divisor_override` replaces the
+/// divisor; `count_include_pad` counts padded taps in it. Rounding: see the module docs.
+pub fn avg_pool2d(
+    x: &[u8],
+    xs: NhwcShape,
+    zero_point: i32,
+    pool: &Pool2d,
+    count_include_pad: bool,
+    divisor_override: Option<usize>,
+    rounding: PoolRounding,
+) -> Result<(Vec<u8>, NhwcShape)> {
+    xs.check("avg_pool2d", "input", x.len())?;
+    if pool.dilation != (1, 1) {
+        return Err(KernelError::Param {
+            op: "avg_pool2d",
+            detail: "average pooling has no dilation; use dilation (1, 1)".into(),
+        });
+    }
+    if divisor_override == Some(0) {
+        return Err(KernelError::Param {
+            op: "avg_pool2d",
+            detail: "divisor_override must not be 0".into(),
+        });
+    }
+    let (oh_n, ow_n) = pool.output_hw("avg_pool2d", xs.h, xs.w)?;
+    let ys = NhwcShape::new(xs.n, oh_n, ow_n, xs.c);
+    let mut y = vec![0u8; ys.len()];
+    let (h, w) = (xs.h as i64, xs.w as i64);
+    y.par_chunks_mut(ow_n * xs.c).enumerate().for_each(|(row, out)| {
+        let (n, oh) = (row / oh_n, row % oh_n);
+        let mut sums = vec![0i32; xs.c];
+        for ow in 0..ow_n {
+            let hs = (oh * pool.stride.0) as i64 - pool.padding.0 as i64;
+            let ws = (ow * pool.stride.1) as i64 - pool.padding.1 as i64;
+            let he = (hs + pool.kernel.0 as i64).min(h + pool.padding.0 as i64);
+            let we = (ws + pool.kernel.1 as i64).min(w + pool.padding.1 as i64);
+            let pool_size = (he - hs) * (we - ws);
+            let (hs, ws, he, we) = (hs.max(0), ws.max(0), he.min(h), we.min(w));
+            let size = ((he - hs) * (we - ws)) as i32;
+            let div = divisor_override.map_or(if count_include_pad { pool_size } else { size as i64 }, |d| d as i64);
+            sums.fill(0);
+            for ih in hs..he {
+                for iw in ws..we {
+                    let at = xs.offset(n, ih as usize, iw as usize);
+                    for (s, &v) in sums.iter_mut().zip(&x[at..at + xs.c]) {
+                        *s += v as i32;
+                    }
+                }
+            }
+            let o = &mut out[ow * xs.c..(ow + 1) * xs.c];
+            finish_average(&sums, size, div, zero_point, rounding, o);
+        }
+    });
+    Ok((y, ys))
+}
+
+/// Turns per-channel sums of `size` raw values into averages (avg_pool2d rules).
+fn finish_average(sums: &[i32], size: i32, div: i64, zp: i32, rounding: PoolRounding, out: &mut [u8]) {
+    match rounding {
+        PoolRounding::ContiguousNchw => {
+            let m = (1.0f64 / div as f64) as f32;
+            for (o, &s) in out.iter_mut().zip(sums) {
+                let v = ((s - size * zp) as f32 * m + zp as f32).round_ties_even();
+                *o = v.clamp(0.0, 255.0) as u8;
+            }
+        }
+        PoolRounding::ChannelsLast => channels_last(sums, size, 1.0 / div as f32, zp, out),
+    }
+}
+
+/// PyTorch's channels-last rounding: vector channels multiply by `m`, the scalar tail by
+/// `1 / (1 / m)`.
+fn channels_last(sums: &[i32], size: i32, m: f32, zp: i32, out: &mut [u8]) {
+    let vector_channels = sums.len() / 16 * 16;
+    let m_tail = 1.0 / (1.0 / m);
+    for (c, (o, &s)) in out.iter_mut().zip(sums).enumerate() {
+        let mult = if c < vector_channels { m } else { m_tail };
+        *o = super::quantize_u8((s - size * zp) as f32, mult, zp);
+    }
+}
+
+/// Adaptive average pooling to `(oh, ow)` (global pooling is `(1, 1)`): output cell `o` of an
+/// axis of length `i -> n` averages `floor(o * i / n) .. ceil((o + 1) * i / n)` (computed in f32
+/// as PyTorch does). Rounding: see the module docs.
+pub fn adaptive_avg_pool2d(
+    x: &[u8],
+    xs: NhwcShape,
+    zero_point: i32,
+    output: (usize, usize),
+    rounding: PoolRounding,
+) -> Result<(Vec<u8>, NhwcShape)> {
+    xs.check("adaptive_avg_pool2d", "input", x.len())?;
+    let (oh_n, ow_n) = output;
+    if oh_n == 0 || ow_n == 0 {
+        return Err(KernelError::Param {
+            op: "adaptive_avg_pool2d",
+            detail: format!("output size {output:?} must be positive"),
+        });
+    }
+    let ys = NhwcShape::new(xs.n, oh_n, ow_n, xs.c);
+    let start = |o: usize, out: usize, inp: usize| ((o * inp) as f32 / out as f32).floor() as usize;
+    let end = |o: usize, out: usize, inp: usize| (((o + 1) * inp) as f32 / out as f32).ceil() as usize;
+    let mut y = vec![0u8; ys.len()];
+    y.par_chunks_mut(ow_n * xs.c).enumerate().for_each(|(row, out)| {
+        let (n, oh) = (row / oh_n, row % oh_n);
+        let (hs, he) = (start(oh, oh_n, xs.h), end(oh, oh_n, xs.h));
+        let mut sums = vec![0i32; xs.c];
+        for ow in 0..ow_n {
+            let (ws, we) = (start(ow, ow_n, xs.w), end(ow, ow_n, xs.w));
+            sums.fill(0);
+            for ih in hs..he {
+                for iw in ws..we {
+                    let at = xs.offset(n, ih, iw);
+                    for (s, &v) in sums.iter_mut().zip(&x[at..at + xs.c]) {
+                        *s += v as i32;
+                    }
+                }
+            }
+            let (kh, kw) = ((he - hs) as f32, (we - ws) as f32);
+            let o = &mut out[ow * xs.c..(ow + 1) * xs.c];
+            match rounding {
+                PoolRounding::ContiguousNchw => {
+                    let m = 1.0f32 / kh / kw;
+                    for (o, &s) in o.iter_mut().zip(&sums) {
+                        *o = (s as f32 * m).round_ties_even().clamp(0.0, 255.0) as u8;
+                    }
+                }
+                PoolRounding::ChannelsLast => {
+                    let size = ((he - hs) * (we - ws)) as i32;
+                    channels_last(&sums, size, 1.0 / size as f32, zero_point, o)
+                }
+            }
+        }
+    });
+    Ok((y, ys))
+}
