@@ -14,6 +14,7 @@ const SUITES: &[(&str, &str, &str)] = &[
     ("quantize", "qtensor", "bench_quantize"),
     ("gemm", "qkernels", "bench_gemm"),
     ("conv", "qkernels", "bench_conv"),
+    ("linear_f32", "qgraph", "bench_linear_f32"),
 ];
 
 fn main() -> ExitCode {

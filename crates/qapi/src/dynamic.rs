@@ -132,8 +132,13 @@ pub struct DynamicLinear {
 
 #[derive(Debug, Clone)]
 enum LinearWeights {
-    Int8 { packed: PackedWeights, stored: QTensor },
-    Float16 { weight: Vec<half::f16> },
+    Int8 {
+        packed: Box<PackedWeights>,
+        stored: QTensor,
+    },
+    Float16 {
+        weight: Vec<half::f16>,
+    },
 }
 
 impl DynamicLinear {
@@ -185,7 +190,10 @@ impl DynamicLinear {
         let ints: Vec<i8> = weight.int_repr().into_iter().map(|v| v as i8).collect();
         let packed = PackedWeights::from_qparams(&ints, n, k, weight.qparams())?;
         let linear = DynamicLinear {
-            weights: LinearWeights::Int8 { packed, stored: weight },
+            weights: LinearWeights::Int8 {
+                packed: Box::new(packed),
+                stored: weight,
+            },
             bias,
             in_features: k,
             out_features: n,
