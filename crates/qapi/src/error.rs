@@ -27,8 +27,14 @@ pub enum ApiError {
     #[error("tensor `{name}`: {detail}")]
     BadTensor { name: String, detail: String },
 
+    #[error("invalid configuration: {detail}")]
+    Config { detail: String },
+
     #[error(transparent)]
     Quant(#[from] qtensor::QError),
+
+    #[error(transparent)]
+    Graph(#[from] qgraph::GraphError),
 
     #[error(transparent)]
     Kernel(#[from] qkernels::KernelError),

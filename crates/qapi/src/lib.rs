@@ -6,6 +6,10 @@
 pub mod dynamic;
 mod error;
 pub mod file;
+pub mod qconfig;
+pub mod report;
 
 pub use error::{ApiError, Result};
 pub use file::{ModelFile, StoredTensor, FORMAT_VERSION};
+pub use qconfig::{ConfigSource, QConfig, QConfigMap};
+pub use report::{FloatReason, NodeReport, NodeStatus, QuantReport};

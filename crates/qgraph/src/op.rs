@@ -211,6 +211,8 @@ pub trait CustomOp: Send + Sync + fmt::Debug {
     fn infer_shape(&self, inputs: &[&[usize]]) -> std::result::Result<Vec<usize>, String>;
     /// Runs the op.
     fn forward(&self, inputs: &[&Value]) -> Result<Value>;
+    /// The concrete op, so its owner can recover its type (e.g. to save it to a file).
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// An operation and its attributes. Parameters (weights) live on the node, by PyTorch name.
