@@ -8,8 +8,10 @@ mod error;
 pub mod file;
 pub mod qconfig;
 pub mod report;
+pub mod static_ptq;
 
 pub use error::{ApiError, Result};
 pub use file::{ModelFile, StoredTensor, FORMAT_VERSION};
 pub use qconfig::{ConfigSource, QConfig, QConfigMap};
 pub use report::{FloatReason, NodeReport, NodeStatus, QuantReport};
+pub use static_ptq::{prepare, Prepared};

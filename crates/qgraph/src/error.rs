@@ -67,6 +67,9 @@ pub enum GraphError {
     #[error("node `{node}`: unsupported {what}")]
     Unsupported { node: String, what: String },
 
+    #[error("{op}: {detail}")]
+    Custom { op: String, detail: String },
+
     #[error(transparent)]
     Quant(#[from] QError),
 }

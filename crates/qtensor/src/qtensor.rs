@@ -106,6 +106,52 @@ impl QTensor {
         })
     }
 
+    /// Wraps integer storage directly (no per-element checks beyond the storage type, which
+    /// guarantees the dtype's range for 8-bit types); lengths and parameters are validated.
+    pub fn from_data(shape: impl Into<Vec<usize>>, dtype: DType, qparams: QParams, data: QData) -> Result<QTensor> {
+        let shape = shape.into();
+        let n: usize = shape.iter().product();
+        let (len, ok) = match (&data, dtype) {
+            (QData::U8(v), DType::QUInt8) => (v.len(), true),
+            (QData::I8(v), DType::QInt8) => (v.len(), true),
+            (QData::I32(v), DType::QInt32) => (v.len(), true),
+            (QData::U4x2(v), DType::QUInt4x2) => (v.len(), v.len() == n.div_ceil(2)),
+            _ => (0, false),
+        };
+        if !ok {
+            return Err(QError::Unsupported(format!("storage does not match dtype {dtype}")));
+        }
+        if dtype != DType::QUInt4x2 && len != n {
+            return Err(QError::ShapeMismatch {
+                shape,
+                expected: n,
+                got: len,
+            });
+        }
+        qparams.validate(dtype, &shape)?;
+        Ok(QTensor {
+            shape,
+            dtype,
+            qparams,
+            data,
+        })
+    }
+
+    /// The same integers and parameters under a new shape with the same element count.
+    pub fn reshaped(mut self, shape: impl Into<Vec<usize>>) -> Result<QTensor> {
+        let shape = shape.into();
+        let n: usize = shape.iter().product();
+        if n != self.numel() || matches!(self.qparams, QParams::PerChannel { .. }) {
+            return Err(QError::ShapeMismatch {
+                shape,
+                expected: self.numel(),
+                got: n,
+            });
+        }
+        self.shape = shape;
+        Ok(self)
+    }
+
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }

@@ -1,0 +1,671 @@
+//! Static (post-training) quantization: [`prepare`] fuses the graph and attaches observers,
+//! [`Prepared::calibrate`] runs representative batches through it, [`Prepared::convert`]
+//! quantizes the weights, packs them, and rebuilds the graph with int8 kernels, inserting
+//! quantize/dequantize nodes at every float/int8 boundary by itself.
+//!
+//! Which nodes run int8: a node whose configuration (from the [`QConfigMap`]) is not `None`
+//! and whose op has an int8 kernel. Two families:
+//! - *anchors* compute new output parameters from their own output observer: Conv2d,
+//!   ConvTranspose2d, Linear, Add, Mul, channel Cat, and the table activations (Hardswish,
+//!   Sigmoid, Tanh, SiLU, GELU);
+//! - *pass-through* ops keep their input's parameters and are quantized only when their input
+//!   is: max/avg/adaptive-avg pooling, ReLU, ReLU6, Flatten, Upsample, Dropout, Identity (as
+//!   PyTorch's quantized pooling and ReLU do).
+//!
+//! Everything else stays f32 and the [`QuantReport`] says why.
+
+mod qops;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use qgraph::{
+    fuse::FusionReport, CustomOp, FusedActivation as GraphActivation, Graph, Node, NodeId, Observer, ObserverKind, Op,
+    OpKind, UpsampleMode, Value, ValueType,
+};
+use qkernels::conv::{
+    ActQuant, Conv2dGeometry, ConvTranspose2dGeometry, ConvWeightQuant, FusedActivation, PackedConv2d,
+    PackedConvTranspose2d,
+};
+use qkernels::eltwise::{ActivationLut, FloatRule, Pool2d};
+use qkernels::gemm::PackedWeights;
+use qtensor::{DType, QParams, QTensor, QuantSpec, Scheme, Tensor};
+
+pub use qops::{
+    Dequantize, Passthrough, QBinary, QCat, QConv2d, QConvTranspose2d, QLinear, QLut, QPassthrough, Quantize,
+};
+
+use crate::qconfig::ConfigSource;
+use crate::report::{FloatReason, NodeReport, NodeStatus, QuantReport};
+use crate::{ApiError, QConfig, QConfigMap, Result};
+
+/// What convert will do with a node.
+#[derive(Debug, Clone, PartialEq)]
+enum Plan {
+    Input,
+    Float(FloatReason),
+    /// Computes its own output parameters (observed).
+    Anchor(QConfig),
+    /// Keeps its input's parameters.
+    Pass,
+}
+
+impl Plan {
+    fn is_quantized(&self) -> bool {
+        matches!(self, Plan::Anchor(_) | Plan::Pass)
+    }
+}
+
+/// A fused graph with observers attached, ready for calibration.
+#[derive(Debug)]
+pub struct Prepared {
+    graph: Graph,
+    plans: Vec<Plan>,
+    /// Activation observers, by the index of the node whose output they watch.
+    observers: BTreeMap<usize, Box<dyn Observer>>,
+    batches: usize,
+    fusion: FusionReport,
+}
+
+fn describe(source: &ConfigSource) -> String {
+    match source {
+        ConfigSource::Name(n) => format!("node name `{n}`"),
+        ConfigSource::Pattern(p) => format!("name pattern `{p}`"),
+        ConfigSource::Kind(k) => format!("op kind {k:?}"),
+        ConfigSource::Global => "global default".into(),
+    }
+}
+
+/// Normalizes a possibly negative dimension against `rank`.
+fn norm_dim(dim: isize, rank: usize) -> Option<usize> {
+    let d = if dim < 0 { dim + rank as isize } else { dim };
+    (0..rank as isize).contains(&d).then_some(d as usize)
+}
+
+/// Checks that a configuration can drive the int8 kernels.
+fn check_config(name: &str, c: &QConfig) -> Result<()> {
+    let a = &c.activation;
+    if a.spec.dtype != DType::QUInt8 {
+        return Err(ApiError::Config {
+            detail: format!("node `{name}`: static activations must be quint8, got {}", a.spec.dtype),
+        });
+    }
+    if matches!(
+        a.kind,
+        ObserverKind::PerChannelMinMax { .. } | ObserverKind::MovingAveragePerChannelMinMax { .. }
+    ) {
+        return Err(ApiError::Config {
+            detail: format!("node `{name}`: activations need a per-tensor observer"),
+        });
+    }
+    if c.weight.spec.dtype != DType::QInt8 {
+        return Err(ApiError::Config {
+            detail: format!("node `{name}`: weights must be qint8, got {}", c.weight.spec.dtype),
+        });
+    }
+    Ok(())
+}
+
+/// Fuses `graph` (conv+bn(+relu), linear+relu, ...), decides which nodes will run int8 under
+/// `config`, and attaches the observers calibration needs.
+pub fn prepare(graph: &Graph, config: &QConfigMap) -> Result<Prepared> {
+    let _span = tracing::info_span!("prepare").entered();
+    let mut graph = graph.clone();
+    let fusion = graph.fuse_auto()?;
+    let shapes = graph.infer_shapes(None)?;
+    let nodes = graph.nodes();
+    let mut plans: Vec<Plan> = Vec::with_capacity(nodes.len());
+    for (i, node) in nodes.iter().enumerate() {
+        let plan = match &node.op {
+            Op::Input { .. } => Plan::Input,
+            op => {
+                let (cfg, source) = config.resolve(&node.name, op.kind());
+                match cfg {
+                    None => Plan::Float(FloatReason::OptedOut {
+                        rule: describe(&source),
+                    }),
+                    Some(cfg) => {
+                        check_config(&node.name, &cfg)?;
+                        plan_node(&graph, node, &shapes, i, &plans, cfg)
+                    }
+                }
+            }
+        };
+        plans.push(plan);
+    }
+
+    let mut observers: BTreeMap<usize, Box<dyn Observer>> = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        // Pass-through nodes only follow quantized inputs, so only anchors open a region.
+        if let Plan::Anchor(cfg) = &plans[i] {
+            observers.insert(i, cfg.activation.build(&node.name));
+            // Float values entering the int8 region need parameters for their quantize node.
+            for input in &node.inputs {
+                if !plans[input.0].is_quantized() && !observers.contains_key(&input.0) {
+                    observers.insert(input.0, cfg.activation.build(&nodes[input.0].name));
+                }
+            }
+        }
+    }
+    tracing::info!(
+        nodes = nodes.len(),
+        quantized = plans.iter().filter(|p| p.is_quantized()).count(),
+        observers = observers.len(),
+        "prepared"
+    );
+    Ok(Prepared {
+        graph,
+        plans,
+        observers,
+        batches: 0,
+        fusion,
+    })
+}
+
+/// Whether (and how) one node can run int8, given the plans of the nodes before it.
+fn plan_node(graph: &Graph, node: &Node, shapes: &[Vec<usize>], i: usize, plans: &[Plan], cfg: QConfig) -> Plan {
+    let nodes = graph.nodes();
+    let float_input = node.inputs.iter().any(|j| match &nodes[j.0].op {
+        Op::Input { ty, .. } => *ty != ValueType::F32,
+        _ => false,
+    });
+    if float_input {
+        return Plan::Float(FloatReason::Other("its input is not a float tensor".into()));
+    }
+    let in_shapes: Vec<&Vec<usize>> = node.inputs.iter().map(|j| &shapes[j.0]).collect();
+    let inputs_quantized = node.inputs.iter().all(|j| plans[j.0].is_quantized());
+    let pass = || {
+        if inputs_quantized {
+            Plan::Pass
+        } else {
+            Plan::Float(FloatReason::Other(
+                "its input stays f32 (pass-through ops follow their input)".into(),
+            ))
+        }
+    };
+    let no_kernel = |why: &str| Plan::Float(FloatReason::Other(format!("no int8 kernel for {why}")));
+    let _ = i;
+    match &node.op {
+        Op::Conv2d(_) | Op::ConvTranspose2d(_) => Plan::Anchor(cfg),
+        Op::Linear(_) => {
+            if in_shapes.first().is_some_and(|s| s.len() == 4) {
+                no_kernel("Linear on a 4-d input")
+            } else {
+                Plan::Anchor(cfg)
+            }
+        }
+        Op::Add | Op::Mul => {
+            if in_shapes.len() == 2 && in_shapes[0] == in_shapes[1] {
+                Plan::Anchor(cfg)
+            } else {
+                no_kernel("broadcasting Add/Mul")
+            }
+        }
+        Op::Cat { dim } => {
+            let rank = shapes[i].len();
+            if norm_dim(*dim, rank) == Some(1) && (rank == 4 || rank == 2) {
+                Plan::Anchor(cfg)
+            } else {
+                no_kernel("Cat outside the channel dimension")
+            }
+        }
+        Op::Hardswish | Op::Sigmoid | Op::Tanh | Op::Silu | Op::Gelu(_) => Plan::Anchor(cfg),
+        Op::MaxPool2d(_) | Op::AvgPool2d(_) | Op::AdaptiveAvgPool2d { .. } | Op::Relu | Op::Relu6 => pass(),
+        Op::Dropout { .. } | Op::Identity => pass(),
+        Op::Flatten { start_dim, end_dim } => {
+            let rank = in_shapes.first().map_or(0, |s| s.len());
+            if norm_dim(*start_dim, rank) == Some(1) && norm_dim(*end_dim, rank) == Some(rank.saturating_sub(1)) {
+                pass()
+            } else {
+                no_kernel("Flatten other than flatten(1)")
+            }
+        }
+        Op::Upsample { mode, .. } => match mode {
+            UpsampleMode::Nearest | UpsampleMode::Bilinear { align_corners: false } => pass(),
+            _ => no_kernel("Upsample with align_corners"),
+        },
+        _ => Plan::Float(FloatReason::NoKernel),
+    }
+}
+
+impl Prepared {
+    /// The fused float graph being calibrated.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// What fusion did.
+    pub fn fusion(&self) -> &FusionReport {
+        &self.fusion
+    }
+
+    /// Names of the nodes whose outputs are observed.
+    pub fn observed(&self) -> Vec<&str> {
+        self.observers
+            .keys()
+            .map(|&i| self.graph.nodes()[i].name.as_str())
+            .collect()
+    }
+
+    /// Batches seen so far.
+    pub fn batches(&self) -> usize {
+        self.batches
+    }
+
+    /// Runs every batch (one `Vec<Value>` of graph inputs each) through the float graph and
+    /// feeds the observers. Shows progress on a terminal. Returns the number of batches.
+    pub fn calibrate<I>(&mut self, batches: I) -> Result<usize>
+    where
+        I: IntoIterator<Item = Vec<Value>>,
+    {
+        let _span = tracing::info_span!("calibrate").entered();
+        let index: HashMap<String, usize> = self
+            .graph
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        let input_ids = self.graph.input_ids();
+        let tty = std::io::stderr().is_terminal();
+        let mut seen = 0;
+        for inputs in batches {
+            for (id, value) in input_ids.iter().zip(&inputs) {
+                if let (Some(obs), Value::F32(t)) = (self.observers.get_mut(&id.0), value) {
+                    obs.observe(t)?;
+                }
+            }
+            let observers = &mut self.observers;
+            self.graph.run_with(inputs, |node, value| {
+                if let (Some(obs), Value::F32(t)) = (index.get(&node.name).and_then(|i| observers.get_mut(i)), value) {
+                    obs.observe(t)?;
+                }
+                Ok(())
+            })?;
+            seen += 1;
+            if tty {
+                eprint!("\rcalibrating: {seen} batches");
+            }
+        }
+        if tty && seen > 0 {
+            eprintln!();
+        }
+        self.batches += seen;
+        Ok(seen)
+    }
+
+    /// The activation parameters chosen so far, by node name.
+    pub fn activation_qparams(&self) -> Result<BTreeMap<String, QParams>> {
+        self.observers
+            .iter()
+            .map(|(&i, o)| Ok((self.graph.nodes()[i].name.clone(), o.qparams()?)))
+            .collect()
+    }
+
+    /// Quantizes weights, packs them and rebuilds the graph with int8 kernels and boundary
+    /// quantize/dequantize nodes. Errors if no batch was calibrated.
+    pub fn convert(&self) -> Result<(Graph, QuantReport)> {
+        let _span = tracing::info_span!("convert").entered();
+        if self.batches == 0 && !self.observers.is_empty() {
+            return Err(ApiError::Config {
+                detail: "no calibration data: call calibrate() with at least one batch before convert()".into(),
+            });
+        }
+        let act: BTreeMap<usize, ActQuant> = self
+            .observers
+            .iter()
+            .map(|(&i, o)| Ok((i, qops::act_quant(&o.qparams()?)?)))
+            .collect::<Result<_>>()?;
+        Converter::new(self, act).run()
+    }
+}
+
+/// Builds the converted graph node by node.
+struct Converter<'a> {
+    prepared: &'a Prepared,
+    act: BTreeMap<usize, ActQuant>,
+    out_q: Vec<Option<ActQuant>>,
+    nodes: Vec<Node>,
+    float_id: Vec<Option<NodeId>>,
+    quant_id: Vec<Option<NodeId>>,
+    report: Vec<NodeReport>,
+}
+
+impl<'a> Converter<'a> {
+    fn new(prepared: &'a Prepared, act: BTreeMap<usize, ActQuant>) -> Converter<'a> {
+        let n = prepared.graph.nodes().len();
+        Converter {
+            prepared,
+            act,
+            out_q: vec![None; n],
+            nodes: Vec::new(),
+            float_id: vec![None; n],
+            quant_id: vec![None; n],
+            report: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, name: String, op: Op, inputs: Vec<NodeId>, params: BTreeMap<String, Tensor>) -> NodeId {
+        self.nodes.push(Node {
+            name,
+            op,
+            inputs,
+            params,
+            qconfig: None,
+        });
+        NodeId(self.nodes.len() - 1)
+    }
+
+    /// The quantized version of original node `j`'s output, adding a quantize node if needed.
+    fn quantized(&mut self, j: usize) -> Result<(NodeId, ActQuant)> {
+        if let (Some(id), Some(q)) = (self.quant_id[j], self.out_q[j]) {
+            return Ok((id, q));
+        }
+        let name = &self.prepared.graph.nodes()[j].name;
+        let q = *self.act.get(&j).ok_or_else(|| ApiError::Config {
+            detail: format!("internal: no observer on `{name}` for its quantize node"),
+        })?;
+        let float = self.float_id[j].expect("float producers are built before their readers");
+        let id = self.push(
+            format!("{name}.quantize"),
+            Op::Custom(Arc::new(Quantize { q })),
+            vec![float],
+            BTreeMap::new(),
+        );
+        self.quant_id[j] = Some(id);
+        self.out_q[j] = Some(q);
+        Ok((id, q))
+    }
+
+    /// The float version of original node `j`'s output, adding a dequantize node if needed.
+    fn float(&mut self, j: usize) -> NodeId {
+        if let Some(id) = self.float_id[j] {
+            return id;
+        }
+        let name = self.prepared.graph.nodes()[j].name.clone();
+        let q = self.quant_id[j].expect("quantized producers are built before their readers");
+        let id = self.push(
+            format!("{name}.dequantize"),
+            Op::Custom(Arc::new(Dequantize)),
+            vec![q],
+            BTreeMap::new(),
+        );
+        self.float_id[j] = Some(id);
+        id
+    }
+
+    fn run(mut self) -> Result<(Graph, QuantReport)> {
+        let graph = &self.prepared.graph;
+        for (i, node) in graph.nodes().iter().enumerate() {
+            let display = node.op.display_name();
+            match self.prepared.plans[i].clone() {
+                Plan::Input | Plan::Float(_) => {
+                    let inputs: Vec<NodeId> = node.inputs.iter().map(|j| self.float(j.0)).collect();
+                    let id = self.push(node.name.clone(), node.op.clone(), inputs, node.params.clone());
+                    self.float_id[i] = Some(id);
+                    let status = match &self.prepared.plans[i] {
+                        Plan::Float(reason) => NodeStatus::Float { reason: reason.clone() },
+                        _ => NodeStatus::NotApplicable,
+                    };
+                    self.report.push(NodeReport {
+                        name: node.name.clone(),
+                        op: display,
+                        status,
+                    });
+                }
+                plan @ (Plan::Anchor(_) | Plan::Pass) => {
+                    let mut inputs = Vec::with_capacity(node.inputs.len());
+                    let mut in_q = Vec::with_capacity(node.inputs.len());
+                    for j in &node.inputs {
+                        let (id, q) = self.quantized(j.0)?;
+                        inputs.push(id);
+                        in_q.push(q);
+                    }
+                    let (op, q, detail): (Arc<dyn CustomOp>, ActQuant, String) = match plan {
+                        Plan::Anchor(cfg) => {
+                            let out = self.act[&i];
+                            let (op, detail) = build_anchor(node, &cfg, &in_q, out)?;
+                            (op, out, detail)
+                        }
+                        _ => {
+                            let q = in_q[0];
+                            (build_pass(node)?, q, "quint8 with its input's parameters".to_string())
+                        }
+                    };
+                    let id = self.push(node.name.clone(), Op::Custom(op), inputs, BTreeMap::new());
+                    self.quant_id[i] = Some(id);
+                    self.out_q[i] = Some(q);
+                    self.report.push(NodeReport {
+                        name: node.name.clone(),
+                        op: display,
+                        status: NodeStatus::Quantized {
+                            detail: format!("{detail}; out scale {:.6e}, zero point {}", q.scale, q.zero_point),
+                        },
+                    });
+                }
+            }
+        }
+        let outputs: Vec<NodeId> = graph.outputs().iter().map(|o| self.float(o.0)).collect();
+        let converted = Graph::from_nodes(self.nodes, outputs)?;
+        Ok((converted, QuantReport { nodes: self.report }))
+    }
+}
+
+/// Quantizes a weight with the configured observer (after fusion, so BN is already folded).
+fn quantize_weight(node: &Node, cfg: &QConfig, axis: usize, per_channel_ok: bool) -> Result<(QTensor, String)> {
+    let weight = node.param("weight")?;
+    let mut wcfg = cfg.weight;
+    let per_channel = matches!(
+        wcfg.kind,
+        ObserverKind::PerChannelMinMax { .. } | ObserverKind::MovingAveragePerChannelMinMax { .. }
+    );
+    if per_channel && !per_channel_ok {
+        // One scale per group-local output channel is not expressible; fall back to one scale.
+        wcfg.kind = ObserverKind::MinMax;
+        wcfg.spec = QuantSpec::new(DType::QInt8, Scheme::Symmetric);
+    }
+    match &mut wcfg.kind {
+        ObserverKind::PerChannelMinMax { axis: a } | ObserverKind::MovingAveragePerChannelMinMax { axis: a, .. } => {
+            *a = axis
+        }
+        _ => {}
+    }
+    let mut obs = wcfg.build(&node.param_name("weight"));
+    obs.observe(weight)?;
+    let qparams = obs.qparams()?;
+    let detail = match &qparams {
+        QParams::PerTensor { .. } => "qint8 per-tensor weights",
+        QParams::PerChannel { .. } => "qint8 per-channel weights",
+    };
+    Ok((QTensor::quantize(weight, DType::QInt8, qparams)?, detail.to_string()))
+}
+
+fn int8_values(q: &QTensor) -> Vec<i8> {
+    q.int_repr().into_iter().map(|v| v as i8).collect()
+}
+
+fn bias_of(node: &Node) -> Option<Vec<f32>> {
+    node.params.get("bias").map(|b| b.data().to_vec())
+}
+
+fn fused(a: GraphActivation) -> FusedActivation {
+    match a {
+        GraphActivation::Relu => FusedActivation::Relu,
+        _ => FusedActivation::None,
+    }
+}
+
+fn build_anchor(node: &Node, cfg: &QConfig, in_q: &[ActQuant], out: ActQuant) -> Result<(Arc<dyn CustomOp>, String)> {
+    Ok(match &node.op {
+        Op::Conv2d(a) => {
+            let (w, detail) = quantize_weight(node, cfg, 0, true)?;
+            let geometry = Conv2dGeometry::new(a.in_channels, a.out_channels, (a.kernel[0], a.kernel[1]))
+                .with_stride(a.stride[0], a.stride[1])
+                .with_padding(a.padding[0], a.padding[1])
+                .with_dilation(a.dilation[0], a.dilation[1])
+                .with_groups(a.groups);
+            let bias = bias_of(node);
+            let conv = PackedConv2d::new(
+                geometry,
+                &int8_values(&w),
+                ConvWeightQuant::from_qparams(w.qparams())?,
+                bias.clone(),
+            )?;
+            let op = QConv2d {
+                conv,
+                weight: w,
+                bias,
+                out_shape_nchw: qops::conv_out_shape,
+                output: out,
+                activation: fused(a.activation),
+            };
+            (Arc::new(op), detail)
+        }
+        Op::ConvTranspose2d(a) => {
+            let (w, detail) = quantize_weight(node, cfg, 1, a.groups == 1)?;
+            let geometry = ConvTranspose2dGeometry::new(a.in_channels, a.out_channels, (a.kernel[0], a.kernel[1]))
+                .with_stride(a.stride[0], a.stride[1])
+                .with_padding(a.padding[0], a.padding[1])
+                .with_output_padding(a.output_padding[0], a.output_padding[1])
+                .with_dilation(a.dilation[0], a.dilation[1])
+                .with_groups(a.groups);
+            let bias = bias_of(node);
+            let conv = PackedConvTranspose2d::new(
+                geometry,
+                &int8_values(&w),
+                ConvWeightQuant::from_qparams(w.qparams())?,
+                bias.clone(),
+            )?;
+            let op = QConvTranspose2d {
+                conv,
+                weight: w,
+                bias,
+                output: out,
+                activation: fused(a.activation),
+            };
+            (Arc::new(op), detail)
+        }
+        Op::Linear(a) => {
+            let (w, detail) = quantize_weight(node, cfg, 0, true)?;
+            let packed = PackedWeights::from_qparams(&int8_values(&w), a.out_features, a.in_features, w.qparams())?;
+            let op = QLinear {
+                packed,
+                weight: w,
+                bias: bias_of(node),
+                output: out,
+                relu: a.activation == GraphActivation::Relu,
+            };
+            (Arc::new(op), detail)
+        }
+        Op::Add | Op::Mul => {
+            let mul = matches!(node.op, Op::Mul);
+            (
+                Arc::new(QBinary {
+                    mul,
+                    relu: false,
+                    output: out,
+                }),
+                "requantized to observed output".into(),
+            )
+        }
+        Op::Cat { .. } => (
+            Arc::new(QCat { output: out }),
+            "inputs requantized to observed output".into(),
+        ),
+        op @ (Op::Hardswish | Op::Sigmoid | Op::Tanh | Op::Silu | Op::Gelu(_)) => {
+            let (name, lut) = match op {
+                Op::Hardswish => (
+                    "QuantizedHardswish",
+                    ActivationLut::hardswish(in_q[0], out, FloatRule::Vectorized)?,
+                ),
+                Op::Sigmoid => (
+                    "QuantizedSigmoid",
+                    ActivationLut::sigmoid(in_q[0], out, FloatRule::Vectorized)?,
+                ),
+                Op::Tanh => (
+                    "QuantizedTanh",
+                    ActivationLut::tanh(in_q[0], out, FloatRule::Vectorized)?,
+                ),
+                Op::Silu => (
+                    "QuantizedSiLU",
+                    ActivationLut::silu(in_q[0], out, FloatRule::Vectorized)?,
+                ),
+                _ => (
+                    "QuantizedGELU",
+                    ActivationLut::gelu(in_q[0], out, FloatRule::Vectorized)?,
+                ),
+            };
+            (
+                Arc::new(QLut { name, lut, output: out }),
+                "256-entry lookup table".into(),
+            )
+        }
+        other => {
+            return Err(ApiError::Config {
+                detail: format!("internal: {:?} is not an anchor op", other.kind()),
+            })
+        }
+    })
+}
+
+fn build_pass(node: &Node) -> Result<Arc<dyn CustomOp>> {
+    let pool = |p: &qgraph::Pool2dAttrs| {
+        Pool2d::new(p.kernel[0], p.kernel[1])
+            .with_stride(p.stride[0], p.stride[1])
+            .with_padding(p.padding[0], p.padding[1])
+    };
+    let op = match &node.op {
+        Op::MaxPool2d(p) => Passthrough::MaxPool(pool(p)),
+        Op::AvgPool2d(p) => Passthrough::AvgPool {
+            pool: pool(p),
+            count_include_pad: p.count_include_pad,
+        },
+        Op::AdaptiveAvgPool2d { output } => Passthrough::AdaptiveAvgPool {
+            output: (output[0], output[1]),
+        },
+        Op::Relu => Passthrough::Relu,
+        Op::Relu6 => Passthrough::Relu6,
+        Op::Flatten { .. } => Passthrough::Flatten,
+        Op::Upsample { scale, mode } => match mode {
+            UpsampleMode::Nearest => Passthrough::UpsampleNearest {
+                scale: (scale[0], scale[1]),
+            },
+            _ => Passthrough::UpsampleBilinear {
+                scale: (scale[0], scale[1]),
+            },
+        },
+        _ => Passthrough::Identity,
+    };
+    Ok(Arc::new(QPassthrough { op }))
+}
+
+/// The op kinds static quantization can run in int8 (anchors and pass-through ops).
+pub fn supported_ops() -> Vec<(OpKind, &'static str)> {
+    use OpKind::*;
+    vec![
+        (Conv2d, "int8 conv (im2col / 1x1 GEMM / direct depthwise), fused ReLU"),
+        (
+            ConvTranspose2d,
+            "int8 transposed conv, per-tensor or per-channel weights",
+        ),
+        (Linear, "int8 GEMM with requantize epilogue, fused ReLU"),
+        (Add, "requantized element-wise add"),
+        (Mul, "requantized element-wise multiply"),
+        (Cat, "channel concatenation with requantization"),
+        (Hardswish, "256-entry lookup table"),
+        (Sigmoid, "256-entry lookup table"),
+        (Tanh, "256-entry lookup table"),
+        (Silu, "256-entry lookup table"),
+        (Gelu, "256-entry lookup table"),
+        (MaxPool2d, "int8, keeps input parameters"),
+        (AvgPool2d, "int8, keeps input parameters"),
+        (AdaptiveAvgPool2d, "int8, keeps input parameters"),
+        (Relu, "int8 clamp, keeps input parameters"),
+        (Relu6, "int8 clamp, keeps input parameters"),
+        (Flatten, "int8 reorder, keeps input parameters"),
+        (Upsample, "nearest / bilinear, keeps input parameters"),
+        (Dropout, "identity"),
+        (Identity, "identity"),
+    ]
+}

@@ -1,0 +1,581 @@
+//! The int8 implementations that static quantization puts into a graph, as `CustomOp`s.
+//!
+//! Layout convention inside a quantized region: a value is `Value::Quant` holding a per-tensor
+//! quint8 `QTensor`; 4-d values are channels-last, stored with shape `[N, H, W, C]` (the graph's
+//! shape inference keeps reporting the logical NCHW shape). [`Quantize`] and [`Dequantize`] are
+//! the only places where the layout changes, once at each float/int8 boundary.
+
+use std::any::Any;
+
+use qgraph::{CustomOp, GraphError, Value};
+use qkernels::conv::{
+    nchw_f32_to_nhwc_u8, nhwc_u8_to_nchw_f32, ActQuant, FusedActivation, NhwcShape, PackedConv2d, PackedConvTranspose2d,
+};
+use qkernels::eltwise::{self, ActivationLut, FloatRule, Pool2d, PoolRounding};
+use qkernels::gemm::{gemm_u8s8, ActivationQuant, Epilogue, GemmConfig, GemmOutput, PackedWeights, Requantize};
+use qtensor::{DType, QData, QParams, QTensor, Tensor};
+
+/// Maps a kernel or tensor error into the graph's error type, naming the op.
+fn fail(op: &str, e: impl std::fmt::Display) -> GraphError {
+    GraphError::Custom {
+        op: op.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// Per-tensor quint8 parameters of an activation.
+pub(crate) fn act_quant(q: &QParams) -> Result<ActQuant, GraphError> {
+    match q {
+        QParams::PerTensor { scale, zero_point } => ActQuant::new(*scale, *zero_point).map_err(|e| fail("quantize", e)),
+        QParams::PerChannel { .. } => Err(fail("quantize", "activations must be quantized per tensor")),
+    }
+}
+
+/// The u8 storage and parameters of a quantized input value.
+fn quant_input<'a>(op: &str, v: &'a Value) -> Result<(&'a [u8], &'a [usize], ActQuant), GraphError> {
+    match v {
+        Value::Quant(q) => match q.data() {
+            QData::U8(data) => Ok((data.as_slice(), q.shape(), act_quant(q.qparams())?)),
+            _ => Err(fail(op, format!("expected quint8 activations, got {}", q.dtype()))),
+        },
+        other => Err(fail(op, format!("expected a quantized input, got a {}", other.kind()))),
+    }
+}
+
+/// NHWC dimensions of a channels-last quantized value (`[N, H, W, C]`).
+fn nhwc(op: &str, shape: &[usize]) -> Result<NhwcShape, GraphError> {
+    match shape {
+        [n, h, w, c] => Ok(NhwcShape::new(*n, *h, *w, *c)),
+        [n, c] => Ok(NhwcShape::new(*n, 1, 1, *c)),
+        other => Err(fail(
+            op,
+            format!("expected a 4-d channels-last input, got shape {other:?}"),
+        )),
+    }
+}
+
+fn quant_value(op: &str, shape: Vec<usize>, data: Vec<u8>, q: ActQuant) -> Result<Value, GraphError> {
+    let qparams = QParams::PerTensor {
+        scale: q.scale,
+        zero_point: q.zero_point,
+    };
+    QTensor::from_data(shape, DType::QUInt8, qparams, QData::U8(data))
+        .map(Value::Quant)
+        .map_err(|e| fail(op, e))
+}
+
+fn nhwc_dims(s: NhwcShape) -> Vec<usize> {
+    vec![s.n, s.h, s.w, s.c]
+}
+
+fn same_shape(inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+    match inputs {
+        [a] => Ok(a.to_vec()),
+        [a, b] if a == b => Ok(a.to_vec()),
+        _ => Err(format!("expected one input or two of the same shape, got {inputs:?}")),
+    }
+}
+
+macro_rules! custom_op_boilerplate {
+    () => {
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    };
+}
+
+/// f32 -> quint8 at a region's entry (NCHW f32 -> NHWC u8 for 4-d values).
+#[derive(Debug, Clone)]
+pub struct Quantize {
+    pub q: ActQuant,
+}
+
+impl CustomOp for Quantize {
+    fn kind_name(&self) -> &str {
+        "Quantize"
+    }
+    fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        same_shape(inputs)
+    }
+    fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
+        let x = match inputs {
+            [Value::F32(t)] => t,
+            _ => return Err(fail("Quantize", "expected one f32 input")),
+        };
+        if let Some((index, value)) = qtensor::quantize::first_non_finite(x.data()) {
+            return Err(fail("Quantize", format!("non-finite input {value} at index {index}")));
+        }
+        match x.shape() {
+            [n, c, h, w] => {
+                let s = NhwcShape::new(*n, *h, *w, *c);
+                let data = nchw_f32_to_nhwc_u8(x.data(), s, self.q).map_err(|e| fail("Quantize", e))?;
+                quant_value("Quantize", nhwc_dims(s), data, self.q)
+            }
+            shape => {
+                let mut data = vec![0u8; x.numel()];
+                let affine = qtensor::quantize::Affine::new(self.q.scale, self.q.zero_point, DType::QUInt8)
+                    .map_err(|e| fail("Quantize", e))?;
+                qtensor::quantize::quantize_into(x.data(), &mut data, &affine).map_err(|e| fail("Quantize", e))?;
+                quant_value("Quantize", shape.to_vec(), data, self.q)
+            }
+        }
+    }
+    custom_op_boilerplate!();
+}
+
+/// quint8 -> f32 at a region's exit (NHWC u8 -> NCHW f32 for 4-d values).
+#[derive(Debug, Clone)]
+pub struct Dequantize;
+
+impl CustomOp for Dequantize {
+    fn kind_name(&self) -> &str {
+        "Dequantize"
+    }
+    fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        same_shape(inputs)
+    }
+    fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
+        let [x] = inputs else {
+            return Err(fail("Dequantize", "expected one input"));
+        };
+        let (data, shape, q) = quant_input("Dequantize", x)?;
+        let (out_shape, values) = match shape {
+            [n, h, w, c] => {
+                let s = NhwcShape::new(*n, *h, *w, *c);
+                (
+                    vec![*n, *c, *h, *w],
+                    nhwc_u8_to_nchw_f32(data, s, q).map_err(|e| fail("Dequantize", e))?,
+                )
+            }
+            other => {
+                let mut out = vec![0f32; data.len()];
+                qtensor::quantize::dequantize_into(data, &mut out, q.scale, q.zero_point)
+                    .map_err(|e| fail("Dequantize", e))?;
+                (other.to_vec(), out)
+            }
+        };
+        Tensor::new(out_shape, values)
+            .map(Value::F32)
+            .map_err(|e| fail("Dequantize", e))
+    }
+    custom_op_boilerplate!();
+}
+
+/// Quantized Conv2d (with fused ReLU/ReLU6): NHWC u8 in, NHWC u8 out.
+#[derive(Debug)]
+pub struct QConv2d {
+    pub conv: PackedConv2d,
+    pub weight: QTensor,
+    pub bias: Option<Vec<f32>>,
+    pub out_shape_nchw: fn(&[usize], &PackedConv2d) -> Result<Vec<usize>, String>,
+    pub output: ActQuant,
+    pub activation: FusedActivation,
+}
+
+/// Logical NCHW output shape of a packed convolution.
+pub(crate) fn conv_out_shape(input: &[usize], conv: &PackedConv2d) -> Result<Vec<usize>, String> {
+    let [n, c, h, w] = input else {
+        return Err(format!("expected an NCHW input, got {input:?}"));
+    };
+    let s = conv
+        .output_shape(NhwcShape::new(*n, *h, *w, *c))
+        .map_err(|e| e.to_string())?;
+    Ok(vec![s.n, s.c, s.h, s.w])
+}
+
+impl CustomOp for QConv2d {
+    fn kind_name(&self) -> &str {
+        "QuantizedConv2d"
+    }
+    fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        match inputs {
+            [x] => (self.out_shape_nchw)(x, &self.conv),
+            _ => Err("expected one input".into()),
+        }
+    }
+    fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
+        let [x] = inputs else {
+            return Err(fail("QuantizedConv2d", "expected one input"));
+        };
+        let (data, shape, xq) = quant_input("QuantizedConv2d", x)?;
+        let xs = nhwc("QuantizedConv2d", shape)?;
+        let (y, ys) = self
+            .conv
+            .forward(data, xs, xq, self.output, self.activation)
+            .map_err(|e| fail("QuantizedConv2d", e))?;
+        quant_value("QuantizedConv2d", nhwc_dims(ys), y, self.output)
+    }
+    custom_op_boilerplate!();
+}
+
+/// Quantized ConvTranspose2d (per-tensor or per-channel weights).
+#[derive(Debug)]
+pub struct QConvTranspose2d {
+    pub conv: PackedConvTranspose2d,
+    pub weight: QTensor,
+    pub bias: Option<Vec<f32>>,
+    pub output: ActQuant,
+    pub activation: FusedActivation,
+}
+
+impl CustomOp for QConvTranspose2d {
+    fn kind_name(&self) -> &str {
+        "QuantizedConvTranspose2d"
+    }
+    fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let [[n, c, h, w]] = inputs else {
+            return Err(format!("expected one NCHW input, got {inputs:?}"));
+        };
+        let s = self
+            .conv
+            .output_shape(NhwcShape::new(*n, *h, *w, *c))
+            .map_err(|e| e.to_string())?;
+        Ok(vec![s.n, s.c, s.h, s.w])
+    }
+    fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
+        let [x] = inputs else {
+            return Err(fail("QuantizedConvTranspose2d", "expected one input"));
+        };
+        let (data, shape, xq) = quant_input("QuantizedConvTranspose2d", x)?;
+        let xs = nhwc("QuantizedConvTranspose2d", shape)?;
+        let ys = self
+            .conv
+            .output_shape(xs)
+            .map_err(|e| fail("QuantizedConvTranspose2d", e))?;
+        let mut y = vec![0u8; ys.len()];
+        self.conv
+            .run(data, xs, xq, self.output, self.activation, &mut y)
+            .map_err(|e| fail("QuantizedConvTranspose2d", e))?;
+        quant_value("QuantizedConvTranspose2d", nhwc_dims(ys), y, self.output)
+    }
+    custom_op_boilerplate!();
+}
+
+/// Quantized Linear (with fused ReLU): `[..., K]` u8 in, `[..., N]` u8 out.
+#[derive(Debug)]
+pub struct QLinear {
+    pub packed: PackedWeights,
+    pub weight: QTensor,
+    pub bias: Option<Vec<f32>>,
+    pub output: ActQuant,
+    pub relu: bool,
+}
+
+impl CustomOp for QLinear {
+    fn kind_name(&self) -> &str {
+        "QuantizedLinear"
+    }
+    fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        match inputs {
+            [x] if x.last() == Some(&self.packed.k()) => {
+                let mut s = x.to_vec();
+                *s.last_mut().expect("non-empty") = self.packed.n();
+                Ok(s)
+            }
+            _ => Err(format!("expected [..., {}], got {inputs:?}", self.packed.k())),
+        }
+    }
+    fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
+        let [x] = inputs else {
+            return Err(fail("QuantizedLinear", "expected one input"));
+        };
+        let (data, shape, xq) = quant_input("QuantizedLinear", x)?;
+        let k = self.packed.k();
+        if shape.len() == 4 || shape.last() != Some(&k) {
+            return Err(fail(
+                "QuantizedLinear",
+                format!("expected [..., {k}] (not channels-last), got {shape:?}"),
+            ));
+        }
+        let m = data.len() / k;
+        let n = self.packed.n();
+        let mut y = vec![0u8; m * n];
+        let act = ActivationQuant::PerTensor {
+            scale: xq.scale,
+            zero_point: xq.zero_point,
+        };
+        let epilogue = Epilogue::Requantize(Requantize {
+            bias: self.bias.as_deref(),
+            out_scale: self.output.scale,
+            out_zero_point: self.output.zero_point,
+            relu: self.relu,
+            clamp: None,
+        });
+        gemm_u8s8(
+            data,
+            m,
+            &act,
+            &self.packed,
+            &epilogue,
+            GemmOutput::U8(&mut y),
+            &GemmConfig::default(),
+        )
+        .map_err(|e| fail("QuantizedLinear", e))?;
+        let mut out_shape = shape.to_vec();
+        *out_shape.last_mut().expect("non-empty") = n;
+        quant_value("QuantizedLinear", out_shape, y, self.output)
+    }
+    custom_op_boilerplate!();
+}
+
+/// Element-wise add or multiply of two quantized tensors of the same shape, requantized to the
+/// output parameters.
+#[derive(Debug, Clone)]
+pub struct QBinary {
+    pub mul: bool,
+    pub relu: bool,
+    pub output: ActQuant,
+}
+
+impl CustomOp for QBinary {
+    fn kind_name(&self) -> &str {
+        if self.mul {
+            "QuantizedMul"
+        } else {
+            "QuantizedAdd"
+        }
+    }
+    fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        match inputs {
+            [a, b] if a == b => Ok(a.to_vec()),
+            _ => Err(format!("expected two inputs of the same shape, got {inputs:?}")),
+        }
+    }
+    fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
+        let op = self.kind_name();
+        let [a, b] = inputs else {
+            return Err(fail(op, "expected two inputs"));
+        };
+        let (a, a_shape, aq) = quant_input(op, a)?;
+        let (b, b_shape, bq) = quant_input(op, b)?;
+        if a_shape != b_shape {
+            return Err(fail(op, format!("shapes differ: {a_shape:?} vs {b_shape:?}")));
+        }
+        let mut y = vec![0u8; a.len()];
+        let r = if self.mul {
+            eltwise::mul(a, aq, b, bq, self.output, self.relu, &mut y)
+        } else {
+            eltwise::add(a, aq, b, bq, self.output, self.relu, FloatRule::Vectorized, &mut y)
+        };
+        r.map_err(|e| fail(op, e))?;
+        quant_value(op, a_shape.to_vec(), y, self.output)
+    }
+    custom_op_boilerplate!();
+}
+
+/// Channel concatenation (NCHW dim 1, or dim 1 of `[N, C]`), requantized to the output params.
+#[derive(Debug, Clone)]
+pub struct QCat {
+    pub output: ActQuant,
+}
+
+impl CustomOp for QCat {
+    fn kind_name(&self) -> &str {
+        "QuantizedCat"
+    }
+    fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let first = inputs.first().ok_or("cat needs inputs")?;
+        let mut out = first.to_vec();
+        if out.len() < 2 {
+            return Err(format!("cat on channels needs rank >= 2, got {first:?}"));
+        }
+        out[1] = 0;
+        for s in inputs {
+            if s.len() != first.len() || s[0] != first[0] || s[2..] != first[2..] {
+                return Err(format!("cat inputs disagree outside dim 1: {inputs:?}"));
+            }
+            out[1] += s[1];
+        }
+        Ok(out)
+    }
+    fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
+        let parts = inputs
+            .iter()
+            .map(|v| {
+                let (d, s, q) = quant_input("QuantizedCat", v)?;
+                Ok((d, nhwc("QuantizedCat", s)?, q))
+            })
+            .collect::<Result<Vec<_>, GraphError>>()?;
+        let rank2 = inputs.first().is_some_and(|v| v.shape().len() == 2);
+        let (y, ys) = eltwise::cat_channels(&parts, self.output).map_err(|e| fail("QuantizedCat", e))?;
+        let shape = if rank2 { vec![ys.n, ys.c] } else { nhwc_dims(ys) };
+        quant_value("QuantizedCat", shape, y, self.output)
+    }
+    custom_op_boilerplate!();
+}
+
+/// Ops whose output keeps the input's parameters: pools, ReLU, ReLU6, flatten, upsample.
+#[derive(Debug, Clone)]
+pub enum Passthrough {
+    MaxPool(Pool2d),
+    AvgPool {
+        pool: Pool2d,
+        count_include_pad: bool,
+    },
+    AdaptiveAvgPool {
+        output: (usize, usize),
+    },
+    Relu,
+    Relu6,
+    /// `flatten(1)` of an NCHW tensor: reorders channels-last data into NCHW order.
+    Flatten,
+    UpsampleNearest {
+        scale: (usize, usize),
+    },
+    UpsampleBilinear {
+        scale: (usize, usize),
+    },
+    Identity,
+}
+
+#[derive(Debug, Clone)]
+pub struct QPassthrough {
+    pub op: Passthrough,
+}
+
+impl QPassthrough {
+    fn name(&self) -> &'static str {
+        match self.op {
+            Passthrough::MaxPool(_) => "QuantizedMaxPool2d",
+            Passthrough::AvgPool { .. } => "QuantizedAvgPool2d",
+            Passthrough::AdaptiveAvgPool { .. } => "QuantizedAdaptiveAvgPool2d",
+            Passthrough::Relu => "QuantizedReLU",
+            Passthrough::Relu6 => "QuantizedReLU6",
+            Passthrough::Flatten => "QuantizedFlatten",
+            Passthrough::UpsampleNearest { .. } => "QuantizedUpsampleNearest",
+            Passthrough::UpsampleBilinear { .. } => "QuantizedUpsampleBilinear",
+            Passthrough::Identity => "QuantizedIdentity",
+        }
+    }
+}
+
+impl CustomOp for QPassthrough {
+    fn kind_name(&self) -> &str {
+        self.name()
+    }
+    fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let [x] = inputs else {
+            return Err("expected one input".into());
+        };
+        let spatial = |f: &dyn Fn(usize, usize) -> Result<(usize, usize), String>| match x {
+            [n, c, h, w] => f(*h, *w).map(|(oh, ow)| vec![*n, *c, oh, ow]),
+            _ => Err(format!("expected an NCHW input, got {x:?}")),
+        };
+        match &self.op {
+            Passthrough::MaxPool(p) | Passthrough::AvgPool { pool: p, .. } => {
+                spatial(&|h, w| p.output_hw("pool", h, w).map_err(|e| e.to_string()))
+            }
+            Passthrough::AdaptiveAvgPool { output } => spatial(&|_, _| Ok(*output)),
+            Passthrough::UpsampleNearest { scale } | Passthrough::UpsampleBilinear { scale } => {
+                spatial(&|h, w| Ok((h * scale.0, w * scale.1)))
+            }
+            Passthrough::Flatten => match x {
+                [n, rest @ ..] if !rest.is_empty() => Ok(vec![*n, rest.iter().product()]),
+                _ => Err(format!("cannot flatten {x:?}")),
+            },
+            Passthrough::Relu | Passthrough::Relu6 | Passthrough::Identity => Ok(x.to_vec()),
+        }
+    }
+    fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
+        let op = self.name();
+        let [x] = inputs else {
+            return Err(fail(op, "expected one input"));
+        };
+        let (data, shape, q) = quant_input(op, x)?;
+        let pooled = |r: qkernels::Result<(Vec<u8>, NhwcShape)>| -> qgraph::Result<Value> {
+            let (y, ys) = r.map_err(|e| fail(op, e))?;
+            quant_value(op, nhwc_dims(ys), y, q)
+        };
+        match &self.op {
+            Passthrough::MaxPool(p) => pooled(eltwise::max_pool2d(data, nhwc(op, shape)?, p)),
+            Passthrough::AvgPool {
+                pool,
+                count_include_pad,
+            } => pooled(eltwise::avg_pool2d(
+                data,
+                nhwc(op, shape)?,
+                q.zero_point,
+                pool,
+                *count_include_pad,
+                None,
+                PoolRounding::ChannelsLast,
+            )),
+            Passthrough::AdaptiveAvgPool { output } => pooled(eltwise::adaptive_avg_pool2d(
+                data,
+                nhwc(op, shape)?,
+                q.zero_point,
+                *output,
+                PoolRounding::ChannelsLast,
+            )),
+            Passthrough::UpsampleNearest { scale } => {
+                let s = nhwc(op, shape)?;
+                pooled(eltwise::upsample_nearest2d(data, s, (s.h * scale.0, s.w * scale.1)))
+            }
+            Passthrough::UpsampleBilinear { scale } => {
+                let s = nhwc(op, shape)?;
+                pooled(eltwise::upsample_bilinear2d(
+                    data,
+                    s,
+                    q.zero_point,
+                    (s.h * scale.0, s.w * scale.1),
+                ))
+            }
+            Passthrough::Relu | Passthrough::Relu6 => {
+                let lo = q.zero_point.clamp(0, 255) as u8;
+                let hi = if matches!(self.op, Passthrough::Relu6) {
+                    q.quantize(6.0)
+                } else {
+                    255
+                };
+                let y = data.iter().map(|&v| v.clamp(lo, hi.max(lo))).collect();
+                quant_value(op, shape.to_vec(), y, q)
+            }
+            Passthrough::Flatten => match shape {
+                [n, h, w, c] if *h * *w > 1 => {
+                    // Channels-last [N, H, W, C] -> NCHW order, flattened.
+                    let (hw, chw) = (h * w, c * h * w);
+                    let mut y = vec![0u8; data.len()];
+                    for b in 0..*n {
+                        for p in 0..hw {
+                            for ch in 0..*c {
+                                y[b * chw + ch * hw + p] = data[b * chw + p * c + ch];
+                            }
+                        }
+                    }
+                    quant_value(op, vec![*n, chw], y, q)
+                }
+                [n, rest @ ..] => quant_value(op, vec![*n, rest.iter().product()], data.to_vec(), q),
+                [] => Err(fail(op, "cannot flatten a scalar")),
+            },
+            Passthrough::Identity => Ok((*x).clone()),
+        }
+    }
+    custom_op_boilerplate!();
+}
+
+/// An element-wise activation as a 256-entry table from input to output parameters.
+#[derive(Debug, Clone)]
+pub struct QLut {
+    pub name: &'static str,
+    pub lut: ActivationLut,
+    pub output: ActQuant,
+}
+
+impl CustomOp for QLut {
+    fn kind_name(&self) -> &str {
+        self.name
+    }
+    fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        same_shape(inputs)
+    }
+    fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
+        let [x] = inputs else {
+            return Err(fail(self.name, "expected one input"));
+        };
+        let (data, shape, _) = quant_input(self.name, x)?;
+        let mut y = vec![0u8; data.len()];
+        self.lut.apply(data, &mut y).map_err(|e| fail(self.name, e))?;
+        quant_value(self.name, shape.to_vec(), y, self.output)
+    }
+    custom_op_boilerplate!();
+}
