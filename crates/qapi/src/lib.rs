@@ -4,14 +4,17 @@
 //! quantization-aware training, quantized model files, and reports of what was quantized.
 
 pub mod dynamic;
+mod dynamic_persist;
 mod error;
 pub mod file;
 pub mod qconfig;
 pub mod report;
+pub mod serialize;
 pub mod static_ptq;
 
 pub use error::{ApiError, Result};
 pub use file::{ModelFile, StoredTensor, FORMAT_VERSION};
 pub use qconfig::{ConfigSource, QConfig, QConfigMap};
 pub use report::{FloatReason, NodeReport, NodeStatus, QuantReport};
+pub use serialize::{file_size, load_graph, save_graph};
 pub use static_ptq::{prepare, Prepared};

@@ -10,7 +10,7 @@ use crate::Result;
 
 /// An activation folded into the op before it (PyTorch's fused modules: `ConvReLU2d`,
 /// `LinearReLU`, `BNReLU2d`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum FusedActivation {
     #[default]
     None,
@@ -18,7 +18,7 @@ pub enum FusedActivation {
 }
 
 /// `torch.nn.Linear`: `y = x W^T + b`, `W` of shape `[out_features, in_features]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LinearAttrs {
     pub in_features: usize,
     pub out_features: usize,
@@ -27,7 +27,7 @@ pub struct LinearAttrs {
 }
 
 /// `torch.nn.Conv2d` (NCHW), weight `[out, in / groups, kh, kw]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Conv2dAttrs {
     pub in_channels: usize,
     pub out_channels: usize,
@@ -83,7 +83,7 @@ impl Conv2dAttrs {
 }
 
 /// `torch.nn.ConvTranspose2d` (NCHW), weight `[in, out / groups, kh, kw]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConvTranspose2dAttrs {
     pub in_channels: usize,
     pub out_channels: usize,
@@ -137,7 +137,7 @@ impl ConvTranspose2dAttrs {
 
 /// `torch.nn.BatchNorm1d` (`spatial_dims` 0 or 1: `[N, C]` or `[N, C, L]`) and `BatchNorm2d`
 /// (`[N, C, H, W]`), inference form with running statistics.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BatchNormAttrs {
     pub num_features: usize,
     pub eps: f32,
@@ -147,7 +147,7 @@ pub struct BatchNormAttrs {
 }
 
 /// `torch.nn.LayerNorm` over the trailing `normalized_shape`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerNormAttrs {
     pub normalized_shape: Vec<usize>,
     pub eps: f32,
@@ -155,7 +155,7 @@ pub struct LayerNormAttrs {
 }
 
 /// GELU form (`torch.nn.GELU(approximate=...)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GeluApprox {
     /// `0.5 x (1 + erf(x / sqrt 2))`.
     Erf,
@@ -164,7 +164,7 @@ pub enum GeluApprox {
 }
 
 /// `torch.nn.MaxPool2d` / `AvgPool2d` window (no ceil mode).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Pool2dAttrs {
     pub kernel: [usize; 2],
     pub stride: [usize; 2],
@@ -186,14 +186,14 @@ impl Pool2dAttrs {
 }
 
 /// `torch.nn.Upsample` interpolation mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum UpsampleMode {
     Nearest,
     Bilinear { align_corners: bool },
 }
 
 /// `torch.nn.LSTM` / `GRU` (unidirectional, zero initial state).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RnnAttrs {
     pub input_size: usize,
     pub hidden_size: usize,
@@ -216,7 +216,7 @@ pub trait CustomOp: Send + Sync + fmt::Debug {
 }
 
 /// An operation and its attributes. Parameters (weights) live on the node, by PyTorch name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// A graph input of the given example shape.
     Input {
@@ -279,11 +279,13 @@ pub enum Op {
     Lstm(RnnAttrs),
     Gru(RnnAttrs),
     Identity,
+    /// Saved by its owner (qapi), not by serde.
+    #[serde(skip)]
     Custom(Arc<dyn CustomOp>),
 }
 
 /// The kind of an op without its attributes, for matching and reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum OpKind {
     Input,
     Linear,

@@ -27,7 +27,7 @@ impl IdTensor {
 }
 
 /// The element type a graph input carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ValueType {
     F32,
     I64,

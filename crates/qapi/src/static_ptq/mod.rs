@@ -516,7 +516,6 @@ fn build_anchor(node: &Node, cfg: &QConfig, in_q: &[ActQuant], out: ActQuant) ->
                 conv,
                 weight: w,
                 bias,
-                out_shape_nchw: qops::conv_out_shape,
                 output: out,
                 activation: fused(a.activation),
             };

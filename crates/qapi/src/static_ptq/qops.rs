@@ -167,13 +167,12 @@ pub struct QConv2d {
     pub conv: PackedConv2d,
     pub weight: QTensor,
     pub bias: Option<Vec<f32>>,
-    pub out_shape_nchw: fn(&[usize], &PackedConv2d) -> Result<Vec<usize>, String>,
     pub output: ActQuant,
     pub activation: FusedActivation,
 }
 
 /// Logical NCHW output shape of a packed convolution.
-pub(crate) fn conv_out_shape(input: &[usize], conv: &PackedConv2d) -> Result<Vec<usize>, String> {
+fn conv_out_shape(input: &[usize], conv: &PackedConv2d) -> Result<Vec<usize>, String> {
     let [n, c, h, w] = input else {
         return Err(format!("expected an NCHW input, got {input:?}"));
     };
@@ -189,7 +188,7 @@ impl CustomOp for QConv2d {
     }
     fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
         match inputs {
-            [x] => (self.out_shape_nchw)(x, &self.conv),
+            [x] => conv_out_shape(x, &self.conv),
             _ => Err("expected one input".into()),
         }
     }

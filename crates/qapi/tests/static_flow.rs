@@ -1,0 +1,179 @@
+//! Static quantization on models with residuals, concatenation, float islands and opt-outs:
+//! automatic boundaries, the report, save/load, sizes, and error paths.
+
+use qapi::{load_graph, prepare, save_graph, FloatReason, NodeStatus, QConfigMap};
+use qgraph::{Conv2dAttrs, ConvTranspose2dAttrs, Graph, GraphBuilder, OpKind, Pool2dAttrs, UpsampleMode, Value};
+use qtensor::Tensor;
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+/// Fills every parameter with seeded values (BN variances positive).
+fn randomize(graph: &mut Graph, seed: u64) {
+    let mut s = seed;
+    for i in 0..graph.nodes().len() {
+        let node = graph.node_mut(qgraph::NodeId(i));
+        for (name, t) in node.params.iter_mut() {
+            let fan_in = (t.numel() / t.shape()[0].max(1)).max(1) as f32;
+            let vector = t.shape().len() == 1;
+            for v in t.data_mut() {
+                *v = match name.as_str() {
+                    "running_var" => 0.5 + lcg(&mut s).abs(),
+                    "weight" if vector => 1.0 + 0.2 * lcg(&mut s),
+                    "running_mean" | "bias" => 0.1 * lcg(&mut s),
+                    _ => lcg(&mut s) * (3.0 / fan_in).sqrt(),
+                };
+            }
+        }
+    }
+}
+
+/// conv-bn-relu stem, residual block, maxpool, channel concat, hardswish, transposed conv,
+/// upsample, head.
+fn cnn(c: usize) -> Graph {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[2, 3, 16, 16]);
+    let c1 = b.conv2d("stem.conv", x, Conv2dAttrs::new(3, c, 3).padding(1));
+    let n1 = b.batch_norm2d("stem.bn", c1, c);
+    let r1 = b.relu("stem.relu", n1);
+    let c2 = b.conv2d("block.conv1", r1, Conv2dAttrs::new(c, c, 3).padding(1));
+    let r2 = b.relu("block.relu", c2);
+    let c3 = b.conv2d("block.dw", r2, Conv2dAttrs::new(c, c, 3).padding(1).groups(c));
+    let add = b.add("block.add", c3, r1);
+    let p = b.max_pool2d("pool", add, Pool2dAttrs::new(2, 2, 0));
+    let side = b.conv2d("side", p, Conv2dAttrs::new(c, c, 1));
+    let cat = b.cat("cat", &[p, side], 1);
+    let h = b.hardswish("act", cat);
+    let up = b.conv_transpose2d("up", h, ConvTranspose2dAttrs::new(2 * c, c, 2).stride(2));
+    let u2 = b.upsample("up2", up, 2, UpsampleMode::Nearest);
+    let head = b.conv2d("head", u2, Conv2dAttrs::new(c, 4, 1));
+    b.output(head);
+    let mut g = b.build().unwrap();
+    randomize(&mut g, 11);
+    g
+}
+
+fn input(seed: u64) -> Vec<Value> {
+    let mut s = seed;
+    vec![Value::F32(
+        Tensor::new([2, 3, 16, 16], (0..2 * 3 * 256).map(|_| lcg(&mut s) * 2.0).collect()).unwrap(),
+    )]
+}
+
+fn run(g: &Graph, x: Vec<Value>) -> Vec<f32> {
+    g.run(x).unwrap()[0].as_f32().unwrap().data().to_vec()
+}
+
+fn sqnr_db(reference: &[f32], approx: &[f32]) -> f32 {
+    let signal: f32 = reference.iter().map(|v| v * v).sum();
+    let noise: f32 = reference.iter().zip(approx).map(|(a, b)| (a - b) * (a - b)).sum();
+    10.0 * (signal / noise.max(1e-30)).log10()
+}
+
+fn quantized(g: &Graph, config: &QConfigMap) -> (Graph, qapi::QuantReport) {
+    let mut p = prepare(g, config).unwrap();
+    p.calibrate((0..4).map(input)).unwrap();
+    p.convert().unwrap()
+}
+
+#[test]
+fn whole_cnn_runs_int8_and_stays_close_to_fp32() {
+    let g = cnn(8);
+    let (q, report) = quantized(&g, &QConfigMap::qforge());
+    for name in [
+        "stem.conv",
+        "block.conv1",
+        "block.dw",
+        "block.add",
+        "pool",
+        "cat",
+        "act",
+        "up",
+        "up2",
+        "head",
+    ] {
+        assert!(report.quantized().contains(&name), "{name} not int8:\n{report}");
+    }
+    // One quantize at the entry, one dequantize at the exit, nothing in between.
+    let kinds: Vec<String> = q.nodes().iter().map(|n| n.op.display_name()).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "Quantize").count(), 1, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "Dequantize").count(), 1, "{kinds:?}");
+    let x = input(99);
+    let db = sqnr_db(&run(&g, x.clone()), &run(&q, x));
+    assert!(db > 20.0, "SQNR {db:.1} dB");
+}
+
+#[test]
+fn opt_outs_and_float_islands_get_boundaries() {
+    let g = cnn(8);
+    let config = QConfigMap::qforge()
+        .set_name("block.dw", None)
+        .set_kind(OpKind::ConvTranspose2d, None)
+        .set_pattern("^hea", None)
+        .unwrap();
+    let (q, report) = quantized(&g, &config);
+    let reason = |n: &str| match &report.node(n).unwrap().status {
+        NodeStatus::Float { reason } => reason.clone(),
+        other => panic!("{n} should be f32, got {other:?}"),
+    };
+    assert!(matches!(reason("block.dw"), FloatReason::OptedOut { rule } if rule.contains("block.dw")));
+    assert!(matches!(reason("up"), FloatReason::OptedOut { rule } if rule.contains("ConvTranspose2d")));
+    assert!(matches!(reason("head"), FloatReason::OptedOut { rule } if rule.contains("^hea")));
+    // up2 follows its float input.
+    assert!(matches!(reason("up2"), FloatReason::Other(_)));
+    let kinds: Vec<String> = q.nodes().iter().map(|n| n.op.display_name()).collect();
+    assert!(kinds.iter().filter(|k| *k == "Quantize").count() >= 2, "{kinds:?}");
+    assert!(kinds.iter().filter(|k| *k == "Dequantize").count() >= 2, "{kinds:?}");
+    let x = input(5);
+    let db = sqnr_db(&run(&g, x.clone()), &run(&q, x));
+    assert!(db > 20.0, "SQNR {db:.1} dB");
+    assert!(report.to_string().contains("kept in f32"));
+}
+
+#[test]
+fn save_load_gives_identical_outputs_and_a_quarter_of_the_size() {
+    // Wide enough that weights dominate the file, as in real models.
+    let g = cnn(64);
+    let (q, _) = quantized(&g, &QConfigMap::fbgemm());
+    let dir = std::env::temp_dir().join(format!("qforge-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (fp32_path, int8_path) = (dir.join("fp32.safetensors"), dir.join("int8.safetensors"));
+    save_graph(&g, &fp32_path).unwrap();
+    save_graph(&q, &int8_path).unwrap();
+    let loaded = load_graph(&int8_path).unwrap();
+    let x = input(3);
+    assert_eq!(run(&q, x.clone()), run(&loaded, x.clone()));
+    let reloaded_fp32 = load_graph(&fp32_path).unwrap();
+    assert_eq!(run(&g, x.clone()), run(&reloaded_fp32, x));
+    let (a, b) = (
+        std::fs::metadata(&fp32_path).unwrap().len() as f64,
+        std::fs::metadata(&int8_path).unwrap().len() as f64,
+    );
+    eprintln!("fp32 {a} bytes, int8 {b} bytes, ratio {:.3}", b / a);
+    assert!(b / a < 0.30, "int8 file is {:.3} of fp32", b / a);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn errors_are_clear() {
+    let g = cnn(4);
+    let p = prepare(&g, &QConfigMap::fbgemm()).unwrap();
+    let err = p.convert().unwrap_err().to_string();
+    assert!(err.contains("calibrate"), "{err}");
+
+    let mut p = prepare(&g, &QConfigMap::fbgemm()).unwrap();
+    let mut bad = input(1);
+    if let Value::F32(t) = &mut bad[0] {
+        t.data_mut()[7] = f32::NAN;
+    }
+    let err = p.calibrate([bad]).unwrap_err().to_string();
+    assert!(err.contains("non-finite") && err.contains('x'), "{err}");
+
+    assert!(QConfigMap::qforge().set_pattern("(unclosed", None).is_err());
+    let mut p = prepare(&g, &QConfigMap::fbgemm()).unwrap();
+    assert!(p.calibrate(Vec::<Vec<Value>>::new()).is_ok());
+    assert!(p.convert().is_err(), "zero batches must not convert");
+    assert!(p.calibrate([vec![]]).is_err(), "wrong input count");
+}
