@@ -3,9 +3,11 @@
 //! The entry points of qforge: dynamic quantization, static post-training quantization and
 //! quantization-aware training, quantized model files, and reports of what was quantized.
 
+pub mod compare;
 pub mod dynamic;
 mod dynamic_persist;
 mod error;
+pub mod fallback;
 pub mod file;
 pub mod qconfig;
 pub mod report;

@@ -177,3 +177,47 @@ fn errors_are_clear() {
     assert!(p.convert().is_err(), "zero batches must not convert");
     assert!(p.calibrate([vec![]]).is_err(), "wrong input count");
 }
+
+#[test]
+fn per_layer_comparison_and_accuracy_fallback() {
+    use qapi::compare::{compare_graphs, sqnr_db as db};
+    use qapi::fallback::quantize_with_fallback;
+    let g = cnn(8);
+    // Compare against the fused float graph: fusion renames nothing but folds BN and ReLU into
+    // the convolutions, so their outputs change meaning.
+    let mut p = prepare(&g, &QConfigMap::qforge()).unwrap();
+    p.calibrate((0..4).map(input)).unwrap();
+    let (q, _) = p.convert().unwrap();
+    let layers = compare_graphs(p.graph(), &q, input(7)).unwrap();
+    assert!(layers.iter().any(|l| l.name == "head"), "{layers:?}");
+    assert!(layers.iter().all(|l| l.cosine > 0.9 && l.sqnr_db > 10.0), "{layers:?}");
+
+    let reference = run(&g, input(42));
+    let eval = |m: &Graph| Ok(f64::from(db(&reference, &run(m, input(42))).min(100.0)));
+    let full = eval(&q).unwrap();
+    let target = full + 6.0; // demand 6 dB more than full int8 gives
+    let calibration: Vec<Vec<Value>> = (0..4).map(input).collect();
+    let out = quantize_with_fallback(&g, &QConfigMap::qforge(), &calibration, eval, 100.0 - target).unwrap();
+    assert!(out.met, "target not met: {:?}", out.trials);
+    assert!(out.metric >= target, "{} < {target}", out.metric);
+    assert!(
+        !out.float_layers.is_empty() && out.float_layers.len() < out.ranking.len(),
+        "{:?}",
+        out.float_layers
+    );
+    assert!(out.trials.len() >= 2);
+    // Minimal: every trial with fewer float layers missed the target.
+    for t in &out.trials {
+        if t.float_layers.len() < out.float_layers.len() {
+            assert!(t.metric < target, "{t:?} already met the target");
+        }
+    }
+    for name in &out.float_layers {
+        assert!(matches!(
+            &out.report.node(name).unwrap().status,
+            NodeStatus::Float {
+                reason: FloatReason::Fallback { .. }
+            }
+        ));
+    }
+}
