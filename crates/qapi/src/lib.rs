@@ -13,6 +13,7 @@ pub mod qconfig;
 pub mod report;
 pub mod serialize;
 pub mod static_ptq;
+pub mod supported;
 
 pub use error::{ApiError, Result};
 pub use file::{ModelFile, StoredTensor, FORMAT_VERSION};
@@ -20,3 +21,4 @@ pub use qconfig::{ConfigSource, QConfig, QConfigMap};
 pub use report::{FloatReason, NodeReport, NodeStatus, QuantReport};
 pub use serialize::{file_size, load_graph, save_graph};
 pub use static_ptq::{prepare, Prepared};
+pub use supported::{supported_ops, SupportedOp};

@@ -221,3 +221,13 @@ fn per_layer_comparison_and_accuracy_fallback() {
         ));
     }
 }
+
+#[test]
+fn supported_ops_lists_every_route() {
+    let ops = qapi::supported_ops();
+    let find = |k: OpKind| ops.iter().find(|o| o.kind == k).unwrap().clone();
+    assert!(find(OpKind::Conv2d).static_int8.is_some() && find(OpKind::Conv2d).dynamic.is_none());
+    assert!(find(OpKind::Linear).static_int8.is_some() && find(OpKind::Linear).dynamic.is_some());
+    assert!(find(OpKind::Lstm).dynamic.is_some());
+    assert!(find(OpKind::Softmax).static_int8.is_none() && find(OpKind::Softmax).dynamic.is_none());
+}
