@@ -5,12 +5,13 @@
 //! (`crates/<crate>/examples/bench_<suite>.rs`); this runner builds and runs them and forwards
 //! `--json FILE` so every suite writes the same JSON-lines format.
 
+mod bench;
 mod fetch;
 
 use std::process::{Command, ExitCode};
 
 /// (suite name, package, example) of every benchmark suite.
-const SUITES: &[(&str, &str, &str)] = &[
+pub(crate) const SUITES: &[(&str, &str, &str)] = &[
     ("quantize", "qtensor", "bench_quantize"),
     ("gemm", "qkernels", "bench_gemm"),
     ("conv", "qkernels", "bench_conv"),
@@ -21,10 +22,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
-        Some("bench") => bench(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
         Some("fetch-models") => fetch::fetch_models().map(|dir| eprintln!("models in {}", dir.display())),
         _ => {
-            eprintln!("usage: cargo xtask test [cargo test args]\n       cargo xtask fetch-models\n       cargo xtask bench [SUITE ...] [--json FILE]\nsuites: {}", suite_names());
+            eprintln!("usage: cargo xtask test [cargo test args]\n       cargo xtask fetch-models\n       cargo xtask bench [SUITE ...] [--json FILE] [--no-history]\nsuites: {}", suite_names());
             return ExitCode::from(2);
         }
     };
@@ -37,15 +38,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn suite_names() -> String {
+pub(crate) fn suite_names() -> String {
     SUITES.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn run(mut cmd: Command) -> Result<(), String> {
+pub(crate) fn run(mut cmd: Command) -> Result<(), String> {
     let status = cmd.status().map_err(|e| format!("could not start {cmd:?}: {e}"))?;
     if status.success() {
         Ok(())
@@ -67,42 +68,4 @@ fn test(extra: &[String]) -> Result<(), String> {
         Err(e) => eprintln!("warning: models not fetched ({e}); tests that need them will be skipped"),
     }
     run(cmd)
-}
-
-/// Runs the named suites (all by default), forwarding `--json FILE` to each.
-fn bench(args: &[String]) -> Result<(), String> {
-    let mut names = Vec::new();
-    let mut forwarded = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a.starts_with("--") {
-            forwarded.push(a.clone());
-            if let Some(v) = it.next() {
-                forwarded.push(v.clone());
-            }
-        } else {
-            names.push(a.as_str());
-        }
-    }
-    let selected: Vec<_> = if names.is_empty() {
-        SUITES.iter().collect()
-    } else {
-        names
-            .iter()
-            .map(|n| {
-                SUITES
-                    .iter()
-                    .find(|s| s.0 == *n)
-                    .ok_or_else(|| format!("unknown suite `{n}`; suites: {}", suite_names()))
-            })
-            .collect::<Result<_, _>>()?
-    };
-    for (name, package, example) in selected {
-        eprintln!("== bench {name}");
-        let mut cmd = cargo();
-        cmd.args(["run", "--release", "--quiet", "-p", package, "--example", example, "--"])
-            .args(&forwarded);
-        run(cmd)?;
-    }
-    Ok(())
 }

@@ -1,0 +1,216 @@
+//! `cargo xtask bench [SUITE ...] [--json FILE] [--no-history] [suite flags]`: runs benchmark
+//! suites, collects their JSON lines into one file, and keeps a per-machine history.
+//!
+//! Regression check: every run also measures the fp32 GEMM baseline (`linear_f32`). Each row's
+//! `median_ns` is divided by the geometric mean of the baseline's times from the same run, so a
+//! machine that is 20 % slower today moves both alike and the ratio stays put. A row whose ratio
+//! grew by more than 10 % against the previous run in the history file is flagged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::{cargo, run, suite_names, SUITES};
+
+/// The suite whose rows normalize all others.
+const BASELINE: &str = "linear_f32";
+/// Ratio growth beyond which a row is reported as a regression.
+const THRESHOLD: f64 = 0.10;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+pub fn bench(args: &[String]) -> Result<(), String> {
+    let mut names = Vec::new();
+    let mut forwarded = Vec::new();
+    let mut json_out: Option<PathBuf> = None;
+    let mut history = true;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => json_out = Some(it.next().ok_or("--json needs a file")?.into()),
+            "--no-history" => history = false,
+            flag if flag.starts_with("--") => {
+                forwarded.push(a.clone());
+                if let Some(v) = it.next() {
+                    forwarded.push(v.clone());
+                }
+            }
+            _ => names.push(a.as_str()),
+        }
+    }
+    let mut selected: Vec<&(&str, &str, &str)> = if names.is_empty() {
+        SUITES.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                SUITES
+                    .iter()
+                    .find(|s| s.0 == *n)
+                    .ok_or_else(|| format!("unknown suite `{n}`; suites: {}", suite_names()))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    if history && !selected.iter().any(|s| s.0 == BASELINE) {
+        selected.insert(
+            0,
+            SUITES
+                .iter()
+                .find(|s| s.0 == BASELINE)
+                .expect("baseline suite is listed"),
+        );
+    }
+    let scratch = workspace().join("target/bench");
+    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for (name, package, example) in selected {
+        eprintln!("== bench {name}");
+        let part = scratch.join(format!("{name}.jsonl"));
+        let _ = std::fs::remove_file(&part);
+        let mut cmd = cargo();
+        cmd.args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            package,
+            "--example",
+            example,
+            "--",
+            "--json",
+        ])
+        .arg(&part)
+        .args(&forwarded);
+        run(cmd)?;
+        let text = std::fs::read_to_string(&part).map_err(|e| format!("{name} wrote no JSON: {e}"))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut row: Value =
+                serde_json::from_str(line).map_err(|e| format!("{name}: bad JSON line {line:?}: {e}"))?;
+            if row.get("suite").is_none() {
+                row["suite"] = json!(name);
+            }
+            rows.push(row);
+        }
+    }
+    let out = json_out.unwrap_or_else(|| scratch.join("latest.jsonl"));
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&out, text).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    eprintln!("{} rows in {}", rows.len(), out.display());
+    if history {
+        record(&rows)?;
+    }
+    Ok(())
+}
+
+/// A row's identity: every field except the measurements.
+fn key(row: &Value) -> String {
+    let mut parts: Vec<String> = row
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "median_ns" | "gops" | "gflops" | "gelems" | "median_ms" | "size_bytes"
+                    )
+                })
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    parts.sort();
+    parts.join(",")
+}
+
+/// A row's time in ns: `median_ns`, `median_ms`, or derived from a GEMM row's GFLOP/s.
+fn time_ns(row: &Value) -> Option<f64> {
+    let gemm_time = || {
+        let flops = ["m", "k", "n"]
+            .iter()
+            .map(|d| row.get(*d).and_then(Value::as_f64))
+            .product::<Option<f64>>()?
+            * 2.0;
+        Some(flops / row.get("gflops").and_then(Value::as_f64)?)
+    };
+    row.get("median_ns")
+        .and_then(Value::as_f64)
+        .or_else(|| row.get("median_ms").and_then(Value::as_f64).map(|ms| ms * 1e6))
+        .or_else(gemm_time)
+}
+
+/// The machine's name in the history: CPU model and core count.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpu}-{cores}c")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect()
+}
+
+/// Appends this run's normalized times to the machine's history and flags regressions.
+fn record(rows: &[Value]) -> Result<(), String> {
+    let baseline: Vec<f64> = rows
+        .iter()
+        .filter(|r| r["suite"] == BASELINE)
+        .filter_map(time_ns)
+        .collect();
+    if baseline.is_empty() {
+        return Err("the baseline suite produced no rows".into());
+    }
+    let base = (baseline.iter().map(|t| t.ln()).sum::<f64>() / baseline.len() as f64).exp();
+    let ratios: BTreeMap<String, f64> = rows
+        .iter()
+        .filter(|r| r["suite"] != BASELINE)
+        .filter_map(|r| time_ns(r).map(|t| (key(r), t / base)))
+        .collect();
+    let dir = workspace().join("benches/history");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join(format!("{}.jsonl", machine()));
+    let previous: Option<BTreeMap<String, f64>> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string))
+        .and_then(|l| serde_json::from_str::<Value>(&l).ok())
+        .and_then(|v| serde_json::from_value(v["ratios"].clone()).ok());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let entry = json!({"unix_time": stamp, "baseline_ns": base, "ratios": ratios});
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.push_str(&format!("{entry}\n"));
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    match previous {
+        None => eprintln!("history: first run on this machine, recorded in {}", path.display()),
+        Some(prev) => {
+            let mut regressions = 0;
+            for (k, r) in &ratios {
+                if let Some(p) = prev.get(k) {
+                    let change = r / p - 1.0;
+                    if change > THRESHOLD {
+                        regressions += 1;
+                        eprintln!("REGRESSION {:+.1}% {k}", 100.0 * change);
+                    }
+                }
+            }
+            eprintln!(
+                "history: {} rows compared with the previous run, {regressions} regressions (> {:.0} %)",
+                ratios.len(),
+                100.0 * THRESHOLD
+            );
+        }
+    }
+    Ok(())
+}
