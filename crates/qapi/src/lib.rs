@@ -19,6 +19,6 @@ pub use error::{ApiError, Result};
 pub use file::{ModelFile, StoredTensor, FORMAT_VERSION};
 pub use qconfig::{ConfigSource, QConfig, QConfigMap};
 pub use report::{FloatReason, NodeReport, NodeStatus, QuantReport};
-pub use serialize::{file_size, load_graph, save_graph};
+pub use serialize::{file_size, inspect, load_graph, save_graph, save_graph_with_report, InspectedNode};
 pub use static_ptq::{prepare, Prepared};
 pub use supported::{supported_ops, SupportedOp};

@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// The fate of one node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum NodeStatus {
     /// Runs an int8 (or float16) kernel.
     Quantized {
@@ -17,7 +17,7 @@ pub enum NodeStatus {
 }
 
 /// Why a node stayed in f32.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FloatReason {
     /// The configuration maps it to `None` (by name, pattern, kind or globally).
     OptedOut { rule: String },
@@ -44,7 +44,7 @@ impl fmt::Display for FloatReason {
 }
 
 /// One row of the report.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeReport {
     pub name: String,
     /// PyTorch-style op name, e.g. `ConvReLU2d`.
@@ -53,7 +53,7 @@ pub struct NodeReport {
 }
 
 /// Per-node outcome of a quantization run.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QuantReport {
     pub nodes: Vec<NodeReport>,
 }

@@ -20,14 +20,119 @@ use qkernels::gemm::PackedWeights;
 use qtensor::{QTensor, Tensor};
 use serde_json::{json, Value as Json};
 
+use crate::report::NodeStatus;
 use crate::static_ptq::{
     Dequantize, Passthrough, QBinary, QCat, QConv2d, QConvTranspose2d, QLinear, QLut, QPassthrough, Quantize,
 };
-use crate::{ApiError, ModelFile, Result, StoredTensor};
+use crate::{ApiError, ModelFile, QuantReport, Result, StoredTensor};
 
 /// Writes `graph` (with its parameters and quantized weights) to `path`.
 pub fn save_graph(graph: &Graph, path: impl AsRef<Path>) -> Result<()> {
     to_model_file(graph)?.save(path)
+}
+
+/// [`save_graph`], also keeping the quantization report in the file (read by [`inspect`]).
+pub fn save_graph_with_report(graph: &Graph, report: &QuantReport, path: impl AsRef<Path>) -> Result<()> {
+    let mut file = to_model_file(graph)?;
+    let text = serde_json::to_string(report).map_err(|e| corrupt(e.to_string()))?;
+    file.metadata.insert("report".into(), text);
+    file.save(path)
+}
+
+/// One node of a saved model, as `qforge inspect` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InspectedNode {
+    pub name: String,
+    /// Op name (`QuantizedConv2d`, `Linear`, ...).
+    pub op: String,
+    /// Stored parameters: (name, dtype and quantization summary, bytes).
+    pub params: Vec<(String, String, usize)>,
+    /// Output quantization of int8 ops, e.g. `quint8 scale 0.0236 zp 0`.
+    pub output: Option<String>,
+    /// Why the node stayed f32, when the file carries a report.
+    pub status: Option<NodeStatus>,
+}
+
+/// Reads a model file and describes every node: stored dtypes, quantization parameters,
+/// sizes, and (when saved with a report) why a node stayed f32.
+pub fn inspect(path: impl AsRef<Path>) -> Result<Vec<InspectedNode>> {
+    let file = ModelFile::load(path)?;
+    let graph = from_model_file(&file)?;
+    let report: Option<QuantReport> = file
+        .metadata
+        .get("report")
+        .map(|t| serde_json::from_str(t))
+        .transpose()
+        .map_err(|e| corrupt(format!("report metadata: {e}")))?;
+    let mut out = Vec::new();
+    for node in graph.nodes() {
+        let prefix = format!("{}.", node.name);
+        let params = file
+            .tensors
+            .iter()
+            .filter(|(k, _)| k.strip_prefix(&prefix).is_some_and(|rest| !rest.contains('.')))
+            .map(|(k, t)| {
+                let (desc, bytes) = describe_tensor(t);
+                (k.clone(), desc, bytes)
+            })
+            .collect();
+        let output = match &node.op {
+            Op::Custom(c) => {
+                output_quant(c.as_ref()).map(|q| format!("quint8 scale {:.6e} zero point {}", q.scale, q.zero_point))
+            }
+            _ => None,
+        };
+        out.push(InspectedNode {
+            name: node.name.clone(),
+            op: node.op.display_name(),
+            params,
+            output,
+            status: report
+                .as_ref()
+                .and_then(|r| r.node(&node.name))
+                .map(|n| n.status.clone()),
+        });
+    }
+    Ok(out)
+}
+
+fn describe_tensor(t: &StoredTensor) -> (String, usize) {
+    match t {
+        StoredTensor::F32 { shape, data } => (format!("f32 {shape:?}"), 4 * data.len()),
+        StoredTensor::F16 { shape, data } => (format!("f16 {shape:?}"), 2 * data.len()),
+        StoredTensor::I32 { shape, data } => (format!("i32 {shape:?}"), 4 * data.len()),
+        StoredTensor::Quantized(q) => {
+            let params = match q.qparams() {
+                qtensor::QParams::PerTensor { scale, zero_point } => {
+                    format!("per-tensor scale {scale:.6e} zero point {zero_point}")
+                }
+                qtensor::QParams::PerChannel { axis, scales, .. } => {
+                    let (lo, hi) = qtensor::min_max(scales);
+                    format!(
+                        "per-channel axis {axis}, {} scales in [{lo:.3e}, {hi:.3e}]",
+                        scales.len()
+                    )
+                }
+            };
+            (
+                format!("{} {:?}, {params}", q.dtype(), q.shape()),
+                q.storage_bytes() + 8 * q.qparams().channels(),
+            )
+        }
+    }
+}
+
+/// The output parameters of a quantized custom op, when it has its own.
+fn output_quant(op: &dyn CustomOp) -> Option<ActQuant> {
+    let any = op.as_any();
+    any.downcast_ref::<Quantize>()
+        .map(|o| o.q)
+        .or_else(|| any.downcast_ref::<QConv2d>().map(|o| o.output))
+        .or_else(|| any.downcast_ref::<QConvTranspose2d>().map(|o| o.output))
+        .or_else(|| any.downcast_ref::<QLinear>().map(|o| o.output))
+        .or_else(|| any.downcast_ref::<QBinary>().map(|o| o.output))
+        .or_else(|| any.downcast_ref::<QCat>().map(|o| o.output))
+        .or_else(|| any.downcast_ref::<QLut>().map(|o| o.output))
 }
 
 /// Reads a graph written by [`save_graph`]; every error names what is wrong.

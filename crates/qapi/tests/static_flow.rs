@@ -231,3 +231,20 @@ fn supported_ops_lists_every_route() {
     assert!(find(OpKind::Lstm).dynamic.is_some());
     assert!(find(OpKind::Softmax).static_int8.is_none() && find(OpKind::Softmax).dynamic.is_none());
 }
+
+#[test]
+fn inspect_shows_dtypes_qparams_and_reasons() {
+    let g = cnn(8);
+    let (q, report) = quantized(&g, &QConfigMap::qforge().set_name("head", None));
+    let path = std::env::temp_dir().join(format!("qforge-inspect-{}.safetensors", std::process::id()));
+    qapi::save_graph_with_report(&q, &report, &path).unwrap();
+    let nodes = qapi::inspect(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let stem = nodes.iter().find(|n| n.name == "stem.conv").unwrap();
+    assert_eq!(stem.op, "QuantizedConv2d");
+    assert!(stem.params.iter().any(|(k, d, _)| k == "stem.conv.weight" && d.contains("qint8") && d.contains("per-channel")));
+    assert!(stem.output.as_ref().unwrap().contains("quint8"));
+    let head = nodes.iter().find(|n| n.name == "head").unwrap();
+    assert!(matches!(&head.status, Some(NodeStatus::Float { reason: FloatReason::OptedOut { .. } })));
+    assert!(head.params.iter().any(|(_, d, _)| d.starts_with("f32")));
+}
