@@ -4,11 +4,13 @@
 //! quantization-aware training, quantized model files, and reports of what was quantized.
 
 pub mod dynamic;
+pub mod dynamic_graph;
 mod error;
 pub mod file;
 pub mod qconfig;
 pub mod report;
 
+pub use dynamic_graph::{quantize_dynamic, DynamicLinearOp, DynamicRnnOp, RnnCell, RnnLayerWeights};
 pub use error::{ApiError, Result};
 pub use file::{ModelFile, StoredTensor, FORMAT_VERSION};
 pub use qconfig::{ConfigSource, QConfig, QConfigMap};
