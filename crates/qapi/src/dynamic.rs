@@ -11,7 +11,11 @@
 //!   symmetric weights, one activation range for the whole input with `reduce_range` (7-bit
 //!   activations), chosen by fbgemm's `ChooseQuantizationParams`. Reproduces PyTorch's outputs.
 
-use qkernels::gemm::{gemm_u8s8, ActivationQuant, Dequantize, Epilogue, GemmConfig, GemmOutput, PackedWeights};
+use qgraph::ops::gemm::{sgemm, MatRef};
+use qkernels::gemm::{
+    finite_min_max, gemm_u8s8, ActivationQuant, Dequantize, Epilogue, GemmConfig, GemmOutput, PackedWeights,
+};
+use rayon::prelude::*;
 use qtensor::quantize::{quantize_into, Affine};
 use qtensor::{choose_dynamic_qparams, DType, QParams, QTensor, QuantSpec, Scheme, Tensor};
 
@@ -203,6 +207,37 @@ impl DynamicLinear {
         Ok(linear)
     }
 
+    /// Rebuilds a float16 weight-only Linear from its stored parts (`weight` `[out, in]`
+    /// row-major).
+    pub fn from_f16(
+        weight: Vec<half::f16>,
+        out_features: usize,
+        in_features: usize,
+        bias: Option<Vec<f32>>,
+        config: DynamicConfig,
+    ) -> Result<DynamicLinear> {
+        if weight.len() != out_features * in_features || config.dtype != DynamicDType::Float16 {
+            return Err(ApiError::BadTensor {
+                name: "weight".into(),
+                detail: format!(
+                    "float16 Linear [{out_features}, {in_features}] needs {} values and a float16 config, got {} values, {:?}",
+                    out_features * in_features,
+                    weight.len(),
+                    config.dtype
+                ),
+            });
+        }
+        let linear = DynamicLinear {
+            weights: LinearWeights::Float16 { weight },
+            bias,
+            in_features,
+            out_features,
+            config,
+        };
+        linear.check_bias()?;
+        Ok(linear)
+    }
+
     fn check_bias(&self) -> Result<()> {
         match &self.bias {
             Some(b) if b.len() != self.out_features => Err(ApiError::BadTensor {
@@ -256,6 +291,12 @@ impl DynamicLinear {
 
     /// `x` `[..., in]` -> `[..., out]`. Errors on a wrong trailing dimension or non-finite input.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, false)
+    }
+
+    /// [`DynamicLinear::forward`] followed by `max(y, 0)` when `relu` (PyTorch's dynamic
+    /// `LinearReLU`), fused into the GEMM epilogue.
+    pub fn forward_with(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let k = self.in_features;
         let shape = x.shape();
         if shape.last() != Some(&k) {
@@ -270,47 +311,63 @@ impl DynamicLinear {
         let mut y = vec![0f32; m * self.out_features];
         if m > 0 {
             match &self.weights {
-                LinearWeights::Int8 { packed, .. } => self.forward_int8(x.data(), m, packed, &mut y)?,
-                LinearWeights::Float16 { weight } => self.forward_f16(x.data(), m, weight, &mut y),
+                LinearWeights::Int8 { packed, .. } => self.forward_int8(x.data(), m, packed, relu, &mut y)?,
+                LinearWeights::Float16 { weight } => {
+                    x.check_finite("dynamic Linear input")?;
+                    self.forward_f16(x.data(), m, weight, relu, &mut y)
+                }
             }
         }
         Ok(Tensor::new(out_shape, y)?)
     }
 
-    fn forward_int8(&self, x: &[f32], m: usize, packed: &PackedWeights, y: &mut [f32]) -> Result<()> {
+    /// Per call: activations quantized to u8 (per tensor, or per row in one cache-resident pass
+    /// over each row: vectorized finite min/max, fbgemm `ChooseQuantizationParams`, quantize),
+    /// then the int8 GEMM with a dequantizing epilogue. Rows are independent, so splitting them
+    /// over rayon tasks gives the same bits for every thread count.
+    fn forward_int8(&self, x: &[f32], m: usize, packed: &PackedWeights, relu: bool, y: &mut [f32]) -> Result<()> {
         let k = self.in_features;
-        if let Some((index, value)) = qtensor::quantize::first_non_finite(x) {
-            return Err(qtensor::QError::NonFinite {
-                what: "dynamic Linear input",
-                index,
-                value,
-            }
-            .into());
-        }
         let qmax = 255;
+        let reduce_range = self.config.reduce_range;
         let mut xq = vec![0u8; x.len()];
         let epilogue = Epilogue::Dequantize(Dequantize {
             bias: self.bias.as_deref(),
-            relu: false,
+            relu,
         });
         let config = GemmConfig::default();
         match self.config.activations {
             ActivationGranularity::PerTensor => {
-                let (lo, hi) = qtensor::min_max(x);
-                let (scale, zero_point) = choose_dynamic_qparams(lo, hi, 0, qmax, self.config.reduce_range)?;
+                let (lo, hi) = finite_min_max(x).map_err(|e| input_error(e, 0, k))?;
+                let (scale, zero_point) = choose_dynamic_qparams(lo, hi, 0, qmax, reduce_range)?;
                 quantize_into(x, &mut xq, &Affine::new(scale, zero_point, DType::QUInt8)?)?;
                 let act = ActivationQuant::PerTensor { scale, zero_point };
                 gemm_u8s8(&xq, m, &act, packed, &epilogue, GemmOutput::F32(y), &config)?;
             }
             ActivationGranularity::PerRow => {
-                let mut scales = Vec::with_capacity(m);
-                let mut zero_points = Vec::with_capacity(m);
-                for (row, qrow) in x.chunks(k).zip(xq.chunks_mut(k)) {
-                    let (lo, hi) = qtensor::min_max(row);
-                    let (scale, zero_point) = choose_dynamic_qparams(lo, hi, 0, qmax, self.config.reduce_range)?;
+                let mut scales = vec![0f32; m];
+                let mut zero_points = vec![0i32; m];
+                let quantize_row = |r: usize, row: &[f32], qrow: &mut [u8], s: &mut f32, z: &mut i32| -> Result<()> {
+                    let (lo, hi) = finite_min_max(row).map_err(|e| input_error(e, r, k))?;
+                    let (scale, zero_point) = choose_dynamic_qparams(lo, hi, 0, qmax, reduce_range)?;
                     quantize_into(row, qrow, &Affine::new(scale, zero_point, DType::QUInt8)?)?;
-                    scales.push(scale);
-                    zero_points.push(zero_point);
+                    (*s, *z) = (scale, zero_point);
+                    Ok(())
+                };
+                if m * k >= PARALLEL_ELEMENTS {
+                    x.par_chunks(k)
+                        .zip(xq.par_chunks_mut(k))
+                        .zip(scales.par_iter_mut().zip(zero_points.par_iter_mut()))
+                        .enumerate()
+                        .try_for_each(|(r, ((row, qrow), (s, z)))| quantize_row(r, row, qrow, s, z))?;
+                } else {
+                    for (r, ((row, qrow), (s, z))) in x
+                        .chunks(k)
+                        .zip(xq.chunks_mut(k))
+                        .zip(scales.iter_mut().zip(zero_points.iter_mut()))
+                        .enumerate()
+                    {
+                        quantize_row(r, row, qrow, s, z)?;
+                    }
                 }
                 let act = ActivationQuant::PerRow {
                     scales: &scales,
@@ -322,15 +379,39 @@ impl DynamicLinear {
         Ok(())
     }
 
-    fn forward_f16(&self, x: &[f32], m: usize, weight: &[half::f16], y: &mut [f32]) {
+    /// Weight-only float16: the weight is widened to f32 on each call (it stays 2 bytes per
+    /// value at rest) and multiplied with qgraph's fp32 `sgemm`, bias added first.
+    fn forward_f16(&self, x: &[f32], m: usize, weight: &[half::f16], relu: bool, y: &mut [f32]) {
         let (k, n) = (self.in_features, self.out_features);
-        let w: Vec<f32> = weight.iter().map(|v| v.to_f32()).collect();
-        for i in 0..m {
-            let row = &x[i * k..(i + 1) * k];
-            for j in 0..n {
-                let dot: f32 = row.iter().zip(&w[j * k..(j + 1) * k]).map(|(a, b)| a * b).sum();
-                y[i * n + j] = dot + self.bias.as_ref().map_or(0.0, |b| b[j]);
-            }
+        let mut w = vec![0f32; weight.len()];
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(weight, &mut w);
+        if let Some(b) = &self.bias {
+            y.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(b));
         }
+        sgemm(
+            MatRef::row_major(x, m, k),
+            MatRef::transposed(&w, k, n),
+            y,
+            self.bias.is_some(),
+        );
+        if relu {
+            y.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+}
+
+/// Rows x columns above which per-row activation quantization is split over rayon tasks.
+const PARALLEL_ELEMENTS: usize = 1 << 15;
+
+/// A kernel error about the activations, with the index made absolute (row `r` of width `k`).
+fn input_error(e: qkernels::KernelError, r: usize, k: usize) -> ApiError {
+    match e {
+        qkernels::KernelError::Quant(qtensor::QError::NonFinite { index, value, .. }) => qtensor::QError::NonFinite {
+            what: "dynamic Linear input",
+            index: r * k + index,
+            value,
+        }
+        .into(),
+        other => other.into(),
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod compare;
 pub mod dynamic;
+pub mod dynamic_graph;
 mod dynamic_persist;
 mod error;
 pub mod fallback;
@@ -15,6 +16,7 @@ pub mod serialize;
 pub mod static_ptq;
 pub mod supported;
 
+pub use dynamic_graph::{quantize_dynamic, DynamicLinearOp, DynamicRnnOp, RnnCell, RnnLayerWeights};
 pub use error::{ApiError, Result};
 pub use file::{ModelFile, StoredTensor, FORMAT_VERSION};
 pub use qconfig::{ConfigSource, QConfig, QConfigMap};

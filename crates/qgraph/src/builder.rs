@@ -5,7 +5,7 @@
 
 use crate::graph::{default_params, Graph, Node, NodeId};
 use crate::op::{
-    BatchNormAttrs, Conv2dAttrs, ConvTranspose2dAttrs, FusedActivation, GeluApprox, LayerNormAttrs, LinearAttrs, Op,
+    AttentionAttrs, BatchNormAttrs, Conv2dAttrs, ConvTranspose2dAttrs, FusedActivation, GeluApprox, LayerNormAttrs, LinearAttrs, Op,
     Pool2dAttrs, RnnAttrs, UpsampleMode,
 };
 use crate::value::ValueType;
@@ -215,5 +215,16 @@ impl GraphBuilder {
 
     pub fn gru(&mut self, name: &str, x: NodeId, attrs: RnnAttrs) -> NodeId {
         self.node(name, Op::Gru(attrs), &[x])
+    }
+
+    /// Multi-head attention of `q`, `k`, `v` (`[B, S, hidden]`) under `mask` (`[B, S]`).
+    pub fn attention(&mut self, name: &str, qkv_mask: [NodeId; 4], num_heads: usize, hidden_size: usize) -> NodeId {
+        let op = Op::Attention(AttentionAttrs { num_heads, hidden_size });
+        self.node(name, op, &qkv_mask)
+    }
+
+    /// Position ids `0..S` (i64) for an `[.., S]` input.
+    pub fn position_ids(&mut self, name: &str, x: NodeId) -> NodeId {
+        self.node(name, Op::PositionIds, &[x])
     }
 }

@@ -202,6 +202,16 @@ pub struct RnnAttrs {
     pub batch_first: bool,
 }
 
+/// Multi-head scaled dot-product attention over `[B, S, hidden]` query, key and value inputs
+/// and a `[B, S]` attention mask (1 = attend, 0 = padding), as HF `BertSelfAttention` after its
+/// projections: per head `softmax(q k^T / sqrt(head_dim) + (1 - mask) * f32::MIN) v`, heads
+/// concatenated back to `[B, S, hidden]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttentionAttrs {
+    pub num_heads: usize,
+    pub hidden_size: usize,
+}
+
 /// A node implementation supplied from outside this crate, e.g. a quantized Linear. It owns
 /// whatever it needs (packed weights, qparams) and is shared behind an `Arc`.
 pub trait CustomOp: Send + Sync + fmt::Debug {
@@ -279,6 +289,11 @@ pub enum Op {
     Lstm(RnnAttrs),
     Gru(RnnAttrs),
     Identity,
+    /// Inputs `(q, k, v, mask)`, see [`AttentionAttrs`].
+    Attention(AttentionAttrs),
+    /// Position ids `0..S` along the last dimension of its `[.., S]` input, as i64 (the
+    /// `position_ids` of a BERT embedding).
+    PositionIds,
     /// Saved by its owner (qapi), not by serde.
     #[serde(skip)]
     Custom(Arc<dyn CustomOp>),
@@ -318,6 +333,8 @@ pub enum OpKind {
     Lstm,
     Gru,
     Identity,
+    Attention,
+    PositionIds,
     Custom,
 }
 
@@ -355,6 +372,8 @@ impl Op {
             Op::Lstm(_) => OpKind::Lstm,
             Op::Gru(_) => OpKind::Gru,
             Op::Identity => OpKind::Identity,
+            Op::Attention(_) => OpKind::Attention,
+            Op::PositionIds => OpKind::PositionIds,
             Op::Custom(_) => OpKind::Custom,
         }
     }

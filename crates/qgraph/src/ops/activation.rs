@@ -33,6 +33,8 @@ pub fn hardswish(x: f32) -> f32 {
     x * (x + 3.0).clamp(0.0, 6.0) / 6.0
 }
 
+/// Exact-erf GELU, one element at a time (`libm::erff`); the graph op uses the vectorized
+/// [`super::vmath::gelu_erf`].
 pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
@@ -44,7 +46,11 @@ pub fn gelu_tanh(x: f32) -> f32 {
 
 pub fn gelu(x: &Tensor, approx: GeluApprox) -> Tensor {
     match approx {
-        GeluApprox::Erf => map(x, gelu_erf),
+        GeluApprox::Erf => {
+            let mut y = x.clone();
+            super::vmath::gelu_erf_inplace(y.data_mut());
+            y
+        }
         GeluApprox::Tanh => map(x, gelu_tanh),
     }
 }
@@ -56,6 +62,10 @@ pub fn softmax(x: &Tensor, dim: usize) -> Tensor {
     let inner: usize = shape[dim + 1..].iter().product();
     let outer: usize = shape[..dim].iter().product();
     let mut y = x.clone();
+    if inner == 1 && len > 0 {
+        y.data_mut().chunks_exact_mut(len).for_each(super::vmath::softmax_row);
+        return y;
+    }
     let data = y.data_mut();
     for o in 0..outer {
         for i in 0..inner {

@@ -2,6 +2,7 @@
 //! training will sit beside each forward). Layout is NCHW, as in PyTorch.
 
 pub mod activation;
+pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod embedding;
@@ -11,6 +12,7 @@ pub mod linear;
 pub mod norm;
 pub mod pool;
 pub mod recurrent;
+pub mod vmath;
 
 use qtensor::Tensor;
 
@@ -110,6 +112,11 @@ pub fn infer_shape(node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>> {
             arity(1)?;
             recurrent::rnn_shape(name, a, ins[0])
         }
+        Op::Attention(a) => attention::attention_shape(name, a, ins),
+        Op::PositionIds => {
+            arity(1)?;
+            Ok(ins[0].to_vec())
+        }
         Op::Custom(c) => c.infer_shape(ins).map_err(|m| shape_err(name, m)),
     }
 }
@@ -129,6 +136,22 @@ pub fn forward(node: &Node, args: &[&Value]) -> Result<Value> {
                 format!("expects i64 token ids, got a {}", other.kind()),
             )),
         };
+    }
+    if let Op::PositionIds = &node.op {
+        return Ok(Value::I64(attention::position_ids(&out_shape)));
+    }
+    if let Op::Attention(a) = &node.op {
+        let bias = attention::mask_bias(&node.name, args[3])?;
+        let qkv = args[..3]
+            .iter()
+            .map(|v| {
+                v.as_f32().ok_or_else(|| GraphError::Unsupported {
+                    node: node.name.clone(),
+                    what: format!("{} as attention query/key/value (expects f32)", v.kind()),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Value::F32(attention::attention(a, qkv[0], qkv[1], qkv[2], &bias)));
     }
     let x: Vec<&Tensor> = args
         .iter()
@@ -166,7 +189,9 @@ pub fn forward(node: &Node, args: &[&Value]) -> Result<Value> {
         Op::Dropout { .. } | Op::Identity => x[0].clone(),
         Op::Lstm(a) => recurrent::lstm(node, a, x[0])?,
         Op::Gru(a) => recurrent::gru(node, a, x[0])?,
-        Op::Input { .. } | Op::Embedding { .. } | Op::Custom(_) => unreachable!("handled above"),
+        Op::Input { .. } | Op::Embedding { .. } | Op::Attention(_) | Op::PositionIds | Op::Custom(_) => {
+            unreachable!("handled above")
+        }
     };
     Ok(Value::F32(y))
 }

@@ -14,7 +14,7 @@ use super::gemm::{sgemm, MatRef};
 use crate::error::shape_err;
 use crate::graph::Node;
 use crate::op::RnnAttrs;
-use crate::Result;
+use crate::{GraphError, Result};
 
 pub fn rnn_shape(node: &str, a: &RnnAttrs, x: &[usize]) -> Result<Vec<usize>> {
     if x.len() != 3 || x[2] != a.input_size || a.num_layers == 0 {
@@ -95,17 +95,48 @@ fn layer_params<'a>(node: &'a Node, a: &RnnAttrs, l: usize) -> Result<LayerParam
     })
 }
 
+/// Which weight of a layer a projection applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RnnWeight {
+    /// `W_ih`, `b_ih`: the layer input.
+    InputHidden,
+    /// `W_hh`, `b_hh`: the previous hidden state.
+    HiddenHidden,
+}
+
 pub fn lstm(node: &Node, a: &RnnAttrs, x: &Tensor) -> Result<Tensor> {
+    lstm_with(a, x, |l, w, rows_data, rows| fp32_projection(node, a, l, w, rows_data, rows))
+}
+
+pub fn gru(node: &Node, a: &RnnAttrs, x: &Tensor) -> Result<Tensor> {
+    gru_with(a, x, |l, w, rows_data, rows| fp32_projection(node, a, l, w, rows_data, rows))
+}
+
+fn fp32_projection(node: &Node, a: &RnnAttrs, l: usize, w: RnnWeight, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+    let p = layer_params(node, a, l)?;
+    Ok(match w {
+        RnnWeight::InputHidden => project(x, rows, p.w_ih, p.b_ih),
+        RnnWeight::HiddenHidden => project(x, rows, p.w_hh, p.b_hh),
+    })
+}
+
+/// LSTM gate math with the projections supplied by `project(layer, weight, rows, n_rows)`,
+/// which returns `rows W^T + b` (`n_rows x 4 hidden`); the fp32 op passes sgemm, dynamic
+/// quantization passes int8 GEMMs.
+pub fn lstm_with<E, P>(a: &RnnAttrs, x: &Tensor, mut project: P) -> std::result::Result<Tensor, E>
+where
+    E: From<GraphError>,
+    P: FnMut(usize, RnnWeight, &[f32], usize) -> std::result::Result<Vec<f32>, E>,
+{
     let (t, b, mut seq) = to_seq_major(a, x);
     let h = a.hidden_size;
     for l in 0..a.num_layers {
-        let p = layer_params(node, a, l)?;
-        let xin = project(&seq, t * b, p.w_ih, p.b_ih);
+        let xin = project(l, RnnWeight::InputHidden, &seq, t * b)?;
         let mut hs = vec![0.0f32; b * h];
         let mut cs = vec![0.0f32; b * h];
         let mut out = Vec::with_capacity(t * b * h);
         for step in 0..t {
-            let rec = project(&hs, b, p.w_hh, p.b_hh);
+            let rec = project(l, RnnWeight::HiddenHidden, &hs, b)?;
             for bi in 0..b {
                 let gx = &xin[(step * b + bi) * 4 * h..][..4 * h];
                 let gh = &rec[bi * 4 * h..][..4 * h];
@@ -123,19 +154,23 @@ pub fn lstm(node: &Node, a: &RnnAttrs, x: &Tensor) -> Result<Tensor> {
         }
         seq = out;
     }
-    from_seq_major(a, t, b, h, seq)
+    Ok(from_seq_major(a, t, b, h, seq)?)
 }
 
-pub fn gru(node: &Node, a: &RnnAttrs, x: &Tensor) -> Result<Tensor> {
+/// GRU gate math with supplied projections, as [`lstm_with`] (`n_rows x 3 hidden`).
+pub fn gru_with<E, P>(a: &RnnAttrs, x: &Tensor, mut project: P) -> std::result::Result<Tensor, E>
+where
+    E: From<GraphError>,
+    P: FnMut(usize, RnnWeight, &[f32], usize) -> std::result::Result<Vec<f32>, E>,
+{
     let (t, b, mut seq) = to_seq_major(a, x);
     let h = a.hidden_size;
     for l in 0..a.num_layers {
-        let p = layer_params(node, a, l)?;
-        let xin = project(&seq, t * b, p.w_ih, p.b_ih);
+        let xin = project(l, RnnWeight::InputHidden, &seq, t * b)?;
         let mut hs = vec![0.0f32; b * h];
         let mut out = Vec::with_capacity(t * b * h);
         for step in 0..t {
-            let rec = project(&hs, b, p.w_hh, p.b_hh);
+            let rec = project(l, RnnWeight::HiddenHidden, &hs, b)?;
             for bi in 0..b {
                 let gx = &xin[(step * b + bi) * 3 * h..][..3 * h];
                 let gh = &rec[bi * 3 * h..][..3 * h];
@@ -151,7 +186,7 @@ pub fn gru(node: &Node, a: &RnnAttrs, x: &Tensor) -> Result<Tensor> {
         }
         seq = out;
     }
-    from_seq_major(a, t, b, h, seq)
+    Ok(from_seq_major(a, t, b, h, seq)?)
 }
 
 #[cfg(test)]

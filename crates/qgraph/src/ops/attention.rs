@@ -1,0 +1,136 @@
+//! Multi-head self-attention core and position ids, the two pieces of a BERT layer that are not
+//! Linear, LayerNorm, GELU or Add.
+//!
+//! Attention follows HF `BertSelfAttention` (eager): for each batch item and head,
+//! `scores = q_h k_h^T * (1 / sqrt(head_dim)) + bias`, `bias_j = (1 - mask_j) * f32::MIN`
+//! (`torch.finfo(float32).min`, HF's extended attention mask), `probs = softmax(scores)` along
+//! the keys, `out_h = probs v_h`, heads written back side by side. Heads are read in place from
+//! the `[B, S, hidden]` projections through strided matrix views, so no permute copies are made;
+//! (batch, head) pairs run as independent rayon tasks, each computing exactly what a sequential
+//! loop would, so the result does not depend on the thread count.
+
+use qtensor::Tensor;
+use rayon::prelude::*;
+
+use super::gemm::{sgemm, MatRef};
+use super::vmath::softmax_row;
+use crate::error::shape_err;
+use crate::op::AttentionAttrs;
+use crate::value::{IdTensor, Value};
+use crate::Result;
+
+/// Shape rule: `q`, `k`, `v` `[B, S, hidden]`, mask `[B, S]`; output `[B, S, hidden]`.
+pub fn attention_shape(node: &str, a: &AttentionAttrs, ins: &[&[usize]]) -> Result<Vec<usize>> {
+    if ins.len() != 4 {
+        return Err(shape_err(
+            node,
+            format!("Attention expects 4 inputs (query, key, value, mask), got {}", ins.len()),
+        ));
+    }
+    if a.num_heads == 0 || a.hidden_size % a.num_heads != 0 {
+        return Err(shape_err(
+            node,
+            format!(
+                "hidden size {} is not a multiple of the {} heads",
+                a.hidden_size, a.num_heads
+            ),
+        ));
+    }
+    let q = ins[0];
+    if q.len() != 3 || q[2] != a.hidden_size || ins[1] != q || ins[2] != q {
+        return Err(shape_err(
+            node,
+            format!(
+                "Attention expects query, key and value of the same shape [batch, seq, {}], got {:?}, {:?}, {:?}",
+                a.hidden_size, ins[0], ins[1], ins[2]
+            ),
+        ));
+    }
+    if ins[3] != &q[..2] {
+        return Err(shape_err(
+            node,
+            format!("attention mask must be [batch, seq] = {:?}, got {:?}", &q[..2], ins[3]),
+        ));
+    }
+    Ok(q.to_vec())
+}
+
+/// The additive bias of each key position: 0 where `mask` is 1, `f32::MIN` where it is 0
+/// (`(1 - mask) * finfo(float32).min`, as HF).
+pub fn mask_bias(node: &str, mask: &Value) -> Result<Vec<f32>> {
+    let ones: Vec<f32> = match mask {
+        Value::I64(ids) => ids.data().iter().map(|&m| m as f32).collect(),
+        Value::F32(t) => t.data().to_vec(),
+        other => {
+            return Err(shape_err(
+                node,
+                format!("attention mask must be i64 or f32, got a {}", other.kind()),
+            ))
+        }
+    };
+    Ok(ones.into_iter().map(|m| (1.0 - m) * f32::MIN).collect())
+}
+
+/// Runs attention; shapes must satisfy [`attention_shape`].
+pub fn attention<'a>(a: &AttentionAttrs, q: &'a Tensor, k: &'a Tensor, v: &'a Tensor, bias: &[f32]) -> Tensor {
+    let (b, s, hidden) = (q.shape()[0], q.shape()[1], q.shape()[2]);
+    let heads = a.num_heads;
+    let dh = hidden / heads;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let per_head: Vec<Vec<f32>> = (0..b * heads)
+        .into_par_iter()
+        .map(|task| {
+            let (bi, h) = (task / heads, task % heads);
+            let base = bi * s * hidden + h * dh;
+            let view = |data: &'a [f32], transposed: bool| {
+                let data = &data[base..];
+                if transposed {
+                    MatRef {
+                        data,
+                        rows: dh,
+                        cols: s,
+                        row_stride: 1,
+                        col_stride: hidden,
+                    }
+                } else {
+                    MatRef {
+                        data,
+                        rows: s,
+                        cols: dh,
+                        row_stride: hidden,
+                        col_stride: 1,
+                    }
+                }
+            };
+            let mut scores = vec![0.0f32; s * s];
+            sgemm(view(q.data(), false), view(k.data(), true), &mut scores, false);
+            let key_bias = &bias[bi * s..(bi + 1) * s];
+            for row in scores.chunks_exact_mut(s) {
+                for (x, &kb) in row.iter_mut().zip(key_bias) {
+                    *x = *x * scale + kb;
+                }
+                softmax_row(row);
+            }
+            let mut out = vec![0.0f32; s * dh];
+            sgemm(MatRef::row_major(&scores, s, s), view(v.data(), false), &mut out, false);
+            out
+        })
+        .collect();
+    let mut y = vec![0.0f32; b * s * hidden];
+    for (task, out) in per_head.iter().enumerate() {
+        let (bi, h) = (task / heads, task % heads);
+        for (i, row) in out.chunks_exact(dh).enumerate() {
+            let at = (bi * s + i) * hidden + h * dh;
+            y[at..at + dh].copy_from_slice(row);
+        }
+    }
+    Tensor::new([b, s, hidden], y).expect("shape from attention_shape")
+}
+
+/// `0, 1, .., S-1` along the last dimension of `shape`, repeated over the leading ones.
+pub fn position_ids(shape: &[usize]) -> IdTensor {
+    let s = shape.last().copied().unwrap_or(1).max(1);
+    let n: usize = shape.iter().product();
+    let data = (0..n).map(|i| (i % s) as i64).collect();
+    IdTensor::new(shape.to_vec(), data).expect("element count from the shape")
+}
