@@ -40,7 +40,9 @@ fn randomize(graph: &mut Graph, rng: &mut Rng) {
         for (name, value) in node.params.iter_mut() {
             let shape = value.shape().to_vec();
             *value = match name.as_str() {
-                "running_var" => Tensor::new(shape.clone(), (0..value.numel()).map(|_| rng.range(0.5, 2.0)).collect()).unwrap(),
+                "running_var" => {
+                    Tensor::new(shape.clone(), (0..value.numel()).map(|_| rng.range(0.5, 2.0)).collect()).unwrap()
+                }
                 "weight" if matches!(node.op, Op::BatchNorm(_)) => {
                     Tensor::new(shape.clone(), (0..value.numel()).map(|_| rng.range(0.5, 1.5)).collect()).unwrap()
                 }
@@ -55,13 +57,24 @@ fn objective(model: &mut TrainModel, inputs: &[Tensor], r: &[Tensor]) -> f64 {
     let out = model.forward(inputs).unwrap();
     out.iter()
         .zip(r)
-        .map(|(y, r)| y.data().iter().zip(r.data()).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>())
+        .map(|(y, r)| {
+            y.data()
+                .iter()
+                .zip(r.data())
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>()
+        })
         .sum()
 }
 
 fn rel_err(a: &[f64], n: &[f64]) -> f64 {
     let diff: f64 = a.iter().zip(n).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
-    let scale = a.iter().map(|x| x * x).sum::<f64>().sqrt().max(n.iter().map(|x| x * x).sum::<f64>().sqrt());
+    let scale = a
+        .iter()
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt()
+        .max(n.iter().map(|x| x * x).sum::<f64>().sqrt());
     // A floor for gradients that are zero up to rounding (a conv bias before BatchNorm).
     diff / scale.max(1e-3)
 }
@@ -107,7 +120,10 @@ fn check_model(mut model: TrainModel, inputs: Vec<Tensor>, what: &str) {
             n.push(d);
         }
         let e = rel_err(&a, &n);
-        assert!(e < TOL, "{what}: input {k} gradient relative error {e:.2e}\nanalytic {a:?}\nnumeric {n:?}");
+        assert!(
+            e < TOL,
+            "{what}: input {k} gradient relative error {e:.2e}\nanalytic {a:?}\nnumeric {n:?}"
+        );
         checked += 1;
     }
     let mut params = Vec::new();
@@ -126,7 +142,10 @@ fn check_model(mut model: TrainModel, inputs: Vec<Tensor>, what: &str) {
             n.push((lp - lm) / (2.0 * EPS as f64));
         }
         let e = rel_err(&a, &n);
-        assert!(e < TOL, "{what}: `{name}` gradient relative error {e:.2e}\nanalytic {a:?}\nnumeric {n:?}");
+        assert!(
+            e < TOL,
+            "{what}: `{name}` gradient relative error {e:.2e}\nanalytic {a:?}\nnumeric {n:?}"
+        );
         checked += 1;
     }
     assert!(checked > 0);
@@ -161,17 +180,49 @@ fn conv2d_gradients() {
     let cases: Vec<(&str, Conv2dAttrs, [usize; 4])> = vec![
         ("3x3 pad 1", Conv2dAttrs::new(3, 4, 3).padding(1), [2, 3, 5, 5]),
         ("stride 2", Conv2dAttrs::new(2, 3, 3).stride(2).padding(1), [1, 2, 7, 6]),
-        ("dilation 2", Conv2dAttrs::new(2, 2, 3).dilation(2).padding(2), [1, 2, 6, 6]),
-        ("groups 2", Conv2dAttrs::new(4, 6, 3).groups(2).padding(1).bias(false), [2, 4, 4, 4]),
-        ("depthwise", Conv2dAttrs::new(3, 3, 3).groups(3).padding(1), [2, 3, 5, 5]),
-        ("depthwise stride 2", Conv2dAttrs::new(4, 4, 3).groups(4).stride(2).padding(1), [1, 4, 6, 7]),
-        ("depthwise dilation 2", Conv2dAttrs::new(2, 2, 3).groups(2).dilation(2).padding(1), [1, 2, 6, 6]),
+        (
+            "dilation 2",
+            Conv2dAttrs::new(2, 2, 3).dilation(2).padding(2),
+            [1, 2, 6, 6],
+        ),
+        (
+            "groups 2",
+            Conv2dAttrs::new(4, 6, 3).groups(2).padding(1).bias(false),
+            [2, 4, 4, 4],
+        ),
+        (
+            "depthwise",
+            Conv2dAttrs::new(3, 3, 3).groups(3).padding(1),
+            [2, 3, 5, 5],
+        ),
+        (
+            "depthwise stride 2",
+            Conv2dAttrs::new(4, 4, 3).groups(4).stride(2).padding(1),
+            [1, 4, 6, 7],
+        ),
+        (
+            "depthwise dilation 2",
+            Conv2dAttrs::new(2, 2, 3).groups(2).dilation(2).padding(1),
+            [1, 2, 6, 6],
+        ),
         ("pointwise", Conv2dAttrs::new(3, 5, 1), [2, 3, 3, 4]),
-        ("5x3 kernel", Conv2dAttrs { kernel: [3, 2], padding: [1, 0], ..Conv2dAttrs::new(2, 3, 3) }, [1, 2, 4, 5]),
+        (
+            "5x3 kernel",
+            Conv2dAttrs {
+                kernel: [3, 2],
+                padding: [1, 0],
+                ..Conv2dAttrs::new(2, 3, 3)
+            },
+            [1, 2, 4, 5],
+        ),
     ];
     for (what, attrs, shape) in cases {
         let mut rng = Rng::new(2);
-        check_graph(single(Op::Conv2d(attrs), &shape), vec![random(&shape, &mut rng, 1.0)], what);
+        check_graph(
+            single(Op::Conv2d(attrs), &shape),
+            vec![random(&shape, &mut rng, 1.0)],
+            what,
+        );
     }
 }
 
@@ -184,7 +235,10 @@ fn conv2d_fused_relu_gradients() {
     let mut graph = single(Op::Conv2d(attrs), &[1, 2, 3, 3]);
     randomize(&mut graph, &mut Rng::new(3));
     let id = graph.find("op").unwrap();
-    graph.node_mut(id).params.insert("bias".into(), Tensor::new([3], vec![3.0, -3.0, 3.0]).unwrap());
+    graph
+        .node_mut(id)
+        .params
+        .insert("bias".into(), Tensor::new([3], vec![3.0, -3.0, 3.0]).unwrap());
     let model = TrainModel::from_graph(&graph, 0).unwrap();
     check_model(model, vec![random(&[1, 2, 3, 3], &mut rng, 0.3)], "conv relu");
 }
@@ -196,7 +250,11 @@ fn batch_norm_training_gradients() {
     let x = b.input("x", &[3, 2, 3, 3]);
     let y = b.batch_norm2d("bn", x, 2);
     b.output(y);
-    check_graph(b.build().unwrap(), vec![random(&[3, 2, 3, 3], &mut rng, 1.0)], "batchnorm2d");
+    check_graph(
+        b.build().unwrap(),
+        vec![random(&[3, 2, 3, 3], &mut rng, 1.0)],
+        "batchnorm2d",
+    );
     let mut b = GraphBuilder::new();
     let x = b.input("x", &[5, 3]);
     let y = b.batch_norm1d("bn", x, 3);
@@ -226,7 +284,11 @@ fn activation_gradients() {
             _ => rng.range(3.2, 5.0),
         })
         .collect();
-    check_graph(single(Op::Hardswish, &shape), vec![Tensor::new(shape, x).unwrap()], "hardswish");
+    check_graph(
+        single(Op::Hardswish, &shape),
+        vec![Tensor::new(shape, x).unwrap()],
+        "hardswish",
+    );
 }
 
 #[test]
@@ -237,15 +299,39 @@ fn pooling_gradients() {
     let mut values: Vec<f32> = (0..120).map(|i| i as f32 * 0.05 - 3.0).collect();
     rng.shuffle(&mut values);
     let x = Tensor::new(shape, values).unwrap();
-    check_graph(single(Op::MaxPool2d(Pool2dAttrs::new(3, 2, 1)), &shape), vec![x.clone()], "maxpool 3/2/1");
-    check_graph(single(Op::MaxPool2d(Pool2dAttrs::new(2, 2, 0)), &shape), vec![x], "maxpool 2/2");
+    check_graph(
+        single(Op::MaxPool2d(Pool2dAttrs::new(3, 2, 1)), &shape),
+        vec![x.clone()],
+        "maxpool 3/2/1",
+    );
+    check_graph(
+        single(Op::MaxPool2d(Pool2dAttrs::new(2, 2, 0)), &shape),
+        vec![x],
+        "maxpool 2/2",
+    );
     let x = random(&shape, &mut rng, 1.0);
-    check_graph(single(Op::AvgPool2d(Pool2dAttrs::new(3, 2, 1)), &shape), vec![x.clone()], "avgpool");
+    check_graph(
+        single(Op::AvgPool2d(Pool2dAttrs::new(3, 2, 1)), &shape),
+        vec![x.clone()],
+        "avgpool",
+    );
     let mut exclude = Pool2dAttrs::new(3, 2, 1);
     exclude.count_include_pad = false;
-    check_graph(single(Op::AvgPool2d(exclude), &shape), vec![x.clone()], "avgpool exclude pad");
-    check_graph(single(Op::AdaptiveAvgPool2d { output: [2, 4] }, &shape), vec![x.clone()], "adaptive 2x4");
-    check_graph(single(Op::AdaptiveAvgPool2d { output: [1, 1] }, &shape), vec![x], "adaptive 1x1");
+    check_graph(
+        single(Op::AvgPool2d(exclude), &shape),
+        vec![x.clone()],
+        "avgpool exclude pad",
+    );
+    check_graph(
+        single(Op::AdaptiveAvgPool2d { output: [2, 4] }, &shape),
+        vec![x.clone()],
+        "adaptive 2x4",
+    );
+    check_graph(
+        single(Op::AdaptiveAvgPool2d { output: [1, 1] }, &shape),
+        vec![x],
+        "adaptive 1x1",
+    );
 }
 
 #[test]
@@ -256,7 +342,10 @@ fn add_cat_flatten_dropout_gradients() {
     let y = b.input("y", &[1, 3, 1, 1]);
     let s = b.add("add", x, y);
     b.output(s);
-    let inputs = vec![random(&[2, 3, 2, 2], &mut rng, 1.0), random(&[1, 3, 1, 1], &mut rng, 1.0)];
+    let inputs = vec![
+        random(&[2, 3, 2, 2], &mut rng, 1.0),
+        random(&[1, 3, 1, 1], &mut rng, 1.0),
+    ];
     check_graph(b.build().unwrap(), inputs, "broadcast add");
 
     let mut b = GraphBuilder::new();
@@ -266,7 +355,10 @@ fn add_cat_flatten_dropout_gradients() {
     let f = b.flatten("flatten", c, 1);
     let d = b.dropout("drop", f, 0.3);
     b.output(d);
-    let inputs = vec![random(&[2, 3, 2, 2], &mut rng, 1.0), random(&[2, 1, 2, 2], &mut rng, 1.0)];
+    let inputs = vec![
+        random(&[2, 3, 2, 2], &mut rng, 1.0),
+        random(&[2, 1, 2, 2], &mut rng, 1.0),
+    ];
     check_graph(b.build().unwrap(), inputs, "cat flatten dropout");
 }
 
@@ -283,7 +375,11 @@ fn small_network_gradients() {
     let f = b.flatten("flat", p, 1);
     let y = b.linear("fc", f, 2, 3);
     b.output(y);
-    check_graph(b.build().unwrap(), vec![random(&[2, 2, 4, 4], &mut rng, 1.0)], "residual net");
+    check_graph(
+        b.build().unwrap(),
+        vec![random(&[2, 2, 4, 4], &mut rng, 1.0)],
+        "residual net",
+    );
 }
 
 #[test]
@@ -296,9 +392,17 @@ fn dropout_is_seeded_and_scaled() {
     assert!(a[0].data().iter().all(|&v| v == 0.0 || v == 2.0));
     assert!((400..600).contains(&kept), "kept {kept} of 1000 at p = 0.5");
     let mut again = TrainModel::from_graph(&graph, 42).unwrap();
-    assert_eq!(again.forward(std::slice::from_ref(&x)).unwrap(), a, "same seed, same mask");
+    assert_eq!(
+        again.forward(std::slice::from_ref(&x)).unwrap(),
+        a,
+        "same seed, same mask"
+    );
     model.set_mode(Mode::Eval);
-    assert_eq!(model.forward(std::slice::from_ref(&x)).unwrap()[0], x, "identity in eval mode");
+    assert_eq!(
+        model.forward(std::slice::from_ref(&x)).unwrap()[0],
+        x,
+        "identity in eval mode"
+    );
 }
 
 #[test]
@@ -332,7 +436,8 @@ fn loss_gradients() {
         p.data_mut()[i] += EPS;
         let mut m = logits.clone();
         m.data_mut()[i] -= EPS;
-        let d = (cross_entropy(&p, &targets).unwrap().0 as f64 - cross_entropy(&m, &targets).unwrap().0 as f64) / (2.0 * EPS as f64);
+        let d = (cross_entropy(&p, &targets).unwrap().0 as f64 - cross_entropy(&m, &targets).unwrap().0 as f64)
+            / (2.0 * EPS as f64);
         a.push(g.data()[i] as f64);
         n.push(d);
         let d = (mse(&p, &target).unwrap().0 as f64 - mse(&m, &target).unwrap().0 as f64) / (2.0 * EPS as f64);

@@ -245,14 +245,20 @@ impl Layer for FakeQuantize {
         if !self.has_qparams {
             return Err(GraphError::Observer {
                 node: self.label.clone(),
-                message: "fake quantization has no qparams yet; run a training-mode forward with the observer enabled first".into(),
+                message:
+                    "fake quantization has no qparams yet; run a training-mode forward with the observer enabled first"
+                        .into(),
             });
         }
         let params = self.current()?;
         let (y, mask) = self.apply(x, &params)?;
         if ctx.training() {
             self.saved = Some(Saved {
-                x: if self.config.learnable { x.clone() } else { Tensor::zeros([0]) },
+                x: if self.config.learnable {
+                    x.clone()
+                } else {
+                    Tensor::zeros([0])
+                },
                 mask,
                 params,
                 active: true,

@@ -106,7 +106,9 @@ pub fn fit<O: Optimizer>(
                 epoch + 1,
                 config.epochs,
                 train.loss,
-                train.accuracy.map_or(String::new(), |a| format!(", accuracy {:.2}%", a * 100.0))
+                train
+                    .accuracy
+                    .map_or(String::new(), |a| format!(", accuracy {:.2}%", a * 100.0))
             );
         }
         tracing::info!(epoch, loss = train.loss, accuracy = ?train.accuracy, seconds, "epoch");

@@ -43,12 +43,18 @@ pub fn cross_entropy(logits: &Tensor, targets: &[usize]) -> Result<(f32, Tensor)
     if shape.len() != 2 || shape[0] != targets.len() || shape[0] == 0 {
         return Err(shape_err(
             "cross_entropy",
-            format!("expects logits [N, C] with N = {} targets, got {shape:?}", targets.len()),
+            format!(
+                "expects logits [N, C] with N = {} targets, got {shape:?}",
+                targets.len()
+            ),
         ));
     }
     let (n, c) = (shape[0], shape[1]);
     if let Some(&bad) = targets.iter().find(|&&t| t >= c) {
-        return Err(shape_err("cross_entropy", format!("target class {bad} is out of range for {c} classes")));
+        return Err(shape_err(
+            "cross_entropy",
+            format!("target class {bad} is out of range for {c} classes"),
+        ));
     }
     logits.check_finite("logits")?;
     let mut grad = vec![0.0f32; n * c];
@@ -70,7 +76,11 @@ pub fn mse(output: &Tensor, target: &Tensor) -> Result<(f32, Tensor)> {
     if output.shape() != target.shape() || output.numel() == 0 {
         return Err(shape_err(
             "mse",
-            format!("output {:?} and target {:?} must have the same non-empty shape", output.shape(), target.shape()),
+            format!(
+                "output {:?} and target {:?} must have the same non-empty shape",
+                output.shape(),
+                target.shape()
+            ),
         ));
     }
     let n = output.numel() as f32;

@@ -78,7 +78,9 @@ impl TrainModel {
             let Some(layer) = n.layer.as_ref().and_then(|l| l.as_any().downcast_ref::<OpLayer>()) else {
                 continue;
             };
-            let id = graph.find(&n.name).ok_or_else(|| GraphError::UnknownNode { name: n.name.clone() })?;
+            let id = graph
+                .find(&n.name)
+                .ok_or_else(|| GraphError::UnknownNode { name: n.name.clone() })?;
             graph.node_mut(id).params = layer.node().params.clone();
         }
         Ok(())
@@ -216,7 +218,10 @@ impl TrainModel {
 
     /// The layer of the node called `name`.
     pub fn layer_mut(&mut self, name: &str) -> Option<&mut Box<dyn Layer>> {
-        self.nodes.iter_mut().find(|n| n.name == name).and_then(|n| n.layer.as_mut())
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .and_then(|n| n.layer.as_mut())
     }
 }
 

@@ -57,9 +57,12 @@ pub fn trainable(op: &Op) -> bool {
 /// Local names of the parameters an op trains (BatchNorm's running statistics are buffers).
 fn trainable_names(op: &Op) -> Vec<String> {
     match op {
-        Op::Linear(_) | Op::Conv2d(_) | Op::BatchNorm(_) => {
-            op.param_shapes().into_iter().map(|(n, _)| n).filter(|n| n == "weight" || n == "bias").collect()
-        }
+        Op::Linear(_) | Op::Conv2d(_) | Op::BatchNorm(_) => op
+            .param_shapes()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n == "weight" || n == "bias")
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -147,7 +150,9 @@ impl OpLayer {
             _ => {
                 let args: Vec<crate::Value> = x.iter().map(|t| crate::Value::F32((*t).clone())).collect();
                 let refs: Vec<&crate::Value> = args.iter().collect();
-                let y = ops::forward(&self.node, &refs)?.into_f32().expect("fp32 ops return f32");
+                let y = ops::forward(&self.node, &refs)?
+                    .into_f32()
+                    .expect("fp32 ops return f32");
                 if matches!(
                     self.node.op,
                     Op::Linear(_) | Op::Conv2d(_) | Op::Relu | Op::Relu6 | Op::Hardswish | Op::MaxPool2d(_)
@@ -185,7 +190,9 @@ impl Layer for OpLayer {
         }
         let args: Vec<crate::Value> = inputs.iter().map(|t| crate::Value::F32((*t).clone())).collect();
         let refs: Vec<&crate::Value> = args.iter().collect();
-        Ok(ops::forward(&self.node, &refs)?.into_f32().expect("fp32 ops return f32"))
+        Ok(ops::forward(&self.node, &refs)?
+            .into_f32()
+            .expect("fp32 ops return f32"))
     }
 
     fn backward(&mut self, grad_out: &Tensor) -> Result<Vec<Tensor>> {
@@ -243,7 +250,8 @@ impl Layer for OpLayer {
                 let inner: usize = x_shape[2..].iter().product();
                 let mut dgamma = self.grad_mut("weight").to_vec();
                 let mut dbeta = self.grad_mut("bias").to_vec();
-                let dx = norm::batch_norm_train_backward(bn, &dy, a.num_features, inner, &gamma, &mut dgamma, &mut dbeta);
+                let dx =
+                    norm::batch_norm_train_backward(bn, &dy, a.num_features, inner, &gamma, &mut dgamma, &mut dbeta);
                 self.grad_mut("weight").copy_from_slice(&dgamma);
                 self.grad_mut("bias").copy_from_slice(&dbeta);
                 vec![dx]
@@ -290,7 +298,11 @@ impl Layer for OpLayer {
 
     fn visit_params(&mut self, f: &mut dyn FnMut(ParamRef<'_>)) {
         for (name, grad) in self.grads.iter_mut() {
-            let value = self.node.params.get_mut(name).expect("trainable parameters exist on the node");
+            let value = self
+                .node
+                .params
+                .get_mut(name)
+                .expect("trainable parameters exist on the node");
             f(ParamRef { name, value, grad });
         }
     }

@@ -67,7 +67,11 @@ impl Optimizer for Sgd {
             index += 1;
             let grad = p.grad.data();
             let value = p.value.data_mut();
-            let mut g: Vec<f32> = grad.iter().zip(value.iter()).map(|(&g, &v)| g + s.weight_decay * v).collect();
+            let mut g: Vec<f32> = grad
+                .iter()
+                .zip(value.iter())
+                .map(|(&g, &v)| g + s.weight_decay * v)
+                .collect();
             if s.momentum != 0.0 {
                 match buf {
                     None => *buf = Some(g.clone()),

@@ -78,7 +78,12 @@ pub struct QatConv2d {
 impl QatConv2d {
     /// From a graph Conv2d node, an optional BatchNorm2d node after it, and whether a ReLU
     /// follows.
-    pub fn new(conv_node: &Node, bn_node: Option<&Node>, relu: bool, weight_fake_quant: FakeQuantize) -> Result<QatConv2d> {
+    pub fn new(
+        conv_node: &Node,
+        bn_node: Option<&Node>,
+        relu: bool,
+        weight_fake_quant: FakeQuantize,
+    ) -> Result<QatConv2d> {
         let Op::Conv2d(attrs) = &conv_node.op else {
             return Err(GraphError::Unsupported {
                 node: conv_node.name.clone(),
@@ -101,7 +106,10 @@ impl QatConv2d {
                 if *num_features != attrs.out_channels {
                     return Err(GraphError::Fusion {
                         nodes: vec![conv_node.name.clone(), n.name.clone()],
-                        reason: format!("BatchNorm has {num_features} features, the conv {} outputs", attrs.out_channels),
+                        reason: format!(
+                            "BatchNorm has {num_features} features, the conv {} outputs",
+                            attrs.out_channels
+                        ),
                     });
                 }
                 Some(BnState {
@@ -299,7 +307,11 @@ impl Layer for QatConv2d {
                 sf,
                 bn: bn_saved,
                 bn_input,
-                y: if self.attrs.activation == FusedActivation::Relu { y.clone() } else { Vec::new() },
+                y: if self.attrs.activation == FusedActivation::Relu {
+                    y.clone()
+                } else {
+                    Vec::new()
+                },
             });
         }
         Ok(Tensor::new(out_shape, y)?)
@@ -320,11 +332,23 @@ impl Layer for QatConv2d {
             Some(bn) => match &s.bn {
                 Some(bs) => {
                     let gamma = bn.gamma.value.data().to_vec();
-                    norm::batch_norm_train_backward(bs, &dy, o, inner, &gamma, bn.gamma.grad.data_mut(), bn.beta.grad.data_mut())
+                    norm::batch_norm_train_backward(
+                        bs,
+                        &dy,
+                        o,
+                        inner,
+                        &gamma,
+                        bn.gamma.grad.data_mut(),
+                        bn.beta.grad.data_mut(),
+                    )
                 }
                 None => {
                     let mut dpre = dy.clone();
-                    for (i, (g, p)) in dpre.chunks_exact_mut(inner.max(1)).zip(s.bn_input.chunks_exact(inner.max(1))).enumerate() {
+                    for (i, (g, p)) in dpre
+                        .chunks_exact_mut(inner.max(1))
+                        .zip(s.bn_input.chunks_exact(inner.max(1)))
+                        .enumerate()
+                    {
                         let c = i % o;
                         let inv = 1.0 / (bn.running_var[c] + bn.eps).sqrt();
                         let gamma = bn.gamma.value.data()[c];
@@ -349,7 +373,11 @@ impl Layer for QatConv2d {
             }
         }
         if self.bn.is_some() {
-            for (i, (g, cv)) in dconv.chunks_exact_mut(inner.max(1)).zip(s.conv.chunks_exact(inner.max(1))).enumerate() {
+            for (i, (g, cv)) in dconv
+                .chunks_exact_mut(inner.max(1))
+                .zip(s.conv.chunks_exact(inner.max(1)))
+                .enumerate()
+            {
                 let c = i % o;
                 let mut acc = 0.0f32;
                 for (gv, &v) in g.iter_mut().zip(cv) {
@@ -363,8 +391,18 @@ impl Layer for QatConv2d {
         let mut dwq = vec![0.0f32; s.wq.len()];
         let mut attrs = self.attrs.clone();
         attrs.bias = false;
-        let dx = conv::conv2d_backward(&attrs, s.x.data(), s.x.shape(), &s.wq, &dconv, &s.out_shape, &mut dwq, None, true)
-            .expect("dx requested");
+        let dx = conv::conv2d_backward(
+            &attrs,
+            s.x.data(),
+            s.x.shape(),
+            &s.wq,
+            &dconv,
+            &s.out_shape,
+            &mut dwq,
+            None,
+            true,
+        )
+        .expect("dx requested");
         // Through the weight fake quantization and the scaling by sf.
         let dwq = Tensor::new(self.weight.value.shape().to_vec(), dwq)?;
         let dscaled = self.weight_fake_quant.backward(&dwq)?.remove(0);

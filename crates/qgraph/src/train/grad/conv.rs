@@ -3,9 +3,9 @@
 //! `dx_g = col2im(dcols)` (every patch element adds back to the pixel it was read from);
 //! depthwise layers use direct loops. `db[o] = sum of dy over batch and plane`.
 
+use crate::op::Conv2dAttrs;
 use crate::ops::conv::im2col;
 use crate::ops::gemm::{sgemm, MatRef};
-use crate::op::Conv2dAttrs;
 
 /// Gradients of Conv2d for input shape `x_shape` and output shape `y_shape`. `dw` (and `db`)
 /// accumulate. Returns `dx` when `need_dx`.
@@ -30,8 +30,16 @@ pub fn conv2d_backward(
     let pointwise = kk == 1 && a.stride == [1, 1] && a.padding == [0, 0];
     let depthwise = cg == 1 && og == 1;
     let mut dx = if need_dx { vec![0.0f32; x.len()] } else { Vec::new() };
-    let mut col = if pointwise || depthwise { Vec::new() } else { vec![0.0f32; cg * kk * plane_out] };
-    let mut dcol = if pointwise || depthwise || !need_dx { Vec::new() } else { vec![0.0f32; cg * kk * plane_out] };
+    let mut col = if pointwise || depthwise {
+        Vec::new()
+    } else {
+        vec![0.0f32; cg * kk * plane_out]
+    };
+    let mut dcol = if pointwise || depthwise || !need_dx {
+        Vec::new()
+    } else {
+        vec![0.0f32; cg * kk * plane_out]
+    };
     for b in 0..n {
         for grp in 0..g {
             let in_range = (b * c + grp * cg) * h * wd..(b * c + (grp + 1) * cg) * h * wd;

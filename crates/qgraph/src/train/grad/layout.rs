@@ -9,7 +9,13 @@ pub fn sum_to_shape(dy: &[f32], out: &[usize], shape: &[usize]) -> Vec<f32> {
     let own = qtensor::strides(shape);
     let pad = out.len() - shape.len();
     let strides: Vec<usize> = (0..out.len())
-        .map(|i| if i < pad || shape[i - pad] == 1 { 0 } else { own[i - pad] })
+        .map(|i| {
+            if i < pad || shape[i - pad] == 1 {
+                0
+            } else {
+                own[i - pad]
+            }
+        })
         .collect();
     let mut dx = vec![0.0f32; shape.iter().product()];
     let mut idx = vec![0usize; out.len()];

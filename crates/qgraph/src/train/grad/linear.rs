@@ -4,7 +4,15 @@
 use crate::ops::gemm::{sgemm, MatRef};
 
 /// Gradients of Linear. `dw` and `db` are accumulated into (they must hold `N*K` and `N`).
-pub fn linear_backward(x: &[f32], w: &[f32], dy: &[f32], k: usize, n: usize, dw: &mut [f32], db: Option<&mut [f32]>) -> Vec<f32> {
+pub fn linear_backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    k: usize,
+    n: usize,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+) -> Vec<f32> {
     let m = dy.len() / n.max(1);
     let mut dx = vec![0.0f32; m * k];
     sgemm(MatRef::row_major(dy, m, n), MatRef::row_major(w, n, k), &mut dx, false);

@@ -29,7 +29,11 @@ pub fn batch_stats(x: &[f32], c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
     }
     let count = (x.len() / c.max(1)).max(1) as f64;
     let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
-    let var = sq.iter().zip(&mean).map(|(q, m)| (q / count - m * m).max(0.0) as f32).collect();
+    let var = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| (q / count - m * m).max(0.0) as f32)
+        .collect();
     (mean.iter().map(|&m| m as f32).collect(), var)
 }
 
@@ -49,7 +53,11 @@ pub fn batch_norm_train(
 ) -> (Vec<f32>, BatchNormSaved) {
     let (mean, var) = batch_stats(x, c, inner);
     let count = x.len() / c.max(1);
-    let unbias = if count > 1 { count as f32 / (count - 1) as f32 } else { 1.0 };
+    let unbias = if count > 1 {
+        count as f32 / (count - 1) as f32
+    } else {
+        1.0
+    };
     for ch in 0..c {
         running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * mean[ch];
         running_var[ch] = (1.0 - momentum) * running_var[ch] + momentum * var[ch] * unbias;
@@ -59,7 +67,10 @@ pub fn batch_norm_train(
     let mut y = vec![0.0f32; x.len()];
     for (i, (plane, (h, out))) in x
         .chunks_exact(inner.max(1))
-        .zip(xhat.chunks_exact_mut(inner.max(1)).zip(y.chunks_exact_mut(inner.max(1))))
+        .zip(
+            xhat.chunks_exact_mut(inner.max(1))
+                .zip(y.chunks_exact_mut(inner.max(1))),
+        )
         .enumerate()
     {
         let ch = i % c;

@@ -56,7 +56,11 @@ pub fn avg_pool2d_backward(a: &Pool2dAttrs, x_shape: &[usize], dy: &[f32], y_sha
                 let padded = ((y1 - y0) * (x1 - x0)) as usize;
                 let (ya, yb) = (y0.max(0) as usize, y1.min(h as isize) as usize);
                 let (xa, xb) = (x0.max(0) as usize, x1.min(w as isize) as usize);
-                let count = if a.count_include_pad { padded } else { (yb - ya) * (xb - xa) };
+                let count = if a.count_include_pad {
+                    padded
+                } else {
+                    (yb - ya) * (xb - xa)
+                };
                 let g = dy[(p * oh + oy) * ow + ox] / count as f32;
                 for yy in ya..yb {
                     for v in &mut plane[yy * w + xa..yy * w + xb] {
