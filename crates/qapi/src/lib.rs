@@ -6,6 +6,7 @@
 pub mod dynamic;
 mod error;
 pub mod file;
+pub mod models;
 pub mod qat;
 pub mod qconfig;
 pub mod report;
