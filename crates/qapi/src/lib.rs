@@ -8,6 +8,7 @@ mod error;
 pub mod file;
 pub mod models;
 pub mod qat;
+pub mod qat_demo;
 pub mod qconfig;
 pub mod report;
 

@@ -275,6 +275,20 @@ impl QatModel {
     }
 }
 
+/// PyTorch `freeze_bn_stats` on every ConvBn module of a prepared model (usable from a
+/// training-loop callback, which sees the [`TrainModel`]).
+pub fn freeze_bn_stats(model: &mut TrainModel) {
+    for n in &mut model.nodes {
+        if let Some(c) = n
+            .layer
+            .as_mut()
+            .and_then(|l| l.as_any_mut().downcast_mut::<QatConv2d>())
+        {
+            c.freeze_bn_stats();
+        }
+    }
+}
+
 /// The float graph with BatchNorm folded and the learned qparams (see the module docs).
 pub fn convert(qat: &QatModel) -> Result<(Graph, GraphQParams)> {
     let _span = tracing::info_span!("qat_convert").entered();
