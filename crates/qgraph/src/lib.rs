@@ -27,6 +27,7 @@ mod graph;
 pub mod observers;
 pub mod op;
 pub mod ops;
+pub mod train;
 mod value;
 mod weights;
 

@@ -99,7 +99,7 @@ pub fn conv2d(node: &Node, a: &Conv2dAttrs, x: &Tensor, out_shape: Vec<usize>) -
 
 /// Unfolds input patches into rows `(c, i, j)` and columns `(y, x)`; padding reads as 0.
 #[allow(clippy::too_many_arguments)]
-fn im2col(a: &Conv2dAttrs, x: &[f32], c: usize, h: usize, w: usize, oh: usize, ow: usize, col: &mut [f32]) {
+pub(crate) fn im2col(a: &Conv2dAttrs, x: &[f32], c: usize, h: usize, w: usize, oh: usize, ow: usize, col: &mut [f32]) {
     let [kh, kw] = a.kernel;
     let mut row = 0;
     for ch in 0..c {
