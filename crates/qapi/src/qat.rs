@@ -35,21 +35,12 @@ pub struct NodeQParams {
 pub type GraphQParams = BTreeMap<String, NodeQParams>;
 
 /// Options of [`prepare_qat_with`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct QatOptions {
     /// LSQ: learn activation scales and zero points (PyTorch `_LearnableFakeQuantize`).
     pub learnable_activations: bool,
     /// Seed of the dropout stream.
     pub seed: u64,
-}
-
-impl Default for QatOptions {
-    fn default() -> QatOptions {
-        QatOptions {
-            learnable_activations: false,
-            seed: 0,
-        }
-    }
 }
 
 /// A model prepared for quantization-aware training.

@@ -414,8 +414,8 @@ impl Layer for QatConv2d {
             dsf[c] += g * w[i];
         }
         if let Some(bn) = &mut self.bn {
-            for c in 0..o {
-                bn.gamma.grad.data_mut()[c] += dsf[c] / (bn.running_var[c] + bn.eps).sqrt();
+            for (c, d) in dsf.iter().enumerate() {
+                bn.gamma.grad.data_mut()[c] += d / (bn.running_var[c] + bn.eps).sqrt();
             }
         }
         Ok(vec![Tensor::new(s.x.shape().to_vec(), dx)?])

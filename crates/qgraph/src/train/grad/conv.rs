@@ -145,11 +145,11 @@ fn depthwise_backward(
                 let first = if offset >= 0 { 0 } else { ((-offset) + s - 1) / s } as usize;
                 let span = w as isize - 1 - offset;
                 let last = if span < 0 { 0 } else { (span / s + 1) as usize }.min(ow);
-                for ox in first..last {
+                for (ox, &gv) in g.iter().enumerate().take(last).skip(first) {
                     let ix = (ox as isize * s + offset) as usize;
-                    acc += g[ox] * x[row + ix];
+                    acc += gv * x[row + ix];
                     if let Some(dx) = dx.as_deref_mut() {
-                        dx[row + ix] += kv * g[ox];
+                        dx[row + ix] += kv * gv;
                     }
                 }
             }
