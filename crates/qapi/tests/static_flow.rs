@@ -242,9 +242,32 @@ fn inspect_shows_dtypes_qparams_and_reasons() {
     std::fs::remove_file(&path).unwrap();
     let stem = nodes.iter().find(|n| n.name == "stem.conv").unwrap();
     assert_eq!(stem.op, "QuantizedConv2d");
-    assert!(stem.params.iter().any(|(k, d, _)| k == "stem.conv.weight" && d.contains("qint8") && d.contains("per-channel")));
+    assert!(stem
+        .params
+        .iter()
+        .any(|(k, d, _)| k == "stem.conv.weight" && d.contains("qint8") && d.contains("per-channel")));
     assert!(stem.output.as_ref().unwrap().contains("quint8"));
     let head = nodes.iter().find(|n| n.name == "head").unwrap();
-    assert!(matches!(&head.status, Some(NodeStatus::Float { reason: FloatReason::OptedOut { .. } })));
+    assert!(matches!(
+        &head.status,
+        Some(NodeStatus::Float {
+            reason: FloatReason::OptedOut { .. }
+        })
+    ));
     assert!(head.params.iter().any(|(_, d, _)| d.starts_with("f32")));
+}
+
+#[test]
+fn convert_with_given_parameters_matches_observed_conversion() {
+    let g = cnn(8);
+    let mut p = prepare(&g, &QConfigMap::qforge()).unwrap();
+    p.calibrate((0..2).map(input)).unwrap();
+    let (q, _) = p.convert().unwrap();
+    let acts = p.activation_qparams().unwrap();
+    let (q2, _) = p.convert_with(&acts, &Default::default()).unwrap();
+    assert_eq!(run(&q, input(8)), run(&q2, input(8)));
+    let mut missing = acts.clone();
+    missing.remove("block.add");
+    let err = p.convert_with(&missing, &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("block.add"), "{err}");
 }

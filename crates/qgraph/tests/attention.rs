@@ -94,13 +94,19 @@ fn position_ids_count_along_the_sequence() {
     g.output(e);
     let mut graph = g.build().unwrap();
     let id = graph.find("emb").unwrap();
-    graph
-        .node_mut(id)
-        .params
-        .insert("weight".into(), Tensor::new([4, 2], (0..8).map(|i| i as f32).collect()).unwrap());
+    graph.node_mut(id).params.insert(
+        "weight".into(),
+        Tensor::new([4, 2], (0..8).map(|i| i as f32).collect()).unwrap(),
+    );
     let out = graph
         .run(vec![Value::I64(IdTensor::new([2, 3], vec![7, 8, 9, 7, 8, 9]).unwrap())])
         .unwrap();
-    assert_eq!(out[0], Value::I64(IdTensor::new([2, 3], vec![0, 1, 2, 0, 1, 2]).unwrap()));
-    assert_eq!(out[1].as_f32().unwrap().data(), &[0., 1., 2., 3., 4., 5., 0., 1., 2., 3., 4., 5.]);
+    assert_eq!(
+        out[0],
+        Value::I64(IdTensor::new([2, 3], vec![0, 1, 2, 0, 1, 2]).unwrap())
+    );
+    assert_eq!(
+        out[1].as_f32().unwrap().data(),
+        &[0., 1., 2., 3., 4., 5., 0., 1., 2., 3., 4., 5.]
+    );
 }

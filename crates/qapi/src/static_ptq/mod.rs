@@ -317,7 +317,31 @@ impl Prepared {
             .iter()
             .map(|(&i, o)| Ok((i, qops::act_quant(&o.qparams()?)?)))
             .collect::<Result<_>>()?;
-        Converter::new(self, act).run()
+        Converter::new(self, act, BTreeMap::new()).run()
+    }
+
+    /// Converts with parameters fixed in advance instead of observed ones: `activations` by the
+    /// name of the node whose output they quantize (graph inputs included), `weights` by the
+    /// name of the Conv/Linear node. This is how quantization-aware training hands its learned
+    /// parameters to the same conversion; every observed value must have an entry.
+    pub fn convert_with(
+        &self,
+        activations: &BTreeMap<String, QParams>,
+        weights: &BTreeMap<String, QParams>,
+    ) -> Result<(Graph, QuantReport)> {
+        let _span = tracing::info_span!("convert_with").entered();
+        let act: BTreeMap<usize, ActQuant> = self
+            .observers
+            .keys()
+            .map(|&i| {
+                let name = &self.graph.nodes()[i].name;
+                let q = activations.get(name).ok_or_else(|| ApiError::Config {
+                    detail: format!("no activation parameters given for `{name}`, whose output is quantized"),
+                })?;
+                Ok((i, qops::act_quant(q)?))
+            })
+            .collect::<Result<_>>()?;
+        Converter::new(self, act, weights.clone()).run()
     }
 }
 
@@ -325,6 +349,8 @@ impl Prepared {
 struct Converter<'a> {
     prepared: &'a Prepared,
     act: BTreeMap<usize, ActQuant>,
+    /// Weight parameters fixed in advance (quantization-aware training), by node name.
+    weights: BTreeMap<String, QParams>,
     out_q: Vec<Option<ActQuant>>,
     nodes: Vec<Node>,
     float_id: Vec<Option<NodeId>>,
@@ -333,11 +359,16 @@ struct Converter<'a> {
 }
 
 impl<'a> Converter<'a> {
-    fn new(prepared: &'a Prepared, act: BTreeMap<usize, ActQuant>) -> Converter<'a> {
+    fn new(
+        prepared: &'a Prepared,
+        act: BTreeMap<usize, ActQuant>,
+        weights: BTreeMap<String, QParams>,
+    ) -> Converter<'a> {
         let n = prepared.graph.nodes().len();
         Converter {
             prepared,
             act,
+            weights,
             out_q: vec![None; n],
             nodes: Vec::new(),
             float_id: vec![None; n],
@@ -425,7 +456,7 @@ impl<'a> Converter<'a> {
                     let (op, q, detail): (Arc<dyn CustomOp>, ActQuant, String) = match plan {
                         Plan::Anchor(cfg) => {
                             let out = self.act[&i];
-                            let (op, detail) = build_anchor(node, &cfg, &in_q, out)?;
+                            let (op, detail) = build_anchor(node, &cfg, &in_q, out, self.weights.get(&node.name))?;
                             (op, out, detail)
                         }
                         _ => {
@@ -453,8 +484,24 @@ impl<'a> Converter<'a> {
 }
 
 /// Quantizes a weight with the configured observer (after fusion, so BN is already folded).
-fn quantize_weight(node: &Node, cfg: &QConfig, axis: usize, per_channel_ok: bool) -> Result<(QTensor, String)> {
+fn quantize_weight(
+    node: &Node,
+    cfg: &QConfig,
+    axis: usize,
+    per_channel_ok: bool,
+    given: Option<&QParams>,
+) -> Result<(QTensor, String)> {
     let weight = node.param("weight")?;
+    if let Some(qparams) = given {
+        let detail = match qparams {
+            QParams::PerTensor { .. } => "qint8 per-tensor weights (given)",
+            QParams::PerChannel { .. } => "qint8 per-channel weights (given)",
+        };
+        return Ok((
+            QTensor::quantize(weight, DType::QInt8, qparams.clone())?,
+            detail.to_string(),
+        ));
+    }
     let mut wcfg = cfg.weight;
     let per_channel = matches!(
         wcfg.kind,
@@ -496,10 +543,16 @@ fn fused(a: GraphActivation) -> FusedActivation {
     }
 }
 
-fn build_anchor(node: &Node, cfg: &QConfig, in_q: &[ActQuant], out: ActQuant) -> Result<(Arc<dyn CustomOp>, String)> {
+fn build_anchor(
+    node: &Node,
+    cfg: &QConfig,
+    in_q: &[ActQuant],
+    out: ActQuant,
+    weight: Option<&QParams>,
+) -> Result<(Arc<dyn CustomOp>, String)> {
     Ok(match &node.op {
         Op::Conv2d(a) => {
-            let (w, detail) = quantize_weight(node, cfg, 0, true)?;
+            let (w, detail) = quantize_weight(node, cfg, 0, true, weight)?;
             let geometry = Conv2dGeometry::new(a.in_channels, a.out_channels, (a.kernel[0], a.kernel[1]))
                 .with_stride(a.stride[0], a.stride[1])
                 .with_padding(a.padding[0], a.padding[1])
@@ -522,7 +575,7 @@ fn build_anchor(node: &Node, cfg: &QConfig, in_q: &[ActQuant], out: ActQuant) ->
             (Arc::new(op), detail)
         }
         Op::ConvTranspose2d(a) => {
-            let (w, detail) = quantize_weight(node, cfg, 1, a.groups == 1)?;
+            let (w, detail) = quantize_weight(node, cfg, 1, a.groups == 1, weight)?;
             let geometry = ConvTranspose2dGeometry::new(a.in_channels, a.out_channels, (a.kernel[0], a.kernel[1]))
                 .with_stride(a.stride[0], a.stride[1])
                 .with_padding(a.padding[0], a.padding[1])
@@ -546,7 +599,7 @@ fn build_anchor(node: &Node, cfg: &QConfig, in_q: &[ActQuant], out: ActQuant) ->
             (Arc::new(op), detail)
         }
         Op::Linear(a) => {
-            let (w, detail) = quantize_weight(node, cfg, 0, true)?;
+            let (w, detail) = quantize_weight(node, cfg, 0, true, weight)?;
             let packed = PackedWeights::from_qparams(&int8_values(&w), a.out_features, a.in_features, w.qparams())?;
             let op = QLinear {
                 packed,
