@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::{ApiError, Result};
 
 /// How the weights are quantized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum WeightGranularity {
     /// One scale per output channel (row of the weight).
     PerChannel,
@@ -31,7 +31,7 @@ pub enum WeightGranularity {
 }
 
 /// How the activations are quantized on each call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ActivationGranularity {
     /// One (scale, zero point) per row (per token).
     PerRow,
@@ -40,7 +40,7 @@ pub enum ActivationGranularity {
 }
 
 /// The stored weight type of dynamically quantized layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DynamicDType {
     /// int8 weights, int8 GEMM.
     QInt8,
@@ -49,7 +49,7 @@ pub enum DynamicDType {
 }
 
 /// Configuration of dynamic quantization. See the module docs for the presets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct DynamicConfig {
     pub dtype: DynamicDType,
     pub weights: WeightGranularity,

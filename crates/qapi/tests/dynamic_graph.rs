@@ -151,21 +151,25 @@ fn fused_relu_is_applied() {
 }
 
 fn rnn_graph(lstm: bool) -> Graph {
+    rnn_graph_sized(lstm, 8, 16)
+}
+
+fn rnn_graph_sized(lstm: bool, input_size: usize, hidden_size: usize) -> Graph {
     let attrs = RnnAttrs {
-        input_size: 8,
-        hidden_size: 16,
+        input_size,
+        hidden_size,
         num_layers: 2,
         bias: true,
         batch_first: true,
     };
     let mut b = GraphBuilder::new();
-    let x = b.input("x", &[3, 6, 8]);
+    let x = b.input("x", &[3, 6, input_size]);
     let y = if lstm {
         b.lstm("rnn", x, attrs)
     } else {
         b.gru("rnn", x, attrs)
     };
-    let z = b.linear("head", y, 16, 4);
+    let z = b.linear("head", y, hidden_size, 4);
     b.output(z);
     let mut g = b.build().unwrap();
     randomize(&mut g, 11, 0.3);
@@ -226,4 +230,33 @@ fn errors() {
     x.data_mut()[40] = f32::INFINITY;
     let err = q.run(vec![Value::F32(x)]).unwrap_err().to_string();
     assert!(err.contains("non-finite") || err.contains("inf"), "{err}");
+}
+
+#[test]
+fn dynamic_models_save_and_load_exactly_and_shrink() {
+    let dir = std::env::temp_dir().join(format!("qforge-dynamic-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Wide enough that weights, not per-channel scales and headers, dominate the files.
+    let cases: [(Graph, &[usize]); 3] = [
+        (mlp(), &[4, 32]),
+        (rnn_graph_sized(true, 96, 128), &[3, 6, 96]),
+        (rnn_graph_sized(false, 96, 128), &[3, 6, 96]),
+    ];
+    for (i, (g, shape)) in cases.into_iter().enumerate() {
+        let x = input(shape, 4);
+        let fp32 = dir.join(format!("{i}.fp32.safetensors"));
+        qapi::save_graph(&g, &fp32).unwrap();
+        for (tag, config) in [("int8", DynamicConfig::qforge()), ("f16", DynamicConfig::float16())] {
+            let (q, _) = quantize_dynamic(&g, &[OpKind::Linear, OpKind::Lstm, OpKind::Gru], config).unwrap();
+            let path = dir.join(format!("{i}.{tag}.safetensors"));
+            qapi::save_graph(&q, &path).unwrap();
+            let loaded = qapi::load_graph(&path).unwrap();
+            assert_eq!(run(&q, &x), run(&loaded, &x), "case {i} {tag}");
+            let ratio = std::fs::metadata(&path).unwrap().len() as f64 / std::fs::metadata(&fp32).unwrap().len() as f64;
+            eprintln!("case {i} {tag}: {ratio:.3} of fp32");
+            let bound = if tag == "int8" { 0.45 } else { 0.6 };
+            assert!(ratio < bound, "case {i} {tag}: {ratio:.3}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
