@@ -9,15 +9,14 @@
 //! point); the correction `- x_zp * sum w - w_zp * sum x + taps * x_zp * w_zp` makes it the
 //! reference's `sum (x - x_zp) * (w - w_zp)`. For fbgemm parity (see `depthwise.rs`) the
 //! products of taps (4g, 4g+1) and (4g+2, 4g+3) are summed with the saturating `vpmaddubsw`
-//! first, exactly as fbgemm pairs them, and `vpdpwssd` widens the two pair sums. The float epilogue performs the reference's
-//! operations in the same order (convert, add bias term, multiply, round half to even); values
-//! are clamped to +-2^30 before the conversion so that huge products saturate as in the
-//! reference instead of turning into `i32::MIN`. Channels left after the 64-wide blocks run in
+//! first, exactly as fbgemm pairs them, and `vpdpwssd` widens the two pair sums. The float epilogue is the shared
+//! `requant::avx512::requant16`. Channels left after the 64-wide blocks run in
 //! 16-wide blocks with masked loads and stores.
 
 use std::arch::x86_64::*;
 
 use super::depthwise::{PackedDepthwise, TAP_GROUP};
+use super::requant::avx512::requant16 as requant16_shared;
 use super::requant::ConvRequant;
 
 const WIDE: usize = 64;
@@ -25,7 +24,6 @@ const NARROW: usize = 16;
 /// Bytes of interleaved weights per 64-channel block and tap group.
 const WIDE_GROUP_BYTES: usize = WIDE * TAP_GROUP;
 const NARROW_GROUP_BYTES: usize = NARROW * TAP_GROUP;
-const CLAMP: f32 = (1u32 << 30) as f32;
 
 pub fn supported() -> bool {
     is_x86_feature_detected!("avx512f")
@@ -239,12 +237,10 @@ unsafe fn requant16(acc: __m512i, xsum: __m512i, epi: &Epilogue, at: usize, symm
         let wzp = _mm512_loadu_si512(epi.weight_zp.as_ptr().add(at).cast());
         corrected = _mm512_sub_epi32(corrected, _mm512_mullo_epi32(wzp, xsum));
     }
-    let f = _mm512_add_ps(
-        _mm512_cvtepi32_ps(corrected),
+    requant16_shared(
+        corrected,
         _mm512_loadu_ps(epi.bias_term.as_ptr().add(at)),
-    );
-    let f = _mm512_mul_ps(f, _mm512_loadu_ps(epi.multiplier.as_ptr().add(at)));
-    let f = _mm512_min_ps(_mm512_max_ps(f, _mm512_set1_ps(-CLAMP)), _mm512_set1_ps(CLAMP));
-    let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
-    _mm512_add_epi32(r, _mm512_set1_epi32(epi.zero_point))
+        _mm512_loadu_ps(epi.multiplier.as_ptr().add(at)),
+        _mm512_set1_epi32(epi.zero_point),
+    )
 }
