@@ -1,7 +1,9 @@
 //! Quantized 2-D convolutions on channels-last (NHWC) `u8` activations with `i8` weights:
 //! `Conv2d` (any stride, padding, dilation and groups; padding holds the input zero point),
-//! depthwise convolutions through a direct kernel, 1x1 and general convolutions through the
-//! shared GEMM, and `ConvTranspose2d` with per-tensor or per-channel weights.
+//! depthwise convolutions through a direct kernel (whole output rows at a time), one-group
+//! convolutions with symmetric weights through a direct implicit-GEMM kernel (`direct.rs`: no
+//! im2col matrix; the default up to a 1280-deep reduction), the others through the shared GEMM,
+//! and `ConvTranspose2d` with per-tensor or per-channel weights.
 //!
 //! Every path produces the integers of [`reference`], which follows PyTorch fbgemm's
 //! `ReQuantizeOutput` (see [`requant`]). Weights are packed once ([`PackedConv2d::new`]); a call
