@@ -64,7 +64,7 @@ proptest! {
         let wq = if per_channel {
             ConvWeightQuant::per_channel((0..c_out).map(|i| 0.002 + i as f32 * 1e-4).collect(), vec![0; c_out]).unwrap()
         } else {
-            ConvWeightQuant::per_tensor(0.003, 1).unwrap()
+            ConvWeightQuant::per_tensor(0.003, (seed % 2) as i32).unwrap()
         };
         let t = PackedConvTranspose2d::new(g, &wts, wq, Some((0..c_out).map(|i| i as f32 * 0.1).collect())).unwrap();
         let xs = NhwcShape::new(1, h, w, c_in);
@@ -77,6 +77,14 @@ proptest! {
             let mut y = vec![0u8; ys.len()];
             t.run_with(Some(path), &x, xs, x_q, y_q, act(a), &mut y).unwrap();
             prop_assert_eq!(&y, &expected, "{:?}", path);
+        }
+        if t.has_direct() {
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut y = vec![0u8; ys.len()];
+                pool.install(|| t.run_direct(&x, xs, x_q, y_q, act(a), &mut y)).unwrap();
+                prop_assert_eq!(&y, &expected, "direct on {} threads", threads);
+            }
         }
     }
 }

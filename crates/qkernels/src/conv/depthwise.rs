@@ -25,11 +25,18 @@ use crate::{KernelError, Result};
 /// Taps are processed four at a time by the VNNI kernel (`vpdpbusd` sums 4 byte products).
 pub(crate) const TAP_GROUP: usize = 4;
 
+/// Target bytes of the row kernel's scratch copy per task.
+const SCRATCH_BYTES: usize = 48 * 1024;
+
 /// A depthwise kernel implementation. All give identical integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DepthwisePath {
     Portable,
+    /// One output pixel at a time, 64 or 16 channels per step.
     Avx512Vnni,
+    /// One output row at a time as a flat byte vector (see [`PackedDepthwise::run`]); channel
+    /// counts with too many 64-byte weight patterns fall back to [`DepthwisePath::Avx512Vnni`].
+    Avx512VnniRows,
 }
 
 impl DepthwisePath {
@@ -39,6 +46,7 @@ impl DepthwisePath {
         #[cfg(target_arch = "x86_64")]
         if super::depthwise_avx512::supported() {
             paths.push(DepthwisePath::Avx512Vnni);
+            paths.push(DepthwisePath::Avx512VnniRows);
         }
         paths
     }
@@ -69,6 +77,10 @@ pub struct PackedDepthwise {
     /// VNNI layout; see `depthwise_avx512::pack`.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) interleaved: Vec<i8>,
+    /// Row-kernel layout (`depthwise_avx512::pack_rows`), empty when the channel count needs
+    /// too many patterns.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) row_interleaved: Vec<i8>,
 }
 
 impl PackedDepthwise {
@@ -112,6 +124,14 @@ impl PackedDepthwise {
         let interleaved = super::depthwise_avx512::pack(&tap_major, c, taps);
         #[cfg(not(target_arch = "x86_64"))]
         let interleaved = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        let row_interleaved = if super::depthwise_avx512::row_patterns(c) <= super::depthwise_avx512::MAX_ROW_PATTERNS {
+            super::depthwise_avx512::pack_rows(&tap_major, c, taps)
+        } else {
+            Vec::new()
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let row_interleaved = Vec::new();
         Ok(PackedDepthwise {
             geometry,
             tap_major,
@@ -120,6 +140,7 @@ impl PackedDepthwise {
             saturating_pairs: arithmetic == ConvArithmetic::FbgemmParity && fbgemm_runs_depthwise(&geometry),
             weight_zps,
             interleaved,
+            row_interleaved,
         })
     }
 
@@ -143,6 +164,15 @@ impl PackedDepthwise {
                 path: format!("{path:?}"),
                 available: format!("{:?}", DepthwisePath::available()),
             });
+        }
+        let path = match path {
+            DepthwisePath::Avx512VnniRows if self.row_interleaved.is_empty() => DepthwisePath::Avx512Vnni,
+            p => p,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if path == DepthwisePath::Avx512VnniRows {
+            self.run_rows(x, xs, x_zp, rq, y)?;
+            return Ok(());
         }
         let g = &self.geometry;
         let c = g.c_out;
@@ -185,8 +215,102 @@ impl PackedDepthwise {
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     DepthwisePath::Avx512Vnni => unreachable!("not available off x86_64"),
+                    DepthwisePath::Avx512VnniRows => unreachable!("handled by run_rows"),
                 }
             }
+        });
+        Ok(())
+    }
+
+    /// The row kernel: a task computes a band of output rows. It copies the input rows the band
+    /// reads into a scratch buffer, each split into `stride.1` phase rows (phase `f` holds the
+    /// padded pixels `f, f + s, f + 2s, ...`) with zero-point pixels for the padding; rows
+    /// above or below the input read a zero-point row. Then tap `(kh, kw)` of output pixel `ow`
+    /// reads pixel `ow + (kw * dil) / s` of phase `(kw * dil) % s`, so for every tap the inputs of
+    /// a whole output row are one contiguous byte run, and an output row is a flat loop over
+    /// `ow_n * c` bytes with no per-pixel work.
+    #[cfg(target_arch = "x86_64")]
+    fn run_rows(&self, x: &[u8], xs: NhwcShape, x_zp: i32, rq: &ConvRequant, y: &mut [u8]) -> Result<()> {
+        let g = &self.geometry;
+        let c = g.c_out;
+        let (oh_n, ow_n) = g.output_hw(xs.h, xs.w)?;
+        let (sh, sw) = g.stride;
+        let (dh, dw) = g.dilation;
+        let (ph, pw) = g.padding;
+        let padded_w = xs.w + 2 * pw;
+        let phase_len = padded_w.div_ceil(sw) * c;
+        let input_row = sw * phase_len;
+        let span = (g.kernel.0 - 1) * dh + 1;
+        let zp = x_zp as u8;
+        let zp_row = vec![zp; phase_len];
+        let epi = super::depthwise_avx512::Epilogue::for_rows(self, x_zp, rq);
+        let taps_padded = g.taps().next_multiple_of(TAP_GROUP);
+        let out_row = ow_n * c;
+        let threads = rayon::current_num_threads();
+        // Bands small enough that their scratch rows stay in L1/L2 between the copy and the use.
+        let max_band = (SCRATCH_BYTES / input_row).saturating_sub(span) / sh + 1;
+        let band = if threads > 1 {
+            oh_n.div_ceil((2 * threads).div_ceil(xs.n))
+        } else {
+            oh_n
+        }
+        .clamp(1, max_band.clamp(1, 16));
+        let image = xs.h * xs.w * c;
+        y.par_chunks_mut(oh_n * out_row).enumerate().for_each(|(n, y_img)| {
+            let x_img = &x[n * image..(n + 1) * image];
+            y_img
+                .par_chunks_mut(band * out_row)
+                .enumerate()
+                .for_each(|(b, y_band)| {
+                    let oh0 = b * band;
+                    let rows = y_band.len() / out_row;
+                    // Input rows `first..first + need` (unpadded indices, possibly out of range).
+                    let first = (oh0 * sh) as i64 - ph as i64;
+                    let need = (rows - 1) * sh + span;
+                    let mut scratch = vec![zp; need * input_row];
+                    for (i, dst) in scratch.chunks_exact_mut(input_row).enumerate() {
+                        let ih = first + i as i64;
+                        if ih < 0 || ih >= xs.h as i64 {
+                            continue;
+                        }
+                        let src = &x_img[ih as usize * xs.w * c..][..xs.w * c];
+                        if sw == 1 {
+                            dst[pw * c..pw * c + xs.w * c].copy_from_slice(src);
+                        } else {
+                            // SAFETY: the row path is available (AVX-512 BW); `dst` is one input
+                            // row of `sw` phase rows holding `ceil(padded_w / sw)` pixels each.
+                            unsafe { super::depthwise_avx512::scatter_phases(src, dst, c, sw, pw, phase_len) }
+                        }
+                    }
+                    let mut taps: Vec<*const u8> = Vec::with_capacity(taps_padded);
+                    for (r, out) in y_band.chunks_exact_mut(out_row).enumerate() {
+                        taps.clear();
+                        for kh in 0..g.kernel.0 {
+                            let i = r * sh + kh * dh;
+                            let ih = first + i as i64;
+                            for kw in 0..g.kernel.1 {
+                                if ih < 0 || ih >= xs.h as i64 {
+                                    taps.push(zp_row.as_ptr());
+                                } else {
+                                    let (phase, shift) = ((kw * dw) % sw, (kw * dw) / sw);
+                                    let at = i * input_row + phase * phase_len + shift * c;
+                                    // Output byte `j < ow_n * c` reads `at + j`, inside this phase row.
+                                    debug_assert!(shift * c + out_row <= phase_len);
+                                    taps.push(scratch[at..].as_ptr());
+                                }
+                            }
+                        }
+                        while taps.len() < taps_padded {
+                            taps.push(zp_row.as_ptr());
+                        }
+                        // SAFETY: the row path is available (checked by `run`); every tap pointer
+                        // has `ow_n * c` readable bytes (a phase row holds `ceil(padded_w / s)`
+                        // pixels and the last output pixel reads pixel `ow_n - 1 + shift` of it; the
+                        // zero-point row holds a whole phase row); the weights and epilogue are this
+                        // convolution's row layout.
+                        unsafe { super::depthwise_avx512::row(self, &self.row_interleaved, &taps, &epi, out) }
+                    }
+                });
         });
         Ok(())
     }

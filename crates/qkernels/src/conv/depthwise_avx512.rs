@@ -9,15 +9,14 @@
 //! point); the correction `- x_zp * sum w - w_zp * sum x + taps * x_zp * w_zp` makes it the
 //! reference's `sum (x - x_zp) * (w - w_zp)`. For fbgemm parity (see `depthwise.rs`) the
 //! products of taps (4g, 4g+1) and (4g+2, 4g+3) are summed with the saturating `vpmaddubsw`
-//! first, exactly as fbgemm pairs them, and `vpdpwssd` widens the two pair sums. The float epilogue performs the reference's
-//! operations in the same order (convert, add bias term, multiply, round half to even); values
-//! are clamped to +-2^30 before the conversion so that huge products saturate as in the
-//! reference instead of turning into `i32::MIN`. Channels left after the 64-wide blocks run in
+//! first, exactly as fbgemm pairs them, and `vpdpwssd` widens the two pair sums. The float epilogue is the shared
+//! `requant::avx512::requant16`. Channels left after the 64-wide blocks run in
 //! 16-wide blocks with masked loads and stores.
 
 use std::arch::x86_64::*;
 
 use super::depthwise::{PackedDepthwise, TAP_GROUP};
+use super::requant::avx512::requant16 as requant16_shared;
 use super::requant::ConvRequant;
 
 const WIDE: usize = 64;
@@ -25,7 +24,6 @@ const NARROW: usize = 16;
 /// Bytes of interleaved weights per 64-channel block and tap group.
 const WIDE_GROUP_BYTES: usize = WIDE * TAP_GROUP;
 const NARROW_GROUP_BYTES: usize = NARROW * TAP_GROUP;
-const CLAMP: f32 = (1u32 << 30) as f32;
 
 pub fn supported() -> bool {
     is_x86_feature_detected!("avx512f")
@@ -239,12 +237,162 @@ unsafe fn requant16(acc: __m512i, xsum: __m512i, epi: &Epilogue, at: usize, symm
         let wzp = _mm512_loadu_si512(epi.weight_zp.as_ptr().add(at).cast());
         corrected = _mm512_sub_epi32(corrected, _mm512_mullo_epi32(wzp, xsum));
     }
-    let f = _mm512_add_ps(
-        _mm512_cvtepi32_ps(corrected),
+    requant16_shared(
+        corrected,
         _mm512_loadu_ps(epi.bias_term.as_ptr().add(at)),
-    );
-    let f = _mm512_mul_ps(f, _mm512_loadu_ps(epi.multiplier.as_ptr().add(at)));
-    let f = _mm512_min_ps(_mm512_max_ps(f, _mm512_set1_ps(-CLAMP)), _mm512_set1_ps(CLAMP));
-    let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
-    _mm512_add_epi32(r, _mm512_set1_epi32(epi.zero_point))
+        _mm512_loadu_ps(epi.multiplier.as_ptr().add(at)),
+        _mm512_set1_epi32(epi.zero_point),
+    )
+}
+
+/// Most distinct 64-byte weight patterns the row kernel accepts (`c / gcd(c, 64)`); channel
+/// counts needing more run pixel by pixel.
+pub const MAX_ROW_PATTERNS: usize = 32;
+
+/// Number of 64-byte patterns a flat row of `c`-channel pixels cycles through.
+pub fn row_patterns(c: usize) -> usize {
+    let (mut a, mut b) = (c, 64);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    c / a
+}
+
+/// Weights of the row kernel: for each of the `row_patterns(c)` 64-byte positions of a flat
+/// output row (byte `i` of pattern `q` is channel `(64 q + i) % c`), each tap group of four,
+/// the interleaved layout of the wide blocks above.
+pub fn pack_rows(tap_major: &[i8], c: usize, taps: usize) -> Vec<i8> {
+    let groups = taps.div_ceil(TAP_GROUP);
+    let patterns = row_patterns(c);
+    let w = |t: usize, ch: usize| if t < taps { tap_major[t * c + ch] } else { 0 };
+    let mut out = Vec::with_capacity(patterns * groups * WIDE_GROUP_BYTES);
+    for q in 0..patterns {
+        for g in 0..groups {
+            for r in 0..4 {
+                for e in 0..16 {
+                    for t in 0..TAP_GROUP {
+                        out.push(w(g * TAP_GROUP + t, (q * WIDE + wide_channel(r, e)) % c));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Epilogue {
+    /// Constants of the row kernel: per pattern, 64 entries in kernel order.
+    pub fn for_rows(p: &PackedDepthwise, x_zp: i32, rq: &ConvRequant) -> Epilogue {
+        let c = p.geometry.c_out;
+        let taps_padded = p.geometry.taps().next_multiple_of(TAP_GROUP) as i32;
+        let order: Vec<usize> = (0..row_patterns(c) * WIDE)
+            .map(|i| (i / WIDE * WIDE + wide_channel(i % WIDE / 16, i % 16)) % c)
+            .collect();
+        Epilogue {
+            offset: order
+                .iter()
+                .map(|&ch| -x_zp * p.weight_sums[ch] + taps_padded * x_zp * p.weight_zps[ch])
+                .collect(),
+            weight_zp: order.iter().map(|&ch| p.weight_zps[ch]).collect(),
+            bias_term: order.iter().map(|&ch| rq.bias_term[ch]).collect(),
+            multiplier: order.iter().map(|&ch| rq.multiplier[ch]).collect(),
+            zero_point: rq.zero_point,
+            lo: rq.lo as u8,
+            hi: rq.hi as u8,
+        }
+    }
+}
+
+/// One output row as a flat byte vector: `out[j] = requant(sum_t taps[t][j] * w[t][j % c])`,
+/// 64 bytes at a time (the last block masked). `taps[t]` is the input the tap reads for output
+/// byte 0, already shifted and phase-split so that output byte `j` reads `taps[t][j]`.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VL/VNNI; `taps.len()` is the packed tap count rounded up to
+/// 4; every tap pointer has `out.len()` readable bytes; `weights` is `pack_rows` of `p` and
+/// `epi` its `for_rows`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn row(p: &PackedDepthwise, weights: &[i8], taps: &[*const u8], epi: &Epilogue, out: &mut [u8]) {
+    let len = out.len();
+    let groups = taps.len() / TAP_GROUP;
+    let patterns = row_patterns(p.geometry.c_out);
+    let w = weights.as_ptr();
+    let (lo, hi) = (_mm512_set1_epi8(epi.lo as i8), _mm512_set1_epi8(epi.hi as i8));
+    let mut j0 = 0;
+    let mut q = 0;
+    while j0 < len {
+        let valid = (len - j0).min(WIDE);
+        let mask: __mmask64 = if valid == WIDE { !0 } else { (1u64 << valid) - 1 };
+        let mut acc = [_mm512_setzero_si512(); 4];
+        let mut xsum = [_mm512_setzero_si512(); 4];
+        for g in 0..groups {
+            // SAFETY: masked loads read only the `valid` bytes every tap pointer holds.
+            let t: [__m512i; 4] =
+                std::array::from_fn(|i| _mm512_maskz_loadu_epi8(mask, taps[g * TAP_GROUP + i].add(j0).cast()));
+            let lo01 = _mm512_unpacklo_epi8(t[0], t[1]);
+            let hi01 = _mm512_unpackhi_epi8(t[0], t[1]);
+            let lo23 = _mm512_unpacklo_epi8(t[2], t[3]);
+            let hi23 = _mm512_unpackhi_epi8(t[2], t[3]);
+            let a = [
+                _mm512_unpacklo_epi16(lo01, lo23),
+                _mm512_unpackhi_epi16(lo01, lo23),
+                _mm512_unpacklo_epi16(hi01, hi23),
+                _mm512_unpackhi_epi16(hi01, hi23),
+            ];
+            // SAFETY: `pack_rows` holds `groups` 256-byte groups per pattern.
+            let wg = w.add((q * groups + g) * WIDE_GROUP_BYTES);
+            for r in 0..4 {
+                let wr = _mm512_loadu_si512(wg.add(r * 64).cast());
+                acc[r] = if p.saturating_pairs {
+                    _mm512_dpwssd_epi32(acc[r], _mm512_maddubs_epi16(a[r], wr), _mm512_set1_epi16(1))
+                } else {
+                    _mm512_dpbusd_epi32(acc[r], a[r], wr)
+                };
+                if !p.symmetric {
+                    xsum[r] = _mm512_dpbusd_epi32(xsum[r], a[r], _mm512_set1_epi8(1));
+                }
+            }
+        }
+        let v: [__m512i; 4] = std::array::from_fn(|r| requant16(acc[r], xsum[r], epi, q * WIDE + r * 16, p.symmetric));
+        let packed = _mm512_packus_epi16(_mm512_packs_epi32(v[0], v[1]), _mm512_packs_epi32(v[2], v[3]));
+        let clamped = _mm512_min_epu8(_mm512_max_epu8(packed, lo), hi);
+        // SAFETY: the masked store writes only the `valid` bytes inside `out`.
+        _mm512_mask_storeu_epi8(out.as_mut_ptr().add(j0).cast(), mask, clamped);
+        j0 += WIDE;
+        q = if q + 1 == patterns { 0 } else { q + 1 };
+    }
+}
+
+/// Copies the pixels of one input row (`src`, `c` bytes each) into its `s` phase rows of
+/// `dst`: padded pixel `iw + pad` goes to phase `(iw + pad) % s`, slot `(iw + pad) / s`.
+/// Pixels move as 64-byte masked vectors (a byte-slice copy would call `memcpy` per pixel).
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW; `src.len()` is a multiple of `c`; `dst` holds `s` phase rows
+/// of `phase_len` bytes, each with room for slot `(src.len() / c - 1 + pad) / s`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn scatter_phases(src: &[u8], dst: &mut [u8], c: usize, s: usize, pad: usize, phase_len: usize) {
+    let pixels = src.len() / c;
+    debug_assert!(dst.len() >= (s - 1) * phase_len + ((pixels - 1 + pad) / s + 1) * c);
+    let tail = c % WIDE;
+    let tail_mask: __mmask64 = if tail == 0 { 0 } else { (1u64 << tail) - 1 };
+    for iw in 0..pixels {
+        let p = iw + pad;
+        let from = src.as_ptr().add(iw * c);
+        let to = dst.as_mut_ptr().add((p % s) * phase_len + (p / s) * c);
+        let mut b = 0;
+        // SAFETY: each step reads and writes bytes `b..b + 64` (or the masked tail) of one
+        // `c`-byte pixel.
+        while b + WIDE <= c {
+            _mm512_storeu_si512(to.add(b).cast(), _mm512_loadu_si512(from.add(b).cast()));
+            b += WIDE;
+        }
+        if tail != 0 {
+            _mm512_mask_storeu_epi8(
+                to.add(b).cast(),
+                tail_mask,
+                _mm512_maskz_loadu_epi8(tail_mask, from.add(b).cast()),
+            );
+        }
+    }
 }

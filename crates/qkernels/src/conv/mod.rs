@@ -1,7 +1,9 @@
 //! Quantized 2-D convolutions on channels-last (NHWC) `u8` activations with `i8` weights:
 //! `Conv2d` (any stride, padding, dilation and groups; padding holds the input zero point),
-//! depthwise convolutions through a direct kernel, 1x1 and general convolutions through the
-//! shared GEMM, and `ConvTranspose2d` with per-tensor or per-channel weights.
+//! depthwise convolutions through a direct kernel (whole output rows at a time), one-group
+//! convolutions with symmetric weights through a direct implicit-GEMM kernel (`direct.rs`: no
+//! im2col matrix; the default up to a 1280-deep reduction), the others through the shared GEMM,
+//! and `ConvTranspose2d` with per-tensor or per-channel weights.
 //!
 //! Every path produces the integers of [`reference`], which follows PyTorch fbgemm's
 //! `ReQuantizeOutput` (see [`requant`]). Weights are packed once ([`PackedConv2d::new`]); a call
@@ -25,6 +27,9 @@
 pub mod depthwise;
 #[cfg(target_arch = "x86_64")]
 mod depthwise_avx512;
+mod direct;
+#[cfg(target_arch = "x86_64")]
+mod direct_avx512;
 pub mod geometry;
 mod im2col;
 pub mod layout;
@@ -114,12 +119,15 @@ pub enum ConvPath {
     /// The shared GEMM on the given path: in place for 1x1 convolutions, through im2col blocks
     /// otherwise (every geometry but depthwise).
     Gemm(KernelPath),
+    /// Direct AVX-512 VNNI convolution without an im2col matrix (one group, symmetric
+    /// weights; see `direct.rs`).
+    Direct,
 }
 
 #[derive(Debug, Clone)]
 enum Packed {
     Depthwise(PackedDepthwise),
-    Gemm(im2col::GemmConv),
+    Gemm(im2col::GemmConv, Option<direct::DirectConv>),
 }
 
 /// A `Conv2d` with its weights packed for the fastest path the geometry allows.
@@ -174,7 +182,10 @@ impl PackedConv2d {
             )?)
         } else {
             gemm::check_k("conv2d", geometry.depth())?;
-            Packed::Gemm(im2col::GemmConv::new(&geometry, weights, &weight_quant)?)
+            Packed::Gemm(
+                im2col::GemmConv::new(&geometry, weights, &weight_quant)?,
+                direct::DirectConv::new(&geometry, weights, &weight_quant),
+            )
         };
         Ok(PackedConv2d {
             geometry,
@@ -213,7 +224,12 @@ impl PackedConv2d {
         let mut paths = vec![ConvPath::Reference];
         match self.packed {
             Packed::Depthwise(_) => paths.extend(DepthwisePath::available().into_iter().map(ConvPath::Depthwise)),
-            Packed::Gemm(_) => paths.extend(gemm::available_paths().into_iter().map(ConvPath::Gemm)),
+            Packed::Gemm(_, ref direct) => {
+                paths.extend(gemm::available_paths().into_iter().map(ConvPath::Gemm));
+                if direct.is_some() && direct::supported() {
+                    paths.push(ConvPath::Direct);
+                }
+            }
         }
         paths
     }
@@ -223,12 +239,15 @@ impl PackedConv2d {
         if forced_reference() {
             return match self.packed {
                 Packed::Depthwise(_) => ConvPath::Depthwise(DepthwisePath::Portable),
-                Packed::Gemm(_) => ConvPath::Gemm(KernelPath::Reference),
+                Packed::Gemm(..) => ConvPath::Gemm(KernelPath::Reference),
             };
         }
         match self.packed {
             Packed::Depthwise(_) => ConvPath::Depthwise(DepthwisePath::best()),
-            Packed::Gemm(_) => ConvPath::Gemm(gemm::best_path()),
+            Packed::Gemm(_, Some(_)) if direct::supported() && self.geometry.depth() <= direct::MAX_PREFERRED_DEPTH => {
+                ConvPath::Direct
+            }
+            Packed::Gemm(..) => ConvPath::Gemm(gemm::best_path()),
         }
     }
 
@@ -309,7 +328,12 @@ impl PackedConv2d {
                 Ok(())
             }
             (ConvPath::Depthwise(p), Packed::Depthwise(dw)) => dw.run(p, x, xs, x_q.zero_point, &rq, y),
-            (ConvPath::Gemm(p), Packed::Gemm(gc)) => gc.run(p, g, x, xs, x_q, y_q, activation, self.bias.as_deref(), y),
+            (ConvPath::Direct, Packed::Gemm(_, Some(dc))) if direct::supported() => {
+                dc.run(x, xs, x_q.zero_point, &rq, y)
+            }
+            (ConvPath::Gemm(p), Packed::Gemm(gc, _)) => {
+                gc.run(p, g, x, xs, x_q, y_q, activation, self.bias.as_deref(), y)
+            }
             (path, _) => Err(KernelError::Param {
                 op: "conv2d",
                 detail: format!("path {path:?} does not apply to {g:?}; pick one of {:?}", self.paths()),

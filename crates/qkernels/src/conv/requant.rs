@@ -210,3 +210,32 @@ pub fn requantize(acc: i32, bias_term: f32, multiplier: f32, zero_point: i32, lo
     let r = scaled.round_ties_even() as i64 + zero_point as i64;
     r.clamp(lo as i64, hi as i64) as u8
 }
+
+/// The requantization above, 16 output channels at a time, for the AVX-512 kernels.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Products beyond this magnitude saturate anyway; clamping before the conversion keeps
+    /// huge values from turning into `i32::MIN` (an integer bound, so it commutes with rounding).
+    const CLAMP: f32 = (1u32 << 30) as f32;
+
+    /// `round_half_even((f32(acc) + bias_term) * multiplier) + zero_point` for 16 lanes, not
+    /// yet clamped to `[lo, hi]`: the operations of [`super::requantize`] in the same order.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn requant16(
+        acc: __m512i,
+        bias_term: __m512,
+        multiplier: __m512,
+        zero_point: __m512i,
+    ) -> __m512i {
+        let f = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(acc), bias_term), multiplier);
+        let f = _mm512_min_ps(_mm512_max_ps(f, _mm512_set1_ps(-CLAMP)), _mm512_set1_ps(CLAMP));
+        let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
+        _mm512_add_epi32(r, zero_point)
+    }
+}

@@ -27,6 +27,9 @@ pub struct PackedConvTranspose2d {
     /// GEMM weights `[kh*kw*c_out, c_in]` and the bias repeated per tap, for non-overlapping
     /// layers.
     gemm: Option<(PackedWeights, Option<Vec<f32>>)>,
+    /// The same `[kh*kw*c_out, c_in]` product on the direct kernel (a 1x1 convolution with
+    /// `kh*kw*c_out` output channels), with its per-column weight quantization and bias.
+    direct: Option<(super::direct::DirectConv, ConvWeightQuant, Option<Vec<f32>>)>,
 }
 
 impl PackedConvTranspose2d {
@@ -50,6 +53,7 @@ impl PackedConvTranspose2d {
         }
         weight_quant.check_channels("conv_transpose2d", geometry.c_out)?;
         let g = &geometry;
+        let mut direct = None;
         let non_overlapping = g.kernel == g.stride && g.padding == (0, 0) && g.dilation == (1, 1) && g.groups == 1;
         let gemm = if non_overlapping {
             let (taps, c_out, c_in) = (g.taps(), g.c_out, g.c_in);
@@ -73,7 +77,19 @@ impl PackedConvTranspose2d {
                 }
             };
             let packed = PackedWeights::new(&w, taps * c_out, c_in, quant)?;
-            let bias = bias.as_ref().map(|b| (0..taps * c_out).map(|j| b[j % c_out]).collect());
+            let bias: Option<Vec<f32>> = bias.as_ref().map(|b| (0..taps * c_out).map(|j| b[j % c_out]).collect());
+            // Per-tensor stays per-tensor (its bias term uses the f64 reciprocal).
+            let column_quant = if weight_quant.is_per_channel() {
+                ConvWeightQuant::per_channel(
+                    (0..taps * c_out).map(|j| weight_quant.scale(j % c_out)).collect(),
+                    (0..taps * c_out).map(|j| weight_quant.zero_point(j % c_out)).collect(),
+                )?
+            } else {
+                weight_quant.clone()
+            };
+            let as_conv = super::Conv2dGeometry::new(c_in, taps * c_out, (1, 1));
+            direct =
+                super::direct::DirectConv::new(&as_conv, &w, &column_quant).map(|d| (d, column_quant, bias.clone()));
             Some((packed, bias))
         } else {
             None
@@ -84,16 +100,25 @@ impl PackedConvTranspose2d {
             weight_quant,
             bias,
             gemm,
+            direct,
         })
     }
 
-    /// `"gemm"` for non-overlapping layers, else `"reference"`.
+    /// `"direct"` or `"gemm"` for non-overlapping layers, else `"reference"`.
     pub fn path_name(&self) -> &'static str {
-        if self.gemm.is_some() && !super::forced_reference() {
+        if self.has_direct() && !super::forced_reference() {
+            "direct"
+        } else if self.gemm.is_some() && !super::forced_reference() {
             "gemm"
         } else {
             "reference"
         }
+    }
+
+    /// Whether [`PackedConvTranspose2d::run_direct`] runs on this CPU for this layer (one
+    /// group, non-overlapping taps, symmetric weights, AVX-512 VNNI).
+    pub fn has_direct(&self) -> bool {
+        self.direct.is_some() && super::direct::supported()
     }
 
     pub fn geometry(&self) -> &ConvTranspose2dGeometry {
@@ -116,15 +141,17 @@ impl PackedConvTranspose2d {
         activation: FusedActivation,
         y: &mut [u8],
     ) -> Result<()> {
+        if self.path_name() == "direct" {
+            return self.run_direct(x, xs, x_q, y_q, activation, y);
+        }
         let path = (self.path_name() == "gemm").then(gemm::best_path);
         self.run_with(path, x, xs, x_q, y_q, activation, y)
     }
 
-    /// [`PackedConvTranspose2d::run`] with the GEMM on `gemm_path`, or the reference for `None`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn run_with(
+    /// Non-overlapping layers on the direct kernel (see [`PackedConvTranspose2d::has_direct`]);
+    /// the same integers as every other path.
+    pub fn run_direct(
         &self,
-        gemm_path: Option<KernelPath>,
         x: &[u8],
         xs: NhwcShape,
         x_q: ActQuant,
@@ -132,6 +159,48 @@ impl PackedConvTranspose2d {
         activation: FusedActivation,
         y: &mut [u8],
     ) -> Result<()> {
+        let Some((direct, column_quant, bias)) = self.direct.as_ref().filter(|_| super::direct::supported()) else {
+            return Err(KernelError::Param {
+                op: "conv_transpose2d",
+                detail: format!(
+                    "{:?} has no direct path on this CPU; use run or run_with",
+                    self.geometry
+                ),
+            });
+        };
+        let (ys, rq) = self.check(x, xs, x_q, y_q, activation, y)?;
+        let cols = direct.c_out();
+        let column_rq = ConvRequant::new(
+            "conv_transpose2d",
+            x_q,
+            column_quant,
+            cols,
+            bias.as_deref(),
+            y_q,
+            activation,
+        )?;
+        let mut tmp = vec![0u8; xs.n * xs.h * xs.w * cols];
+        direct.run(
+            x,
+            NhwcShape::new(xs.n, xs.h, xs.w, xs.c),
+            x_q.zero_point,
+            &column_rq,
+            &mut tmp,
+        )?;
+        self.scatter(&tmp, xs, ys, &rq, y);
+        Ok(())
+    }
+
+    /// Validates the call and builds the output-channel requantization.
+    fn check(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+        y: &[u8],
+    ) -> Result<(NhwcShape, ConvRequant)> {
         let g = &self.geometry;
         if xs.c != g.c_in {
             return Err(KernelError::Shape {
@@ -151,6 +220,47 @@ impl PackedConvTranspose2d {
             y_q,
             activation,
         )?;
+        Ok((ys, rq))
+    }
+
+    /// Moves the `[n*h*w, kh*kw*c_out]` products to their output pixels: with kernel = stride,
+    /// the `kw * c_out` bytes of input pixel `iw` and kernel row `kh` are output pixels
+    /// `iw * kw .. (iw + 1) * kw` of output row `ih * kh_n + kh`, one contiguous run. Output
+    /// padding pixels receive no tap and hold the requantized bias.
+    fn scatter(&self, tmp: &[u8], xs: NhwcShape, ys: NhwcShape, rq: &ConvRequant, y: &mut [u8]) {
+        let g = &self.geometry;
+        let (kh_n, kw_n) = g.kernel;
+        let cols = kh_n * kw_n * g.c_out;
+        let run = kw_n * g.c_out;
+        let empty: Vec<u8> = (0..g.c_out).map(|c| rq.apply(c, 0)).collect();
+        y.par_chunks_mut(ys.w * g.c_out).enumerate().for_each(|(row, out)| {
+            let (n, oh) = (row / ys.h, row % ys.h);
+            let (ih, kh) = (oh / g.stride.0, oh % g.stride.0);
+            let covered = if ih < xs.h && kh < kh_n { xs.w } else { 0 };
+            for iw in 0..covered {
+                let src = ((n * xs.h + ih) * xs.w + iw) * cols + kh * run;
+                out[iw * run..(iw + 1) * run].copy_from_slice(&tmp[src..src + run]);
+            }
+            for dst in out[covered * run..].chunks_exact_mut(g.c_out) {
+                dst.copy_from_slice(&empty);
+            }
+        });
+    }
+
+    /// [`PackedConvTranspose2d::run`] with the GEMM on `gemm_path`, or the reference for `None`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with(
+        &self,
+        gemm_path: Option<KernelPath>,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+        y: &mut [u8],
+    ) -> Result<()> {
+        let g = &self.geometry;
+        let (ys, rq) = self.check(x, xs, x_q, y_q, activation, y)?;
         match (gemm_path, &self.gemm) {
             (None, _) => {
                 let (w, wq) = (&self.weights, &self.weight_quant);
@@ -181,22 +291,8 @@ impl PackedConvTranspose2d {
                     GemmOutput::U8(&mut tmp),
                     &GemmConfig::with_path(path),
                 )?;
-                let empty: Vec<u8> = (0..g.c_out).map(|c| rq.apply(c, 0)).collect();
-                let (kh_n, kw_n) = g.kernel;
-                y.par_chunks_mut(ys.w * g.c_out).enumerate().for_each(|(row, out)| {
-                    let (n, oh) = (row / ys.h, row % ys.h);
-                    let (ih, kh) = (oh / g.stride.0, oh % g.stride.0);
-                    for ow in 0..ys.w {
-                        let (iw, kw) = (ow / g.stride.1, ow % g.stride.1);
-                        let dst = &mut out[ow * g.c_out..(ow + 1) * g.c_out];
-                        if ih < xs.h && iw < xs.w && kh < kh_n && kw < kw_n {
-                            let src = ((n * xs.h + ih) * xs.w + iw) * cols + (kh * kw_n + kw) * g.c_out;
-                            dst.copy_from_slice(&tmp[src..src + g.c_out]);
-                        } else {
-                            dst.copy_from_slice(&empty);
-                        }
-                    }
-                });
+                debug_assert_eq!(cols, g.taps() * g.c_out);
+                self.scatter(&tmp, xs, ys, &rq, y);
                 Ok(())
             }
             (Some(_), None) => Err(KernelError::Param {

@@ -1,0 +1,264 @@
+//! Direct ("implicit GEMM") convolution for one group and symmetric weights: no im2col matrix.
+//! With NHWC input and dilation 1 along W, the `kw * c_in` inputs one kernel row sees are
+//! contiguous bytes of one input row, so an output pixel's reduction is `kh` contiguous
+//! segments (`kh * kw` segments of `c_in` bytes with a dilation). Each segment is zero-padded
+//! to a multiple of 4 bytes in the packed weights, and the kernel reads 4 input bytes at a time
+//! straight from the (padded) input rows: a 3-channel first layer costs no im2col copy and
+//! wastes only the rounding of `kw * 3` up to 4.
+//!
+//! Padding: a task computing a band of output rows first copies the input rows it needs into a
+//! scratch buffer with `padding.1` zero-point pixels on both sides (rows above or below the
+//! input are all zero point), so every tap reads real memory and a padded tap holds `x_zp`
+//! exactly as in [`super::reference`]. Unpadded convolutions whose segments are whole 4-byte
+//! groups read the input in place.
+//!
+//! Arithmetic: the kernel sums the raw products `x * w` (i32, exact: `K <= MAX_K`), then
+//! `acc - x_zp * sum w` is the reference's `sum (x - x_zp) * w` (symmetric weights only; other
+//! weight zero points take the GEMM path), followed by the shared requantization
+//! ([`super::requant`]). Bands are independent rayon tasks and each output value is computed by
+//! one register tile with the whole reduction, so results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+use super::geometry::Conv2dGeometry;
+use super::requant::{ConvRequant, ConvWeightQuant};
+use super::NhwcShape;
+use crate::Result;
+
+/// Output channels per packed panel (one zmm of i32 accumulators).
+pub(crate) const PANEL: usize = 16;
+/// Bytes of one packed row: 16 channels x 4 reduction bytes.
+pub(crate) const PANEL_ROW: usize = PANEL * 4;
+/// Bytes after the last scratch row, so a 4-byte read that starts inside a segment stays in
+/// the buffer.
+const SLACK: usize = 64;
+/// Most output rows one task computes (bounds the scratch copy to about `band + kh` rows).
+const MAX_BAND: usize = 16;
+
+/// Deepest reduction for which the direct kernel is the default: the weights of a two-panel
+/// column tile (`depth / 4 * 128` bytes) then stay in L1 while a row streams past them. Deeper
+/// convolutions (ResNet's 256- and 512-channel 3x3 layers) run faster on the cache-blocked GEMM.
+pub(crate) const MAX_PREFERRED_DEPTH: usize = 1280;
+
+/// 64 packed weight bytes, 64-byte aligned so loads never split cache lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct PanelRow(pub(crate) [i8; PANEL_ROW]);
+
+/// Contiguous input bytes of one reduction segment, relative to an output pixel's first tap.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Segment {
+    /// Input row offset (`kh * dilation.0`).
+    row: usize,
+    /// Byte offset inside the padded input row (`kw * dilation.1 * c_in`).
+    offset: usize,
+    /// Real bytes (the packed weights cover `4 * groups` with zeros past them).
+    bytes: usize,
+    pub(crate) groups: usize,
+}
+
+/// Weights packed for the direct kernel, panel-major: `[panel][group][16 channels][4 bytes]`
+/// with the groups of every segment in order.
+#[derive(Clone)]
+pub(crate) struct DirectConv {
+    geometry: Conv2dGeometry,
+    segments: Vec<Segment>,
+    pub(crate) panels: usize,
+    /// Packed rows per panel (sum of the segments' groups).
+    pub(crate) groups_total: usize,
+    pub(crate) weights: Vec<PanelRow>,
+    /// `sum w` per output channel, zero-padded to whole panels.
+    weight_sums: Vec<i32>,
+    /// The input must be copied into padded rows (padding, or segments that end inside a group).
+    needs_copy: bool,
+}
+
+impl std::fmt::Debug for DirectConv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectConv")
+            .field("segments", &self.segments)
+            .field("panels", &self.panels)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the CPU runs the direct kernel (AVX-512 VNNI).
+pub(crate) fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::depthwise_avx512::supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+impl DirectConv {
+    /// Packs PyTorch-layout weights `[c_out, c_in, kh, kw]`; `None` for geometries the kernel
+    /// does not cover (several groups, or non-zero weight zero points).
+    pub(crate) fn new(g: &Conv2dGeometry, w: &[i8], wq: &ConvWeightQuant) -> Option<DirectConv> {
+        if g.groups != 1 || !wq.is_symmetric() {
+            return None;
+        }
+        let (kh_n, kw_n) = g.kernel;
+        let c = g.c_in;
+        let mut segments = Vec::new();
+        for kh in 0..kh_n {
+            let row = kh * g.dilation.0;
+            if g.dilation.1 == 1 {
+                segments.push(Segment {
+                    row,
+                    offset: 0,
+                    bytes: kw_n * c,
+                    groups: (kw_n * c).div_ceil(4),
+                });
+            } else {
+                for kw in 0..kw_n {
+                    segments.push(Segment {
+                        row,
+                        offset: kw * g.dilation.1 * c,
+                        bytes: c,
+                        groups: c.div_ceil(4),
+                    });
+                }
+            }
+        }
+        let groups_total: usize = segments.iter().map(|s| s.groups).sum();
+        let panels = g.c_out.div_ceil(PANEL);
+        let mut weights = vec![PanelRow([0; PANEL_ROW]); panels * groups_total];
+        let mut weight_sums = vec![0i32; panels * PANEL];
+        for oc in 0..g.c_out {
+            let (panel, lane) = (oc / PANEL, oc % PANEL);
+            let mut group = 0;
+            for (si, seg) in segments.iter().enumerate() {
+                for b in 0..seg.bytes {
+                    // Segment `si` is kernel row `kh` (and column `kw` with a dilation).
+                    let (kh, kw, ic) = if g.dilation.1 == 1 {
+                        (si, b / c, b % c)
+                    } else {
+                        (si / kw_n, si % kw_n, b)
+                    };
+                    let v = w[((oc * c + ic) * kh_n + kh) * kw_n + kw];
+                    weights[panel * groups_total + group + b / 4].0[lane * 4 + b % 4] = v;
+                    weight_sums[oc] += v as i32;
+                }
+                group += seg.groups;
+            }
+        }
+        let needs_copy = g.padding != (0, 0) || segments.iter().any(|s| s.bytes % 4 != 0);
+        Some(DirectConv {
+            geometry: *g,
+            segments,
+            panels,
+            groups_total,
+            weights,
+            weight_sums,
+            needs_copy,
+        })
+    }
+
+    /// Convolves NHWC `x` into NHWC `y`. The caller has checked the shapes and that the CPU
+    /// runs the kernel ([`supported`]).
+    pub(crate) fn run(&self, x: &[u8], xs: NhwcShape, x_zp: i32, rq: &ConvRequant, y: &mut [u8]) -> Result<()> {
+        let g = &self.geometry;
+        let (oh_n, ow_n) = g.output_hw(xs.h, xs.w)?;
+        let c = g.c_in;
+        let epi = Epilogue::new(self, x_zp, rq);
+        let (ph, pw) = g.padding;
+        let (sh, sw) = g.stride;
+        let span = (g.kernel.0 - 1) * g.dilation.0 + 1;
+        let in_row = xs.w * c;
+        let padded_row = (xs.w + 2 * pw) * c;
+        let out_row = ow_n * g.c_out;
+        let threads = rayon::current_num_threads();
+        let tasks_per_image = (2 * threads).div_ceil(xs.n);
+        let band = if threads > 1 {
+            oh_n.div_ceil(tasks_per_image)
+        } else {
+            oh_n
+        }
+        .clamp(1, MAX_BAND);
+        let zp = x_zp as u8;
+        let image = xs.h * in_row;
+        y.par_chunks_mut(oh_n * out_row).enumerate().for_each(|(n, y_img)| {
+            let x_img = &x[n * image..(n + 1) * image];
+            y_img
+                .par_chunks_mut(band * out_row)
+                .enumerate()
+                .for_each(|(b, y_band)| {
+                    let oh0 = b * band;
+                    let rows = y_band.len() / out_row;
+                    let scratch;
+                    // `src` row `i` is input row `first + i` (padded coordinates when copied).
+                    let (src, row_bytes, first) = if self.needs_copy {
+                        let need = (rows - 1) * sh + span;
+                        let mut buf = vec![zp; need * padded_row + SLACK];
+                        for (i, dst) in buf.chunks_exact_mut(padded_row).take(need).enumerate() {
+                            let ih = (oh0 * sh + i) as i64 - ph as i64;
+                            if ih >= 0 && (ih as usize) < xs.h {
+                                let at = ih as usize * in_row;
+                                dst[pw * c..pw * c + in_row].copy_from_slice(&x_img[at..at + in_row]);
+                            }
+                        }
+                        scratch = buf;
+                        (scratch.as_slice(), padded_row, 0)
+                    } else {
+                        (x_img, in_row, oh0 * sh)
+                    };
+                    let offsets: Vec<usize> = self
+                        .segments
+                        .iter()
+                        .flat_map(|s| (0..s.groups).map(move |i| s.row * row_bytes + s.offset + 4 * i))
+                        .collect();
+                    let last = offsets.last().copied().unwrap_or(0) + (ow_n - 1) * sw * c;
+                    for (r, y_row) in y_band.chunks_exact_mut(out_row).enumerate() {
+                        let at = (first + r * sh) * row_bytes;
+                        assert!(at + last + 4 <= src.len() + 3 * usize::from(!self.needs_copy));
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: `supported()` was checked by the caller; the assert above keeps
+                        // every 4-byte read inside `src` (the scratch has SLACK bytes past its last
+                        // row; in place, segments are whole groups so the last read ends inside the
+                        // input), and `y_row` holds `ow_n * c_out` bytes.
+                        unsafe {
+                            super::direct_avx512::row(self, &epi, src[at..].as_ptr(), &offsets, sw * c, ow_n, y_row)
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        unreachable!("the direct path exists on x86_64 only: {y_row:?}");
+                    }
+                });
+        });
+        Ok(())
+    }
+
+    pub(crate) fn c_out(&self) -> usize {
+        self.geometry.c_out
+    }
+}
+
+/// Per-call requantization constants, zero-padded to whole panels.
+pub(crate) struct Epilogue {
+    /// `-x_zp * sum w` per channel.
+    pub(crate) offset: Vec<i32>,
+    pub(crate) bias_term: Vec<f32>,
+    pub(crate) multiplier: Vec<f32>,
+    pub(crate) zero_point: i32,
+    pub(crate) lo: i32,
+    pub(crate) hi: i32,
+}
+
+impl Epilogue {
+    fn new(p: &DirectConv, x_zp: i32, rq: &ConvRequant) -> Epilogue {
+        let padded = p.panels * PANEL;
+        let c = p.geometry.c_out;
+        let pad = |v: &[f32]| (0..padded).map(|j| if j < c { v[j] } else { 0.0 }).collect();
+        Epilogue {
+            offset: p.weight_sums.iter().map(|&s| s.wrapping_mul(-x_zp)).collect(),
+            bias_term: pad(&rq.bias_term),
+            multiplier: pad(&rq.multiplier),
+            zero_point: rq.zero_point,
+            lo: rq.lo,
+            hi: rq.hi,
+        }
+    }
+}

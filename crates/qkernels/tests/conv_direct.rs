@@ -1,0 +1,90 @@
+//! Property test of the direct convolution kernel (one group, symmetric weights): rows wide
+//! enough for whole register tiles plus ragged ones, 1 to 5 panels of output channels with a
+//! partial last panel, channel counts that are not multiples of 4, every stride, padding and
+//! dilation mix, against the reference on 1 and 3 threads; and the same for the depthwise
+//! row kernel.
+
+use proptest::prelude::*;
+use qkernels::conv::{
+    ActQuant, Conv2dGeometry, ConvArithmetic, ConvPath, ConvWeightQuant, FusedActivation, NhwcShape, PackedConv2d,
+};
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn direct_matches_reference(
+        c_in in 1usize..11, c_out in 1usize..80, kh in 1usize..6, kw in 1usize..8, stride in 1usize..4,
+        pad in 0usize..4, dil in 1usize..3, h in 1usize..12, w in 1usize..48, n in 1usize..3,
+        per_channel in any::<bool>(), xzp in 0i32..256, act in 0u8..3, seed in any::<u64>(),
+    ) {
+        let g = Conv2dGeometry::new(c_in, c_out, (kh, kw)).with_stride(stride, stride.div_ceil(2))
+            .with_padding(pad.min(kh), pad).with_dilation(dil, dil);
+        prop_assume!(g.output_hw(h, w).is_ok());
+        let mut s = seed | 1;
+        let mut rnd = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+        let wts: Vec<i8> = (0..c_out * g.depth()).map(|_| rnd() as i8).collect();
+        let wq = if per_channel {
+            ConvWeightQuant::per_channel((0..c_out).map(|i| 0.0005 + i as f32 * 1e-5).collect(), vec![0; c_out]).unwrap()
+        } else {
+            ConvWeightQuant::per_tensor(0.0007, 0).unwrap()
+        };
+        let bias: Vec<f32> = (0..c_out).map(|i| (i as f32 - 3.0) * 0.05).collect();
+        let conv = PackedConv2d::new(g, &wts, wq, Some(bias)).unwrap();
+        prop_assume!(conv.paths().contains(&ConvPath::Direct));
+        let activation = [FusedActivation::None, FusedActivation::Relu, FusedActivation::Relu6][act as usize];
+        let xs = NhwcShape::new(n, h, w, c_in);
+        let x: Vec<u8> = (0..xs.len()).map(|_| rnd() as u8).collect();
+        let (x_q, y_q) = (ActQuant::new(0.05, xzp).unwrap(), ActQuant::new(0.04, 100).unwrap());
+        let ys = conv.output_shape(xs).unwrap();
+        let mut expected = vec![0u8; ys.len()];
+        conv.run_with(ConvPath::Reference, &x, xs, x_q, y_q, activation, &mut expected).unwrap();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut y = vec![0u8; ys.len()];
+            pool.install(|| conv.run_with(ConvPath::Direct, &x, xs, x_q, y_q, activation, &mut y)).unwrap();
+            prop_assert_eq!(&y, &expected, "{:?} on {} threads", g, threads);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// Depthwise row kernel: flat rows of several 64-byte blocks with a ragged tail, channel
+    /// counts with one to many weight patterns, strides 1-3 (phase-split rows), dilation and
+    /// padding, both arithmetics and asymmetric weights, on 1 and 3 threads.
+    #[test]
+    fn depthwise_rows_match_reference(
+        c in 1usize..100, k in 1usize..6, stride in 1usize..4, pad in 0usize..3, dil in 1usize..3,
+        h in 1usize..9, w in 1usize..40, n in 1usize..3, wzp in -2i32..3, xzp in 0i32..256,
+        exact in any::<bool>(), act in 0u8..3, seed in any::<u64>(),
+    ) {
+        let c = if c > 60 { 8 * (c - 60) } else { c };
+        let g = Conv2dGeometry::new(c, c, (k, k)).with_stride(stride, stride).with_padding(pad, pad)
+            .with_dilation(dil, dil).with_groups(c);
+        prop_assume!(c > 1 && g.output_hw(h, w).is_ok());
+        let mut s = seed | 1;
+        let mut rnd = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+        let wts: Vec<i8> = (0..c * k * k).map(|_| rnd() as i8).collect();
+        let wq = ConvWeightQuant::per_channel((0..c).map(|i| 0.001 + i as f32 * 1e-5).collect(), vec![wzp; c]).unwrap();
+        let bias: Vec<f32> = (0..c).map(|i| (i as f32 - 3.0) * 0.05).collect();
+        let arithmetic = if exact { ConvArithmetic::Exact } else { ConvArithmetic::FbgemmParity };
+        let conv = PackedConv2d::new(g, &wts, wq, Some(bias)).unwrap().with_arithmetic(arithmetic).unwrap();
+        let activation = [FusedActivation::None, FusedActivation::Relu, FusedActivation::Relu6][act as usize];
+        let xs = NhwcShape::new(n, h, w, c);
+        let x: Vec<u8> = (0..xs.len()).map(|_| rnd() as u8).collect();
+        let (x_q, y_q) = (ActQuant::new(0.05, xzp).unwrap(), ActQuant::new(0.04, 100).unwrap());
+        let ys = conv.output_shape(xs).unwrap();
+        let mut expected = vec![0u8; ys.len()];
+        conv.run_with(ConvPath::Reference, &x, xs, x_q, y_q, activation, &mut expected).unwrap();
+        for path in conv.paths() {
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut y = vec![0u8; ys.len()];
+                pool.install(|| conv.run_with(path, &x, xs, x_q, y_q, activation, &mut y)).unwrap();
+                prop_assert_eq!(&y, &expected, "{:?} {:?} on {} threads", g, path, threads);
+            }
+        }
+    }
+}
