@@ -3,6 +3,7 @@
 //! The entry points of qforge: dynamic quantization, static post-training quantization and
 //! quantization-aware training, quantized model files, and reports of what was quantized.
 
+pub mod benchmark;
 pub mod compare;
 pub mod dynamic;
 pub mod dynamic_graph;
