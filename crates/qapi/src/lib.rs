@@ -7,6 +7,7 @@ pub mod dynamic;
 pub mod dynamic_graph;
 mod error;
 pub mod file;
+pub mod models;
 pub mod qconfig;
 pub mod report;
 
