@@ -1,6 +1,6 @@
 //! Vectorized f32 `exp` and erf-GELU for the transformer hot loops (softmax, GELU), written so
 //! the compiler turns each loop into SIMD code: no branches, no library calls, integer tricks for
-//! `2^n`. Every path (AVX2-compiled or baseline) runs the same scalar formula with plain
+//! `2^n`. Every path (AVX-512, AVX2 or baseline build) runs the same scalar formula with plain
 //! multiplies and adds (no fused multiply-add), so both give identical bits.
 //!
 //! `exp(x)`: 0 below -87, otherwise `x` is clamped to `[-87, 88]` (so `2^n` stays normal), split as
@@ -63,18 +63,27 @@ pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Applies `f` to every element, in a loop compiled for AVX2 when the CPU has it.
+/// Applies `f` to every element, in a loop compiled for AVX-512 or AVX2 when the CPU has them.
 #[inline(always)]
 fn map_inplace<F: Fn(f32) -> f32 + Copy>(x: &mut [f32], f: F) {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn map_avx512<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
+            x.iter_mut().for_each(|v| *v = f(*v));
+        }
         #[target_feature(enable = "avx2")]
         unsafe fn map_avx2<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
             x.iter_mut().for_each(|v| *v = f(*v));
         }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above); the function only enables
+            // those instructions, it has no other precondition.
+            unsafe { map_avx512(x, f) };
+            return;
+        }
         if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above); the function only enables
-            // the instructions, it has no other precondition.
+            // SAFETY: as above, for AVX2.
             unsafe { map_avx2(x, f) };
             return;
         }
