@@ -46,7 +46,9 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let size_bytes = qapi::stored_size_bytes(&graph);
     let enc = bench_input(&model, args.batch, args.seq)?;
     let ms = with_threads(args.threads, || {
-        median_ms(3, args.reps, || last_hidden_state(&graph, &enc).map(|_| ()).map_err(CliError::from))
+        median_ms(3, args.reps, || {
+            last_hidden_state(&graph, &enc).map(|_| ()).map_err(CliError::from)
+        })
     })??;
     let mode = match args.mode {
         Mode::Fp32 => "fp32",

@@ -63,7 +63,13 @@ fn transformer_row() -> Result<(), CliError> {
     let (s32, s8) = (qapi::stored_size_bytes(&fp32), qapi::stored_size_bytes(&int8));
     println!("  batch 1, seq 128, 1 thread:");
     println!("  {:<22} {:>9} {:>10} {:>8}", "", "latency", "size", "cosine");
-    println!("  {:<22} {:>6.2} ms {:>7.1} MB {:>8}", "fp32", t32, s32 as f64 / 1e6, "1");
+    println!(
+        "  {:<22} {:>6.2} ms {:>7.1} MB {:>8}",
+        "fp32",
+        t32,
+        s32 as f64 / 1e6,
+        "1"
+    );
     println!(
         "  {:<22} {:>6.2} ms {:>7.1} MB {:>8.5}",
         "dynamic int8 (qforge)",

@@ -55,6 +55,11 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let view = TensorView::new(Dtype::F32, shape.clone(), &bytes).map_err(|e| CliError::Usage(e.to_string()))?;
     safetensors::serialize_to_file([("embeddings", view)], &None, &args.output)
         .map_err(|e| CliError::Usage(format!("writing {}: {e}", args.output.display())))?;
-    eprintln!("{} embeddings {:?} -> {}", sentences.len(), shape, args.output.display());
+    eprintln!(
+        "{} embeddings {:?} -> {}",
+        sentences.len(),
+        shape,
+        args.output.display()
+    );
     Ok(())
 }

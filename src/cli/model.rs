@@ -114,7 +114,9 @@ pub fn bench_input(model: &LoadedBert, batch: usize, seq: usize) -> Result<Encod
     Ok(Encoded {
         batch,
         seq,
-        input_ids: (0..n).map(|i| ((i * 7919 + 101) % model.config.vocab_size) as i64).collect(),
+        input_ids: (0..n)
+            .map(|i| ((i * 7919 + 101) % model.config.vocab_size) as i64)
+            .collect(),
         attention_mask: vec![1; n],
         token_type_ids: vec![0; n],
     })

@@ -10,9 +10,21 @@ pub struct Args {}
 
 /// (op, what it is, dynamic int8 kernel).
 const OPS: &[(OpKind, &str, &str)] = &[
-    (OpKind::Linear, "torch.nn.Linear (+ fused ReLU)", "qint8 weights per-channel or per-tensor, u8 activations per-row or per-tensor; float16 weight-only"),
-    (OpKind::Lstm, "torch.nn.LSTM", "qint8 W_ih / W_hh, f32 gate math; float16 weight-only"),
-    (OpKind::Gru, "torch.nn.GRU", "qint8 W_ih / W_hh, f32 gate math; float16 weight-only"),
+    (
+        OpKind::Linear,
+        "torch.nn.Linear (+ fused ReLU)",
+        "qint8 weights per-channel or per-tensor, u8 activations per-row or per-tensor; float16 weight-only",
+    ),
+    (
+        OpKind::Lstm,
+        "torch.nn.LSTM",
+        "qint8 W_ih / W_hh, f32 gate math; float16 weight-only",
+    ),
+    (
+        OpKind::Gru,
+        "torch.nn.GRU",
+        "qint8 W_ih / W_hh, f32 gate math; float16 weight-only",
+    ),
     (OpKind::Conv2d, "torch.nn.Conv2d (+ fused ReLU)", "-"),
     (OpKind::ConvTranspose2d, "torch.nn.ConvTranspose2d", "-"),
     (OpKind::BatchNorm1d, "torch.nn.BatchNorm1d", "-"),

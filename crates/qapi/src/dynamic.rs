@@ -15,9 +15,9 @@ use qgraph::ops::gemm::{sgemm, MatRef};
 use qkernels::gemm::{
     finite_min_max, gemm_u8s8, ActivationQuant, Dequantize, Epilogue, GemmConfig, GemmOutput, PackedWeights,
 };
-use rayon::prelude::*;
 use qtensor::quantize::{quantize_into, Affine};
 use qtensor::{choose_dynamic_qparams, DType, QParams, QTensor, QuantSpec, Scheme, Tensor};
+use rayon::prelude::*;
 
 use crate::{ApiError, Result};
 

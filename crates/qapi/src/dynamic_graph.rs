@@ -247,9 +247,8 @@ impl DynamicRnnOp {
         } else {
             RnnCell::Gru
         };
-        let bias = |name: String| -> Result<Option<&Tensor>> {
-            Ok(if attrs.bias { Some(node.param(&name)?) } else { None })
-        };
+        let bias =
+            |name: String| -> Result<Option<&Tensor>> { Ok(if attrs.bias { Some(node.param(&name)?) } else { None }) };
         let layers = (0..attrs.num_layers)
             .map(|l| {
                 Ok(RnnLayerWeights {
@@ -286,7 +285,10 @@ impl DynamicRnnOp {
             });
         if !ok {
             return Err(ApiError::Config {
-                detail: format!("{cell:?} attributes {attrs:?} disagree with the {} quantized layers", layers.len()),
+                detail: format!(
+                    "{cell:?} attributes {attrs:?} disagree with the {} quantized layers",
+                    layers.len()
+                ),
             });
         }
         Ok(DynamicRnnOp { cell, attrs, layers })

@@ -153,7 +153,11 @@ impl QConfigMap {
 
     /// The configuration of a node and where it came from.
     pub fn resolve(&self, name: &str, kind: OpKind) -> (Option<QConfig>, ConfigSource) {
-        let exact = self.by_name.iter().rev().find(|(r, _)| matches!(r, NameRule::Exact(n) if n == name));
+        let exact = self
+            .by_name
+            .iter()
+            .rev()
+            .find(|(r, _)| matches!(r, NameRule::Exact(n) if n == name));
         if let Some((_, c)) = exact {
             return (*c, ConfigSource::Name(name.to_string()));
         }

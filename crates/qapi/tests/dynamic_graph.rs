@@ -23,7 +23,11 @@ fn randomize(graph: &mut Graph, seed: u64, scale: f32) {
 
 fn sqnr_db(reference: &[f32], approx: &[f32]) -> f32 {
     let signal: f64 = reference.iter().map(|&v| (v as f64).powi(2)).sum();
-    let noise: f64 = reference.iter().zip(approx).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    let noise: f64 = reference
+        .iter()
+        .zip(approx)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
     (10.0 * (signal / noise.max(1e-30)).log10()) as f32
 }
 
@@ -54,7 +58,11 @@ fn linear_graph_is_close_to_fp32_and_reported() {
     let g = mlp();
     let x = input(&[4, 32], 9);
     let want = run(&g, &x);
-    for config in [DynamicConfig::qforge(), DynamicConfig::pytorch_fbgemm(), DynamicConfig::float16()] {
+    for config in [
+        DynamicConfig::qforge(),
+        DynamicConfig::pytorch_fbgemm(),
+        DynamicConfig::float16(),
+    ] {
         let (q, report) = quantize_dynamic(&g, &[OpKind::Linear], config).unwrap();
         let got = run(&q, &x);
         let db = sqnr_db(&want, &got);
@@ -74,7 +82,10 @@ fn linear_graph_is_close_to_fp32_and_reported() {
     let NodeStatus::Quantized { detail } = &report.node("fc2").unwrap().status else {
         panic!("fc2 not quantized")
     };
-    assert_eq!(detail, "qint8 per-channel weights, quint8 per-row activations (dynamic)");
+    assert_eq!(
+        detail,
+        "qint8 per-channel weights, quint8 per-row activations (dynamic)"
+    );
     assert!(report.to_string().contains("2 quantized"));
 }
 
@@ -87,20 +98,31 @@ fn pytorch_preset_nodes_equal_dynamic_linear() {
     let got = run(&q, &x);
     // The same computation by hand with DynamicLinear.
     let node = |name: &str| g.node(g.find(name).unwrap());
-    let fc1 = DynamicLinear::new(node("fc1").param("weight").unwrap(), Some(node("fc1").param("bias").unwrap()), config)
-        .unwrap();
-    let fc2 = DynamicLinear::new(node("fc2").param("weight").unwrap(), Some(node("fc2").param("bias").unwrap()), config)
-        .unwrap();
+    let fc1 = DynamicLinear::new(
+        node("fc1").param("weight").unwrap(),
+        Some(node("fc1").param("bias").unwrap()),
+        config,
+    )
+    .unwrap();
+    let fc2 = DynamicLinear::new(
+        node("fc2").param("weight").unwrap(),
+        Some(node("fc2").param("bias").unwrap()),
+        config,
+    )
+    .unwrap();
     let mut h = fc1.forward(x.as_f32().unwrap()).unwrap();
     h.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
     let want = fc2.forward(&h).unwrap();
     assert_eq!(got, want.data());
     // The custom op exposes its parts and can be rebuilt from them.
     let id = q.find("fc2").unwrap();
-    let Op::Custom(c) = &q.node(id).op else { panic!("fc2 not replaced") };
+    let Op::Custom(c) = &q.node(id).op else {
+        panic!("fc2 not replaced")
+    };
     let op = c.as_any().downcast_ref::<DynamicLinearOp>().unwrap();
     let w = op.linear().quantized_weight().unwrap().clone();
-    let rebuilt = DynamicLinear::from_quantized(w, op.linear().bias().map(<[f32]>::to_vec), *op.linear().config()).unwrap();
+    let rebuilt =
+        DynamicLinear::from_quantized(w, op.linear().bias().map(<[f32]>::to_vec), *op.linear().config()).unwrap();
     assert_eq!(rebuilt.forward(&h).unwrap(), want);
     assert!(DynamicLinearOp::new(op.attrs().clone(), fc1).is_err());
 }
@@ -138,7 +160,11 @@ fn rnn_graph(lstm: bool) -> Graph {
     };
     let mut b = GraphBuilder::new();
     let x = b.input("x", &[3, 6, 8]);
-    let y = if lstm { b.lstm("rnn", x, attrs) } else { b.gru("rnn", x, attrs) };
+    let y = if lstm {
+        b.lstm("rnn", x, attrs)
+    } else {
+        b.gru("rnn", x, attrs)
+    };
     let z = b.linear("head", y, 16, 4);
     b.output(z);
     let mut g = b.build().unwrap();
@@ -152,13 +178,19 @@ fn lstm_and_gru_are_close_to_fp32() {
         let g = rnn_graph(lstm);
         let x = input(&[3, 6, 8], 21);
         let want = run(&g, &x);
-        for config in [DynamicConfig::qforge(), DynamicConfig::pytorch_fbgemm(), DynamicConfig::float16()] {
+        for config in [
+            DynamicConfig::qforge(),
+            DynamicConfig::pytorch_fbgemm(),
+            DynamicConfig::float16(),
+        ] {
             let kinds = [OpKind::Linear, OpKind::Lstm, OpKind::Gru];
             let (q, report) = quantize_dynamic(&g, &kinds, config).unwrap();
             let db = sqnr_db(&want, &run(&q, &x));
             assert!(db > 30.0, "lstm {lstm} {config:?}: {db} dB");
             assert_eq!(report.quantized(), vec!["rnn", "head"]);
-            let Op::Custom(c) = &q.node(q.find("rnn").unwrap()).op else { panic!() };
+            let Op::Custom(c) = &q.node(q.find("rnn").unwrap()).op else {
+                panic!()
+            };
             let op = c.as_any().downcast_ref::<DynamicRnnOp>().unwrap();
             assert_eq!(op.cell(), if lstm { RnnCell::Lstm } else { RnnCell::Gru });
             assert_eq!(op.layers().len(), 2);
@@ -175,7 +207,9 @@ fn lstm_and_gru_are_close_to_fp32() {
 #[test]
 fn errors() {
     let g = mlp();
-    let err = quantize_dynamic(&g, &[], DynamicConfig::qforge()).unwrap_err().to_string();
+    let err = quantize_dynamic(&g, &[], DynamicConfig::qforge())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no op kinds"), "{err}");
     let err = quantize_dynamic(&g, &[OpKind::Conv2d], DynamicConfig::qforge())
         .unwrap_err()

@@ -22,7 +22,10 @@ fn model_dir() -> Option<PathBuf> {
     if dir.join("model.safetensors").is_file() && dir.join("tokenizer.json").is_file() {
         return Some(dir);
     }
-    let message = format!("all-MiniLM-L6-v2 not found in {}; run `cargo xtask fetch-models`", root.display());
+    let message = format!(
+        "all-MiniLM-L6-v2 not found in {}; run `cargo xtask fetch-models`",
+        root.display()
+    );
     if std::env::var("QFORGE_REQUIRE_MODELS").as_deref() == Ok("1") {
         panic!("{message}");
     }
@@ -64,7 +67,11 @@ impl Golden {
     fn f32s(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
         let v = st.tensor(name).unwrap();
-        let data = v.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let data = v
+            .data()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         (v.shape().to_vec(), data)
     }
 
@@ -85,7 +92,10 @@ fn cosines(a: &[f32], b: &[f32], h: usize) -> (f32, f32) {
         .zip(b.chunks(h))
         .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum())
         .collect();
-    (cos.iter().sum::<f32>() / cos.len() as f32, cos.iter().cloned().fold(1.0, f32::min))
+    (
+        cos.iter().sum::<f32>() / cos.len() as f32,
+        cos.iter().cloned().fold(1.0, f32::min),
+    )
 }
 
 #[test]

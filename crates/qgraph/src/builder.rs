@@ -5,8 +5,8 @@
 
 use crate::graph::{default_params, Graph, Node, NodeId};
 use crate::op::{
-    AttentionAttrs, BatchNormAttrs, Conv2dAttrs, ConvTranspose2dAttrs, FusedActivation, GeluApprox, LayerNormAttrs, LinearAttrs, Op,
-    Pool2dAttrs, RnnAttrs, UpsampleMode,
+    AttentionAttrs, BatchNormAttrs, Conv2dAttrs, ConvTranspose2dAttrs, FusedActivation, GeluApprox, LayerNormAttrs,
+    LinearAttrs, Op, Pool2dAttrs, RnnAttrs, UpsampleMode,
 };
 use crate::value::ValueType;
 use crate::Result;

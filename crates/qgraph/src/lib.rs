@@ -36,7 +36,7 @@ pub use fuse::{FusedGroup, FusionReport};
 pub use graph::{Graph, NamedNode, Node, NodeId, NodeQConfig};
 pub use observers::{Observer, ObserverConfig, ObserverKind};
 pub use op::{
-    AttentionAttrs, BatchNormAttrs, Conv2dAttrs, ConvTranspose2dAttrs, CustomOp, FusedActivation, GeluApprox, LayerNormAttrs,
-    LinearAttrs, Op, OpKind, Pool2dAttrs, RnnAttrs, UpsampleMode,
+    AttentionAttrs, BatchNormAttrs, Conv2dAttrs, ConvTranspose2dAttrs, CustomOp, FusedActivation, GeluApprox,
+    LayerNormAttrs, LinearAttrs, Op, OpKind, Pool2dAttrs, RnnAttrs, UpsampleMode,
 };
 pub use value::{IdTensor, Value, ValueType};

@@ -125,7 +125,12 @@ pub fn build_bert(config: &BertConfig, prefix: &str) -> Result<Graph> {
     let types = b.input_ids("token_type_ids", &[1, 8]);
     let word = b.embedding(&n("embeddings.word_embeddings"), ids, config.vocab_size, h);
     let pos_ids = b.position_ids(&n("embeddings.position_ids"), ids);
-    let pos = b.embedding(&n("embeddings.position_embeddings"), pos_ids, config.max_position_embeddings, h);
+    let pos = b.embedding(
+        &n("embeddings.position_embeddings"),
+        pos_ids,
+        config.max_position_embeddings,
+        h,
+    );
     let typ = b.embedding(&n("embeddings.token_type_embeddings"), types, config.type_vocab_size, h);
     let sum = b.add(&n("embeddings.add_position"), word, pos);
     let sum = b.add(&n("embeddings.add_token_type"), sum, typ);
@@ -193,7 +198,9 @@ pub fn randomize(graph: &mut Graph, seed: u64) {
                         0.0
                     }
                 } else {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
                 };
             }
@@ -205,10 +212,12 @@ pub fn randomize(graph: &mut Graph, seed: u64) {
 pub fn bert_inputs(enc: &Encoded) -> Result<Vec<Value>> {
     let shape = [enc.batch, enc.seq];
     let id = |v: &[i64], what: &str| {
-        IdTensor::new(shape, v.to_vec()).map(Value::I64).ok_or_else(|| ApiError::BadTensor {
-            name: what.into(),
-            detail: format!("expected {} values for {shape:?}, got {}", enc.batch * enc.seq, v.len()),
-        })
+        IdTensor::new(shape, v.to_vec())
+            .map(Value::I64)
+            .ok_or_else(|| ApiError::BadTensor {
+                name: what.into(),
+                detail: format!("expected {} values for {shape:?}, got {}", enc.batch * enc.seq, v.len()),
+            })
     };
     Ok(vec![
         id(&enc.input_ids, "input_ids")?,

@@ -37,7 +37,9 @@ pub struct BertTokenizer {
 
 impl std::fmt::Debug for BertTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BertTokenizer").field("max_length", &self.max_length).finish()
+        f.debug_struct("BertTokenizer")
+            .field("max_length", &self.max_length)
+            .finish()
     }
 }
 
@@ -94,7 +96,8 @@ impl BertTokenizer {
         };
         for e in &encodings {
             out.input_ids.extend(e.get_ids().iter().map(|&v| v as i64));
-            out.attention_mask.extend(e.get_attention_mask().iter().map(|&v| v as i64));
+            out.attention_mask
+                .extend(e.get_attention_mask().iter().map(|&v| v as i64));
             out.token_type_ids.extend(e.get_type_ids().iter().map(|&v| v as i64));
         }
         Ok(out)

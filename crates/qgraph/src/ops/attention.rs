@@ -24,10 +24,13 @@ pub fn attention_shape(node: &str, a: &AttentionAttrs, ins: &[&[usize]]) -> Resu
     if ins.len() != 4 {
         return Err(shape_err(
             node,
-            format!("Attention expects 4 inputs (query, key, value, mask), got {}", ins.len()),
+            format!(
+                "Attention expects 4 inputs (query, key, value, mask), got {}",
+                ins.len()
+            ),
         ));
     }
-    if a.num_heads == 0 || a.hidden_size % a.num_heads != 0 {
+    if a.num_heads == 0 || !a.hidden_size.is_multiple_of(a.num_heads) {
         return Err(shape_err(
             node,
             format!(

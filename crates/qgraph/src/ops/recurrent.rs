@@ -105,11 +105,15 @@ pub enum RnnWeight {
 }
 
 pub fn lstm(node: &Node, a: &RnnAttrs, x: &Tensor) -> Result<Tensor> {
-    lstm_with(a, x, |l, w, rows_data, rows| fp32_projection(node, a, l, w, rows_data, rows))
+    lstm_with(a, x, |l, w, rows_data, rows| {
+        fp32_projection(node, a, l, w, rows_data, rows)
+    })
 }
 
 pub fn gru(node: &Node, a: &RnnAttrs, x: &Tensor) -> Result<Tensor> {
-    gru_with(a, x, |l, w, rows_data, rows| fp32_projection(node, a, l, w, rows_data, rows))
+    gru_with(a, x, |l, w, rows_data, rows| {
+        fp32_projection(node, a, l, w, rows_data, rows)
+    })
 }
 
 fn fp32_projection(node: &Node, a: &RnnAttrs, l: usize, w: RnnWeight, x: &[f32], rows: usize) -> Result<Vec<f32>> {
