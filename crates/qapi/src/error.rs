@@ -30,6 +30,9 @@ pub enum ApiError {
     #[error("invalid configuration: {detail}")]
     Config { detail: String },
 
+    #[error("tokenizer: {detail}")]
+    Tokenizer { detail: String },
+
     #[error(transparent)]
     Quant(#[from] qtensor::QError),
 

@@ -20,7 +20,7 @@ pub mod serialize;
 pub mod static_ptq;
 pub mod supported;
 
-pub use dynamic_graph::{quantize_dynamic, DynamicLinearOp, DynamicRnnOp, RnnCell, RnnLayerWeights};
+pub use dynamic_graph::{quantize_dynamic, stored_size_bytes, DynamicLinearOp, DynamicRnnOp, RnnCell, RnnLayerWeights};
 pub use error::{ApiError, Result};
 pub use file::{ModelFile, StoredTensor, FORMAT_VERSION};
 pub use qconfig::{ConfigSource, QConfig, QConfigMap};

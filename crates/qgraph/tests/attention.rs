@@ -9,7 +9,9 @@ fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-fn naive(q: &[f32], k: &[f32], v: &[f32], mask: &[i64], b: usize, s: usize, hidden: usize, heads: usize) -> Vec<f32> {
+/// `dims` = (batch, seq, hidden, heads).
+fn naive(q: &[f32], k: &[f32], v: &[f32], mask: &[i64], dims: (usize, usize, usize, usize)) -> Vec<f32> {
+    let (b, s, hidden, heads) = dims;
     let dh = hidden / heads;
     let mut y = vec![0.0f32; b * s * hidden];
     for bi in 0..b {
@@ -57,7 +59,7 @@ fn attention_matches_naive_reference_with_padding() {
             Value::I64(IdTensor::new([b, s], mask.clone()).unwrap()),
         ])
         .unwrap();
-    let want = naive(&qd, &kd, &vd, &mask, b, s, hidden, heads);
+    let want = naive(&qd, &kd, &vd, &mask, (b, s, hidden, heads));
     let got = out[0].as_f32().unwrap();
     assert_eq!(got.shape(), &[b, s, hidden]);
     for (i, (a, w)) in got.data().iter().zip(&want).enumerate() {

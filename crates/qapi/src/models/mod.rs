@@ -1,8 +1,12 @@
-//! Model builders with PyTorch parameter names, for benchmarks, demos and loading checkpoints.
+//! Ready-made model graphs with the parameter names of their reference implementations (HF
+//! BERT, torchvision MobileNetV2 and ResNet18, the benchmark UNet), seeded initialisation, and
+//! the pre-processing they need (tokenizers), so real checkpoints load and run as they are.
 
+pub mod bert;
 pub mod init;
 pub mod mobilenet_v2;
 pub mod resnet18;
+pub mod tokenizer;
 pub mod unet;
 
 pub use init::init_weights;

@@ -2,7 +2,7 @@
 //!
 //! BatchNorm as PyTorch's CPU inference kernel: `alpha = w / sqrt(var + eps)`,
 //! `y = x * alpha + (b - mean * alpha)` per channel. LayerNorm: biased variance over the
-//! trailing `normalized_shape`, `y = (x - mean) / sqrt(var + eps) * w + b`.
+//! trailing `normalized_shape` (two passes in f32: mean, then mean squared deviation), `y = (x - mean) / sqrt(var + eps) * w + b`.
 
 use qtensor::Tensor;
 
@@ -82,16 +82,32 @@ pub fn layer_norm(node: &Node, a: &LayerNormAttrs, x: &Tensor) -> Result<Tensor>
     };
     let mut y = x.clone();
     for row in y.data_mut().chunks_exact_mut(d) {
-        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
-        let inv = 1.0 / (var + a.eps as f64).sqrt();
-        for (i, v) in row.iter_mut().enumerate() {
-            let mut r = ((*v as f64 - mean) * inv) as f32;
-            if let (Some(w), Some(b)) = (w, b) {
-                r = r * w[i] + b[i];
+        let mean = lane_sum(row, |v| v) / d as f32;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
+        let inv = 1.0 / (var + a.eps).sqrt();
+        match (w, b) {
+            (Some(w), Some(b)) => {
+                for ((v, &wi), &bi) in row.iter_mut().zip(w).zip(b) {
+                    *v = (*v - mean) * inv * wi + bi;
+                }
             }
-            *v = r;
+            _ => row.iter_mut().for_each(|v| *v = (*v - mean) * inv),
         }
     }
     Ok(y)
+}
+
+/// `sum f(x_i)` in 16 independent f32 partial sums (vectorizes without reassociation flags and
+/// keeps the rounding error near that of a pairwise sum).
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += f(c[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }

@@ -18,6 +18,50 @@ pub fn finite_min_max(x: &[f32]) -> Result<(f32, f32)> {
             detail: "the input is empty; at least one value is needed for a range".into(),
         });
     }
+    let (min, max, all_finite) = lanes_min_max_dispatch(x);
+    if !all_finite {
+        let (index, value) = x
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite())
+            .map(|(i, &v)| (i, v))
+            .unwrap();
+        return Err(KernelError::Quant(qtensor::QError::NonFinite {
+            what: "dynamic activations",
+            index,
+            value,
+        }));
+    }
+    Ok((min, max))
+}
+
+/// The 16-lane min/max loop, compiled for AVX-512 or AVX2 when the CPU has them (the same
+/// comparisons in every build, so the same result).
+fn lanes_min_max_dispatch(x: &[f32]) -> (f32, f32, bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(x: &[f32]) -> (f32, f32, bool) {
+            lanes_min_max(x)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(x: &[f32]) -> (f32, f32, bool) {
+            lanes_min_max(x)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is present (checked above); the function has no other precondition.
+            return unsafe { avx512(x) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present (checked above); the function has no other precondition.
+            return unsafe { avx2(x) };
+        }
+    }
+    lanes_min_max(x)
+}
+
+#[inline(always)]
+fn lanes_min_max(x: &[f32]) -> (f32, f32, bool) {
     let mut lo = [f32::INFINITY; LANES];
     let mut hi = [f32::NEG_INFINITY; LANES];
     let mut all_finite = true;
@@ -36,22 +80,9 @@ pub fn finite_min_max(x: &[f32]) -> Result<(f32, f32)> {
         hi[0] = if v > hi[0] { v } else { hi[0] };
         all_finite &= v.is_finite();
     }
-    if !all_finite {
-        let (index, value) = x
-            .iter()
-            .enumerate()
-            .find(|(_, v)| !v.is_finite())
-            .map(|(i, &v)| (i, v))
-            .unwrap();
-        return Err(KernelError::Quant(qtensor::QError::NonFinite {
-            what: "dynamic activations",
-            index,
-            value,
-        }));
-    }
     let min = lo.iter().fold(f32::INFINITY, |a, &b| a.min(b));
     let max = hi.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    Ok((min, max))
+    (min, max, all_finite)
 }
 
 /// Quantizes `x` to u8 with per-tensor parameters chosen from its range, as PyTorch's dynamic
