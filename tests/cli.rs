@@ -25,6 +25,10 @@ fn ops_lists_dynamic_kernels() {
         "{out}"
     );
     assert!(out.contains("3 with dynamic int8 kernels"), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("Conv2d") && l.contains("int8 conv")),
+        "{out}"
+    );
 }
 
 #[test]

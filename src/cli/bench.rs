@@ -1,6 +1,8 @@
-//! `qforge bench --model minilm --mode fp32|dynamic --threads N --json FILE`: median latency at
-//! batch 1, sequence 128 and the stored parameter size, printed and appended as a JSON line
-//! `{"suite":"model","model":..,"mode":..,"batch":..,"seq":..,"threads":..,"median_ms":..,"size_bytes":..}`.
+//! `qforge bench --model minilm|mobilenet_v2|resnet18|unet --mode fp32|dynamic|static
+//! --threads N --json FILE`: median latency at batch 1 (sequence 128 for MiniLM, 224x224 or
+//! 256x256 images for the CNNs) and the size on disk, printed and appended as a JSON line
+//! `{"suite":"model","model":..,"mode":..,"batch":..,"seq"|"hw":..,"threads":..,"median_ms":..,"size_bytes":..}`.
+//! `qforge bench --report --json FILE` renders such a file as Markdown and SVG.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,7 +14,8 @@ use super::CliError;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model to measure (`minilm`: all-MiniLM-L6-v2, or a random model of its shape offline).
+    /// Model to measure: `minilm` (all-MiniLM-L6-v2, or a random model of its shape offline), or
+    /// `mobilenet_v2`, `resnet18`, `unet` (seeded random weights).
     #[arg(long, default_value = "minilm")]
     model: String,
     #[arg(long, value_enum, default_value = "dynamic")]
@@ -29,16 +32,41 @@ pub struct Args {
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 20)]
     reps: usize,
-    /// Append the result as a JSON line to this file.
+    /// Append the result as a JSON line to this file (with `--report`: the rows to render).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Render the rows of `--json FILE` as FILE.md and FILE.svg instead of measuring.
+    #[arg(long)]
+    report: bool,
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
+    if args.report {
+        let rows = args
+            .json
+            .as_ref()
+            .ok_or_else(|| CliError::Usage("--report needs --json FILE with the rows to render".into()))?;
+        return super::report::render(rows);
+    }
+    if qapi::benchmark::CNN_MODELS.contains(&args.model.as_str()) {
+        let mode = match args.mode {
+            Mode::Fp32 => "fp32",
+            Mode::Static => "static",
+            Mode::Dynamic => {
+                return Err(CliError::Usage(format!(
+                    "{} is a CNN: use --mode fp32 or --mode static",
+                    args.model
+                )))
+            }
+        };
+        let row = qapi::benchmark::bench_cnn(&args.model, mode, args.threads, args.reps)?;
+        return emit(&row.json(), args.json.as_deref());
+    }
     if args.model != "minilm" {
         return Err(CliError::Usage(format!(
-            "unknown model `{}`; available: minilm",
-            args.model
+            "unknown model `{}`; available: minilm, {}",
+            args.model,
+            qapi::benchmark::CNN_MODELS.join(", ")
         )));
     }
     let model = minilm_or_random()?;
@@ -53,14 +81,24 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let mode = match args.mode {
         Mode::Fp32 => "fp32",
         Mode::Dynamic => "dynamic",
+        Mode::Static => {
+            return Err(CliError::Usage(
+                "static quantization of transformers is not supported; use --mode dynamic".into(),
+            ))
+        }
     };
     let line = serde_json::json!({
         "suite": "model", "model": args.model, "mode": mode, "batch": args.batch, "seq": enc.seq,
         "threads": args.threads, "median_ms": ms, "size_bytes": size_bytes,
     });
     eprintln!("model: {}", model.source);
+    emit(&line.to_string(), args.json.as_deref())
+}
+
+/// Prints a JSON line and appends it to `json` when given.
+fn emit(line: &str, json: Option<&std::path::Path>) -> Result<(), CliError> {
     println!("{line}");
-    if let Some(path) = &args.json {
+    if let Some(path) = json {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -5,8 +5,11 @@ mod bench;
 mod demo;
 mod embed;
 mod error;
+mod inspect;
 mod model;
 mod ops;
+mod quantize;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -28,8 +31,12 @@ enum Command {
     Embed(embed::Args),
     /// The ops qforge knows and which of them have int8 kernels.
     Ops(ops::Args),
-    /// Model latency and size, as JSON lines.
+    /// Model latency and size, as JSON lines; `--report` renders a table and a chart.
     Bench(bench::Args),
+    /// Quantize a model (architecture + fp32 weights) into a model file.
+    Quantize(quantize::Args),
+    /// Per-node dtypes, quantization parameters, sizes and why a node stayed f32.
+    Inspect(inspect::Args),
 }
 
 /// Runs the parsed command line.
@@ -39,5 +46,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Embed(a) => embed::run(a),
         Command::Ops(a) => ops::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Quantize(a) => quantize::run(a),
+        Command::Inspect(a) => inspect::run(a),
     }
 }

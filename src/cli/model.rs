@@ -20,6 +20,8 @@ pub enum Mode {
     Fp32,
     /// Linear layers dynamically quantized (see `--preset`).
     Dynamic,
+    /// Static int8 (CNNs), calibrated on random images.
+    Static,
 }
 
 /// Dynamic quantization settings.
@@ -99,6 +101,11 @@ pub fn prepare(graph: &Graph, mode: Mode, preset: Preset) -> Result<Graph, CliEr
     Ok(match mode {
         Mode::Fp32 => graph.clone(),
         Mode::Dynamic => qapi::quantize_dynamic(graph, &[OpKind::Linear], preset.config())?.0,
+        Mode::Static => {
+            return Err(CliError::Usage(
+                "static quantization of transformers is not supported; use --mode dynamic".into(),
+            ))
+        }
     })
 }
 

@@ -110,13 +110,18 @@ pub fn cnn(name: &str, batch: usize) -> Result<(Graph, Vec<usize>)> {
 }
 
 fn image(shape: &[usize], seed: u64) -> Result<Vec<Value>> {
-    Ok(vec![Value::F32(Tensor::new(shape.to_vec(), normal(shape.iter().product(), seed))?)])
+    Ok(vec![Value::F32(Tensor::new(
+        shape.to_vec(),
+        normal(shape.iter().product(), seed),
+    )?)])
 }
 
 /// Statically quantizes a vision model with `config`, calibrated on `batches` random images.
 pub fn static_int8(graph: &Graph, shape: &[usize], config: &QConfigMap, batches: usize) -> Result<Graph> {
     let mut prepared = prepare(graph, config)?;
-    let inputs = (0..batches as u64).map(|i| image(shape, 1000 + i)).collect::<Result<Vec<_>>>()?;
+    let inputs = (0..batches as u64)
+        .map(|i| image(shape, 1000 + i))
+        .collect::<Result<Vec<_>>>()?;
     prepared.calibrate(inputs)?;
     Ok(prepared.convert()?.0)
 }
@@ -135,7 +140,9 @@ pub fn bench_cnn(name: &str, mode: &str, threads: usize, reps: usize) -> Result<
         }
     };
     let x = image(&shape, 7)?;
-    let median = with_threads(threads, || median_ms(|| graph.run(x.clone()).map(|_| ()).map_err(Into::into), 2, reps))??;
+    let median = with_threads(threads, || {
+        median_ms(|| graph.run(x.clone()).map(|_| ()).map_err(Into::into), 2, reps)
+    })??;
     Ok(ModelBench {
         model: name.to_string(),
         mode: mode.to_string(),
@@ -145,4 +152,30 @@ pub fn bench_cnn(name: &str, mode: &str, threads: usize, reps: usize) -> Result<
         median_ms: median,
         size_bytes: file_size(&graph)?,
     })
+}
+
+/// Time spent in each node of one run (from the end of the previous node to the end of this
+/// one), slowest first: (node name, op name, ms).
+pub fn profile(graph: &Graph, inputs: Vec<Value>) -> Result<Vec<(String, String, f64)>> {
+    let mut rows = Vec::new();
+    let mut last = Instant::now();
+    graph.run_with(inputs, |node, _| {
+        let now = Instant::now();
+        rows.push((
+            node.name.clone(),
+            node.op.display_name(),
+            (now - last).as_secs_f64() * 1e3,
+        ));
+        last = now;
+        Ok(())
+    })?;
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok(rows)
+}
+
+/// Statically quantized vision model `name` (seeded weights, random calibration) and an input.
+pub fn static_cnn(name: &str) -> Result<(Graph, Vec<Value>)> {
+    let (graph, shape) = cnn(name, 1)?;
+    let q = static_int8(&graph, &shape, &QConfigMap::qforge(), 4)?;
+    Ok((q, image(&shape, 7)?))
 }

@@ -194,6 +194,25 @@ impl ModelFile {
         Ok(ModelFile { tensors, metadata })
     }
 
+    /// Reads any safetensors file of F32, F16 and I32 tensors (e.g. calibration data or an
+    /// exported fp32 state dict), without the qforge format checks.
+    pub fn from_safetensors(bytes: &[u8]) -> Result<ModelFile> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| ApiError::Corrupt { detail: e.to_string() })?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let raw = Raw {
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                bytes: view.data().to_vec(),
+            };
+            tensors.insert(name.clone(), plain_from_raw(&name, &raw)?);
+        }
+        Ok(ModelFile {
+            tensors,
+            metadata: BTreeMap::new(),
+        })
+    }
+
     /// Writes the file.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();

@@ -1,0 +1,30 @@
+//! Per-node time of a statically quantized CNN, slowest first:
+//! `cargo run --release -p qapi --example profile_cnn -- resnet18`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let name = std::env::args().nth(1).unwrap_or_else(|| "resnet18".into());
+    let (graph, x) = qapi::benchmark::static_cnn(&name)?;
+    // Per node, the fastest of several runs: the machine may be shared.
+    let runs = qapi::benchmark::with_threads(1, || {
+        graph.run(x.clone())?;
+        (0..7)
+            .map(|_| qapi::benchmark::profile(&graph, x.clone()))
+            .collect::<Result<Vec<_>, _>>()
+    })??;
+    let mut rows = runs[0].clone();
+    for row in &mut rows {
+        row.2 = runs
+            .iter()
+            .flatten()
+            .filter(|r| r.0 == row.0)
+            .map(|r| r.2)
+            .fold(f64::INFINITY, f64::min);
+    }
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let total: f64 = rows.iter().map(|r| r.2).sum();
+    println!("{name}: {total:.2} ms");
+    for (node, op, ms) in rows.iter().take(25) {
+        println!("{ms:8.3} ms  {op:<28} {node}");
+    }
+    Ok(())
+}
