@@ -43,12 +43,46 @@ pub fn run(args: Args) -> Result<(), CliError> {
     if args.no_model {
         return Ok(());
     }
-    transformer_row()
+    let rows = vec![transformer_row()?, static_row()?];
+    print_table(&rows);
+    Ok(())
 }
 
-fn transformer_row() -> Result<(), CliError> {
+/// One line of the demo table.
+struct Row {
+    route: &'static str,
+    model: String,
+    fp32_ms: f64,
+    int8_ms: f64,
+    fp32_bytes: usize,
+    int8_bytes: usize,
+    accuracy: String,
+}
+
+fn print_table(rows: &[Row]) {
+    println!("\nbatch 1, 1 thread, median latency; sizes are the model files on disk");
+    println!(
+        "{:<8} {:<44} {:>9} {:>9} {:>8} {:>10} {:>10}  accuracy",
+        "route", "model", "fp32 ms", "int8 ms", "speedup", "fp32 size", "int8 size"
+    );
+    for r in rows {
+        println!(
+            "{:<8} {:<44} {:>9.2} {:>9.2} {:>7.2}x {:>7.1} MB {:>7.1} MB  {}",
+            r.route,
+            r.model,
+            r.fp32_ms,
+            r.int8_ms,
+            r.fp32_ms / r.int8_ms,
+            r.fp32_bytes as f64 / 1e6,
+            r.int8_bytes as f64 / 1e6,
+            r.accuracy
+        );
+    }
+}
+
+fn transformer_row() -> Result<Row, CliError> {
     let model = minilm_or_random()?;
-    println!("\ndynamic int8 transformer: {}", model.source);
+    eprintln!("dynamic: {}", model.source);
     let fp32 = prepare(&model.graph, Mode::Fp32, Preset::Qforge)?;
     let int8 = prepare(&model.graph, Mode::Dynamic, Preset::Qforge)?;
     let enc = bench_input(&model, 1, 128)?;
@@ -60,23 +94,54 @@ fn transformer_row() -> Result<(), CliError> {
     let e32 = mean_pool_normalize(&last_hidden_state(&fp32, &enc)?, &enc.attention_mask)?;
     let e8 = mean_pool_normalize(&last_hidden_state(&int8, &enc)?, &enc.attention_mask)?;
     let cos: f32 = e32.data().iter().zip(e8.data()).map(|(a, b)| a * b).sum();
-    let (s32, s8) = (qapi::stored_size_bytes(&fp32), qapi::stored_size_bytes(&int8));
-    println!("  batch 1, seq 128, 1 thread:");
-    println!("  {:<22} {:>9} {:>10} {:>8}", "", "latency", "size", "cosine");
-    println!(
-        "  {:<22} {:>6.2} ms {:>7.1} MB {:>8}",
-        "fp32",
-        t32,
-        s32 as f64 / 1e6,
-        "1"
-    );
-    println!(
-        "  {:<22} {:>6.2} ms {:>7.1} MB {:>8.5}",
-        "dynamic int8 (qforge)",
-        t8,
-        s8 as f64 / 1e6,
-        cos
-    );
-    println!("  speedup {:.2}x, {:.1}x smaller", t32 / t8, s32 as f64 / s8 as f64);
-    Ok(())
+    let name = if model.tokenizer.is_some() {
+        "all-MiniLM-L6-v2, seq 128"
+    } else {
+        "MiniLM-L6 shape, random weights, seq 128"
+    };
+    Ok(Row {
+        route: "dynamic",
+        model: name.into(),
+        fp32_ms: t32,
+        int8_ms: t8,
+        fp32_bytes: qapi::file_size(&fp32)?,
+        int8_bytes: qapi::file_size(&int8)?,
+        accuracy: format!("embedding cosine {cos:.4}"),
+    })
+}
+
+/// MobileNetV2 (seeded random weights) statically quantized: latency, size, and how close the
+/// int8 logits stay to fp32.
+fn static_row() -> Result<Row, CliError> {
+    use qapi::benchmark::{cnn, median_ms as median, normal, static_int8, with_threads as threads};
+    let name = "mobilenet_v2";
+    let (fp32, shape) = cnn(name, 1)?;
+    let int8 = static_int8(&fp32, &shape, &qapi::QConfigMap::qforge(), 4)?;
+    let x = vec![qgraph::Value::F32(Tensor::new(
+        shape.clone(),
+        normal(shape.iter().product(), 3),
+    )?)];
+    let (t32, t8) = threads(1, || -> qapi::Result<(f64, f64)> {
+        let time = |g: &qgraph::Graph| median(|| g.run(x.clone()).map(|_| ()).map_err(Into::into), 1, 5);
+        Ok((time(&fp32)?, time(&int8)?))
+    })??;
+    let out = |g: &qgraph::Graph| -> Result<Vec<f32>, CliError> {
+        let y = g.run(x.clone())?;
+        Ok(y[0].as_f32().map(|t| t.data().to_vec()).unwrap_or_default())
+    };
+    let (a, b) = (out(&fp32)?, out(&int8)?);
+    let argmax = |v: &[f32]| v.iter().enumerate().max_by(|p, q| p.1.total_cmp(q.1)).map(|p| p.0);
+    Ok(Row {
+        route: "static",
+        model: "MobileNetV2 224x224, random weights".into(),
+        fp32_ms: t32,
+        int8_ms: t8,
+        fp32_bytes: qapi::file_size(&fp32)?,
+        int8_bytes: qapi::file_size(&int8)?,
+        accuracy: format!(
+            "logits SQNR {:.1} dB, top-1 {}",
+            qapi::compare::sqnr_db(&a, &b),
+            if argmax(&a) == argmax(&b) { "agrees" } else { "differs" }
+        ),
+    })
 }

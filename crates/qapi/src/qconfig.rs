@@ -15,6 +15,10 @@ use crate::{ApiError, Result};
 pub struct QConfig {
     pub activation: ObserverConfig,
     pub weight: ObserverConfig,
+    /// Reproduce PyTorch fbgemm's integer arithmetic where it deviates from exact sums (its
+    /// depthwise kernel saturates pairs of products to 16 bits). Off in qforge's presets: with
+    /// full-range activations that saturation costs real accuracy.
+    pub pytorch_parity: bool,
 }
 
 impl QConfig {
@@ -31,6 +35,7 @@ impl QConfig {
                 ObserverKind::PerChannelMinMax { axis: 0 },
                 QuantSpec::new(DType::QInt8, Scheme::Symmetric),
             ),
+            pytorch_parity: true,
         }
     }
 
@@ -47,6 +52,7 @@ impl QConfig {
                 ObserverKind::PerChannelMinMax { axis: 0 },
                 QuantSpec::new(DType::QInt8, Scheme::Symmetric),
             ),
+            pytorch_parity: false,
         }
     }
 
@@ -68,6 +74,7 @@ impl QConfig {
                 },
                 QuantSpec::new(DType::QInt8, Scheme::Symmetric),
             ),
+            pytorch_parity,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use qgraph::{CustomOp, Graph, Node, NodeId, Op};
 use qkernels::conv::{
-    ActQuant, Conv2dGeometry, ConvTranspose2dGeometry, ConvWeightQuant, FusedActivation, PackedConv2d,
+    ActQuant, Conv2dGeometry, ConvArithmetic, ConvTranspose2dGeometry, ConvWeightQuant, FusedActivation, PackedConv2d,
     PackedConvTranspose2d,
 };
 use qkernels::eltwise::{ActivationLut, Pool2d};
@@ -254,7 +254,8 @@ fn save_custom(node: &Node, op: &dyn CustomOp, tensors: &mut BTreeMap<String, St
             "padding": pair(g.padding), "dilation": pair(g.dilation), "groups": g.groups});
         (
             "QuantizedConv2d",
-            json!({"geometry": geometry, "output": act_json(c.output), "activation": fused_name(c.activation)}),
+            json!({"geometry": geometry, "output": act_json(c.output), "activation": fused_name(c.activation),
+                "exact": c.conv.arithmetic() == ConvArithmetic::Exact}),
         )
     } else if let Some(c) = any.downcast_ref::<QConvTranspose2d>() {
         let g = c.conv.geometry();
@@ -413,12 +414,18 @@ fn load_custom(kind: &str, attrs: &Json, ctx: &LoadContext<'_>) -> Result<Arc<dy
             .with_groups(usize_from(&g["groups"], "groups")?);
             let weight = ctx.quantized("weight")?;
             let bias = ctx.f32_opt("bias")?;
+            let arithmetic = if attrs["exact"].as_bool().unwrap_or(false) {
+                ConvArithmetic::Exact
+            } else {
+                ConvArithmetic::FbgemmParity
+            };
             let conv = PackedConv2d::new(
                 geometry,
                 &int8_values(&weight),
                 ConvWeightQuant::from_qparams(weight.qparams())?,
                 bias.clone(),
-            )?;
+            )?
+            .with_arithmetic(arithmetic)?;
             Arc::new(QConv2d {
                 conv,
                 weight,

@@ -25,7 +25,7 @@ use qgraph::{
     OpKind, UpsampleMode, Value, ValueType,
 };
 use qkernels::conv::{
-    ActQuant, Conv2dGeometry, ConvTranspose2dGeometry, ConvWeightQuant, FusedActivation, PackedConv2d,
+    ActQuant, Conv2dGeometry, ConvArithmetic, ConvTranspose2dGeometry, ConvWeightQuant, FusedActivation, PackedConv2d,
     PackedConvTranspose2d,
 };
 use qkernels::eltwise::{ActivationLut, FloatRule, Pool2d};
@@ -559,12 +559,18 @@ fn build_anchor(
                 .with_dilation(a.dilation[0], a.dilation[1])
                 .with_groups(a.groups);
             let bias = bias_of(node);
+            let arithmetic = if cfg.pytorch_parity {
+                ConvArithmetic::FbgemmParity
+            } else {
+                ConvArithmetic::Exact
+            };
             let conv = PackedConv2d::new(
                 geometry,
                 &int8_values(&w),
                 ConvWeightQuant::from_qparams(w.qparams())?,
                 bias.clone(),
-            )?;
+            )?
+            .with_arithmetic(arithmetic)?;
             let op = QConv2d {
                 conv,
                 weight: w,
