@@ -95,9 +95,8 @@ fn main() {
         "{:<18} {:>5} {:>5} {:>5} {:>3} {:<11} {:>12} {:>9} {:>9}",
         "name", "m", "k", "n", "thr", "path", "median_us", "GOP/s", "best"
     );
-    let values = |flag: &str| -> Vec<String> {
-        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].clone()).collect()
-    };
+    let values =
+        |flag: &str| -> Vec<String> { args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].clone()).collect() };
     let shapes: Vec<(usize, usize, usize)> = match values("--shape") {
         v if v.is_empty() => SHAPES.to_vec(),
         v => v
