@@ -87,7 +87,7 @@ pub(crate) fn grid(m: usize, n: usize, k: usize, mr: usize, nr: usize, threads: 
     // Prefer a slightly finer cut that divides the tiles evenly (equal blocks).
     let even = |blocks: usize, tiles: usize| {
         (blocks..=blocks + blocks / 2)
-            .find(|b| tiles % b == 0)
+            .find(|b| tiles.is_multiple_of(*b))
             .unwrap_or(blocks)
     };
     let cb = (n.div_ceil(nr) * nr * k).div_ceil(L2_BUDGET).clamp(1, col_tiles);
@@ -112,7 +112,7 @@ pub(crate) fn grid(m: usize, n: usize, k: usize, mr: usize, nr: usize, threads: 
     };
     let target = (2 * threads).min((m * n * k / MIN_TASK_MACS).max(threads));
     while rb * cb < target && grow(&mut rb, &mut cb) {}
-    while (rb * cb) % threads != 0 && grow(&mut rb, &mut cb) {}
+    while !(rb * cb).is_multiple_of(threads) && grow(&mut rb, &mut cb) {}
     (rb, cb)
 }
 
@@ -185,7 +185,10 @@ mod tests {
         ] {
             for threads in [2, 3] {
                 let (rb, cb) = grid(m, n, k, 8, 48, threads);
-                assert_eq!((rb * cb) % threads, 0, "{m}x{k}x{n} on {threads} threads: {rb} x {cb}");
+                assert!(
+                    (rb * cb).is_multiple_of(threads),
+                    "{m}x{k}x{n} on {threads} threads: {rb} x {cb}"
+                );
                 assert!(rb * cb >= 2 * threads);
             }
         }
