@@ -66,24 +66,53 @@ fn split(len: usize, tile: usize, parts: usize, index: usize) -> Range<usize> {
     (start * tile).min(len)..((start + count) * tile).min(len)
 }
 
+/// Multiply-accumulates below which a parallel task costs more to hand out (a few us of
+/// wake-up and join) than it saves: about 2 us of kernel time.
+const MIN_TASK_MACS: usize = 1 << 18;
+
+/// Threads worth using: each must get at least [`MIN_TASK_MACS`] of work.
+fn task_threads(m: usize, n: usize, k: usize, threads: usize) -> usize {
+    threads.clamp(1, (m * n * k / MIN_TASK_MACS).max(1))
+}
+
 /// The block grid (row blocks, column blocks) for an `m x n x k` problem on `threads` threads.
+///
+/// Column blocks keep their packed weights within [`L2_BUDGET`]; row blocks hold up to
+/// [`ROWS_PER_BLOCK`] rows. With several threads the grid grows to about two tasks per thread
+/// (fewer when tasks would drop under [`MIN_TASK_MACS`]), splitting the side with more tiles
+/// left, and ends on a multiple of the thread count so every thread gets the same number of
+/// near-equal blocks.
 pub(crate) fn grid(m: usize, n: usize, k: usize, mr: usize, nr: usize, threads: usize) -> (usize, usize) {
     let (row_tiles, col_tiles) = (m.div_ceil(mr), n.div_ceil(nr));
-    let mut cb = (n.div_ceil(nr) * nr * k).div_ceil(L2_BUDGET).clamp(1, col_tiles);
-    let mut rb = m.div_ceil(ROWS_PER_BLOCK).clamp(1, row_tiles);
-    // Two tasks per thread smooth out uneven blocks; prefer splitting the larger side.
-    let target = if threads > 1 { 2 * threads } else { 1 };
-    while rb * cb < target {
-        let rows_left = rb < row_tiles;
-        let cols_left = cb < col_tiles;
-        if cols_left && (!rows_left || m.div_ceil(rb) <= n.div_ceil(cb)) {
-            cb += 1;
-        } else if rows_left {
-            rb += 1;
-        } else {
-            break;
-        }
+    // Prefer a slightly finer cut that divides the tiles evenly (equal blocks).
+    let even = |blocks: usize, tiles: usize| {
+        (blocks..=blocks + blocks / 2)
+            .find(|b| tiles.is_multiple_of(*b))
+            .unwrap_or(blocks)
+    };
+    let cb = (n.div_ceil(nr) * nr * k).div_ceil(L2_BUDGET).clamp(1, col_tiles);
+    let mut cb = even(cb, col_tiles);
+    let mut rb = even(m.div_ceil(ROWS_PER_BLOCK).clamp(1, row_tiles), row_tiles);
+    let threads = task_threads(m, n, k, threads);
+    if threads == 1 {
+        return (rb, cb);
     }
+    let grow = |rb: &mut usize, cb: &mut usize| {
+        let rows_left = *rb < row_tiles;
+        let cols_left = *cb < col_tiles;
+        // Split the side whose blocks have more tiles.
+        if cols_left && (!rows_left || row_tiles.div_ceil(*rb) <= col_tiles.div_ceil(*cb)) {
+            *cb += 1;
+        } else if rows_left {
+            *rb += 1;
+        } else {
+            return false;
+        }
+        true
+    };
+    let target = (2 * threads).min((m * n * k / MIN_TASK_MACS).max(threads));
+    while rb * cb < target && grow(&mut rb, &mut cb) {}
+    while !(rb * cb).is_multiple_of(threads) && grow(&mut rb, &mut cb) {}
     (rb, cb)
 }
 
@@ -98,9 +127,12 @@ pub(crate) fn blocked<K: BlockKernel>(
     let n = w.n();
     let threads = threads.unwrap_or_else(rayon::current_num_threads).max(1);
     let (rb, cb) = grid(m, n, w.k(), K::MR, K::NR, threads);
+    let threads = task_threads(m, n, w.k(), threads).min(rb * cb);
+    // Column-block major: one thread runs every row block of a column block in turn, so that
+    // block's packed weights stay in L2 while the activations stream past them.
     let task = |t: usize| {
-        let rows = split(m, K::MR, rb, t / cb);
-        let cols = split(n, K::NR, cb, t % cb);
+        let rows = split(m, K::MR, rb, t % rb);
+        let cols = split(n, K::NR, cb, t / rb);
         if !rows.is_empty() && !cols.is_empty() {
             // SAFETY: the path was checked available by dispatch::select; `split` yields
             // disjoint in-range blocks starting on multiples of MR / NR.
@@ -141,7 +173,25 @@ mod tests {
     fn grid_gives_every_thread_work() {
         assert_eq!(grid(1, 768, 768, 8, 48, 1), (1, 1));
         let (rb, cb) = grid(1, 768, 768, 8, 48, 2);
-        assert!(rb * cb >= 4);
+        assert_eq!((rb, cb), (1, 2));
+        // Tiny problems stay on one task.
+        assert_eq!(grid(2, 40, 30, 8, 48, 2), (1, 1));
+        for (m, k, n) in [
+            (16, 768, 768),
+            (128, 768, 3072),
+            (128, 3072, 768),
+            (512, 1024, 1024),
+            (128, 384, 384),
+        ] {
+            for threads in [2, 3] {
+                let (rb, cb) = grid(m, n, k, 8, 48, threads);
+                assert!(
+                    (rb * cb).is_multiple_of(threads),
+                    "{m}x{k}x{n} on {threads} threads: {rb} x {cb}"
+                );
+                assert!(rb * cb >= 2 * threads);
+            }
+        }
         let (rb, cb) = grid(128, 768, 3072, 8, 48, 1);
         assert!(cb >= 2 && rb >= 1);
     }

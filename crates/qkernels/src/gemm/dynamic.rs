@@ -35,22 +35,19 @@ pub fn finite_min_max(x: &[f32]) -> Result<(f32, f32)> {
     Ok((min, max))
 }
 
-/// The 16-lane min/max loop, compiled for AVX-512 or AVX2 when the CPU has them (the same
-/// comparisons in every build, so the same result).
+/// The min/max scan on the widest unit this CPU has. Every version returns the same minimum
+/// and maximum of finite inputs (the order of comparisons only decides the sign of a zero
+/// extreme, which no range computation distinguishes).
 fn lanes_min_max_dispatch(x: &[f32]) -> (f32, f32, bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(x: &[f32]) -> (f32, f32, bool) {
-            lanes_min_max(x)
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is present (checked above); the function has no other precondition.
+            return unsafe { min_max_avx512(x) };
         }
         #[target_feature(enable = "avx2")]
         unsafe fn avx2(x: &[f32]) -> (f32, f32, bool) {
             lanes_min_max(x)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F is present (checked above); the function has no other precondition.
-            return unsafe { avx512(x) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 is present (checked above); the function has no other precondition.
@@ -58,6 +55,47 @@ fn lanes_min_max_dispatch(x: &[f32]) -> (f32, f32, bool) {
         }
     }
     lanes_min_max(x)
+}
+
+/// 64 values per step in four independent min / max / finiteness chains. A value is finite
+/// when its magnitude bits are below those of infinity, so the largest magnitude pattern seen
+/// (an unsigned integer max) tells whether all were.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn min_max_avx512(x: &[f32]) -> (f32, f32, bool) {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let p = x.as_ptr();
+    let magnitude = _mm512_set1_epi32(0x7fff_ffff);
+    let mut lo = [_mm512_set1_ps(f32::INFINITY); 4];
+    let mut hi = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+    let mut bits = [_mm512_setzero_si512(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for u in 0..4 {
+            // In bounds: i + 16 * u + 16 <= n.
+            let v = _mm512_loadu_ps(p.add(i + 16 * u));
+            lo[u] = _mm512_min_ps(lo[u], v);
+            hi[u] = _mm512_max_ps(hi[u], v);
+            bits[u] = _mm512_max_epu32(bits[u], _mm512_and_si512(_mm512_castps_si512(v), magnitude));
+        }
+        i += 64;
+    }
+    while i < n {
+        let lanes = (n - i).min(16);
+        let mask: __mmask16 = if lanes == 16 { 0xffff } else { (1u16 << lanes) - 1 };
+        // Masked load: lanes past the end are neither read nor counted.
+        let v = _mm512_maskz_loadu_ps(mask, p.add(i));
+        lo[0] = _mm512_mask_min_ps(lo[0], mask, lo[0], v);
+        hi[0] = _mm512_mask_max_ps(hi[0], mask, hi[0], v);
+        bits[0] = _mm512_max_epu32(bits[0], _mm512_and_si512(_mm512_castps_si512(v), magnitude));
+        i += lanes;
+    }
+    let lo = _mm512_min_ps(_mm512_min_ps(lo[0], lo[1]), _mm512_min_ps(lo[2], lo[3]));
+    let hi = _mm512_max_ps(_mm512_max_ps(hi[0], hi[1]), _mm512_max_ps(hi[2], hi[3]));
+    let bits = _mm512_max_epu32(_mm512_max_epu32(bits[0], bits[1]), _mm512_max_epu32(bits[2], bits[3]));
+    let all_finite = (_mm512_reduce_max_epu32(bits) as u32) < f32::INFINITY.to_bits();
+    (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), all_finite)
 }
 
 #[inline(always)]
@@ -106,5 +144,14 @@ mod tests {
         y[1001] = f32::NAN;
         assert!(matches!(finite_min_max(&y), Err(KernelError::Quant(_))));
         assert!(finite_min_max(&[]).is_err());
+        for len in [1, 15, 16, 17, 63, 64, 65, 200] {
+            let x: Vec<f32> = (0..len).map(|i| ((i * 7919) % 101) as f32 - 50.25).collect();
+            assert_eq!(finite_min_max(&x).unwrap(), qtensor::min_max(&x), "len {len}");
+            for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+                let mut y = x.clone();
+                y[len - 1] = bad;
+                assert!(finite_min_max(&y).is_err(), "len {len} with {bad}");
+            }
+        }
     }
 }

@@ -25,6 +25,7 @@
 use super::pack::PackedWeights;
 use crate::{KernelError, Result};
 use qtensor::DType;
+use std::borrow::Cow;
 
 /// Quantization parameters of the u8 activations `[M, K]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -116,7 +117,8 @@ pub(crate) enum Stage<'a> {
     },
     Dequantize {
         w_scales: &'a [f32],
-        bias: Vec<f32>,
+        /// The caller's bias, borrowed (zeros when there is none).
+        bias: Cow<'a, [f32]>,
         relu: bool,
     },
 }
@@ -312,7 +314,7 @@ impl<'a> EpiloguePlan<'a> {
                 check_bias(d.bias, n)?;
                 Stage::Dequantize {
                     w_scales: w.scales(),
-                    bias: d.bias.map_or_else(|| vec![0.0; n], <[f32]>::to_vec),
+                    bias: d.bias.map_or_else(|| Cow::Owned(vec![0.0; n]), Cow::Borrowed),
                     relu: d.relu,
                 }
             }
