@@ -110,11 +110,11 @@ fn transformer_row() -> Result<Row, CliError> {
     })
 }
 
-/// MobileNetV2 (seeded random weights) statically quantized: latency, size, and how close the
+/// ResNet18 (seeded random weights) statically quantized: latency, size, and how close the
 /// int8 logits stay to fp32.
 fn static_row() -> Result<Row, CliError> {
     use qapi::benchmark::{cnn, median_ms as median, normal, static_int8, with_threads as threads};
-    let name = "mobilenet_v2";
+    let name = "resnet18";
     let (fp32, shape) = cnn(name, 1)?;
     let int8 = static_int8(&fp32, &shape, &qapi::QConfigMap::qforge(), 4)?;
     let x = vec![qgraph::Value::F32(Tensor::new(
@@ -133,7 +133,7 @@ fn static_row() -> Result<Row, CliError> {
     let argmax = |v: &[f32]| v.iter().enumerate().max_by(|p, q| p.1.total_cmp(q.1)).map(|p| p.0);
     Ok(Row {
         route: "static",
-        model: "MobileNetV2 224x224, random weights".into(),
+        model: "ResNet18 224x224, random weights".into(),
         fp32_ms: t32,
         int8_ms: t8,
         fp32_bytes: qapi::file_size(&fp32)?,

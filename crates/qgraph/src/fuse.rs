@@ -120,6 +120,34 @@ impl Graph {
         Ok(report)
     }
 
+    /// Folds a ReLU6 into the Conv2d before it (when the ReLU6 is the conv's only reader), for
+    /// static quantization: the conv's output observer then sees the clamped range and the int8
+    /// kernel clamps in its epilogue. Training does not use this form (PyTorch's quantizable
+    /// MobileNetV2 swaps ReLU6 for ReLU for the same reason).
+    pub fn fuse_relu6(&mut self) -> Result<FusionReport> {
+        let mut report = FusionReport::default();
+        'scan: loop {
+            let readers = self.consumers();
+            for i in 0..self.nodes.len() {
+                let conv = matches!(&self.nodes[i].op, Op::Conv2d(a) if a.activation == FusedActivation::None);
+                if !conv || !self.single_reader(i, &readers) {
+                    continue;
+                }
+                let next = readers[i][0].0;
+                if !matches!(self.nodes[next].op, Op::Relu6) || self.nodes[next].inputs.len() != 1 {
+                    continue;
+                }
+                let names = vec![self.nodes[i].name.clone(), self.nodes[next].name.clone()];
+                self.nodes[i].op.set_activation(FusedActivation::Relu6);
+                let fused_as = self.nodes[i].op.display_name();
+                self.remove_nodes(&HashMap::from([(next, i)]))?;
+                report.groups.push(FusedGroup { nodes: names, fused_as });
+                continue 'scan;
+            }
+            return Ok(report);
+        }
+    }
+
     fn single_reader(&self, i: usize, readers: &[Vec<NodeId>]) -> bool {
         readers[i].len() == 1 && !self.outputs.contains(&NodeId(i))
     }

@@ -15,6 +15,20 @@ pub enum FusedActivation {
     #[default]
     None,
     Relu,
+    /// `min(max(x, 0), 6)`: fused only for static quantization
+    /// ([`crate::Graph::fuse_relu6`]), so the output observer sees the clamped range.
+    Relu6,
+}
+
+impl FusedActivation {
+    /// Applies the activation in place.
+    pub fn apply(self, y: &mut [f32]) {
+        match self {
+            FusedActivation::None => {}
+            FusedActivation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+            FusedActivation::Relu6 => y.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        }
+    }
 }
 
 /// `torch.nn.Linear`: `y = x W^T + b`, `W` of shape `[out_features, in_features]`.
@@ -380,12 +394,10 @@ impl Op {
 
     /// The PyTorch-style module name of the op, fused activations included (`ConvReLU2d`).
     pub fn display_name(&self) -> String {
-        let relu = |a: FusedActivation, plain: &str, fused: &str| {
-            if a == FusedActivation::Relu {
-                fused.to_string()
-            } else {
-                plain.to_string()
-            }
+        let relu = |a: FusedActivation, plain: &str, fused: &str| match a {
+            FusedActivation::None => plain.to_string(),
+            FusedActivation::Relu => fused.to_string(),
+            FusedActivation::Relu6 => format!("{plain}+ReLU6"),
         };
         match self {
             Op::Linear(a) => relu(a.activation, "Linear", "LinearReLU"),
@@ -479,6 +491,17 @@ impl Op {
     }
 
     /// Sets the fused activation of ops that can carry one; false for the others.
+    /// The fused activation of ops that carry one.
+    pub fn activation(&self) -> Option<FusedActivation> {
+        match self {
+            Op::Linear(a) => Some(a.activation),
+            Op::Conv2d(a) => Some(a.activation),
+            Op::ConvTranspose2d(a) => Some(a.activation),
+            Op::BatchNorm(a) => Some(a.activation),
+            _ => None,
+        }
+    }
+
     pub(crate) fn set_activation(&mut self, act: FusedActivation) -> bool {
         match self {
             Op::Linear(a) => a.activation = act,

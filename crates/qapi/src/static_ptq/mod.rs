@@ -112,7 +112,8 @@ fn check_config(name: &str, c: &QConfig) -> Result<()> {
 pub fn prepare(graph: &Graph, config: &QConfigMap) -> Result<Prepared> {
     let _span = tracing::info_span!("prepare").entered();
     let mut graph = graph.clone();
-    let fusion = graph.fuse_auto()?;
+    let mut fusion = graph.fuse_auto()?;
+    fusion.groups.extend(graph.fuse_relu6()?.groups);
     let shapes = graph.infer_shapes(None)?;
     let nodes = graph.nodes();
     let mut plans: Vec<Plan> = Vec::with_capacity(nodes.len());
@@ -538,8 +539,9 @@ fn bias_of(node: &Node) -> Option<Vec<f32>> {
 
 fn fused(a: GraphActivation) -> FusedActivation {
     match a {
+        GraphActivation::None => FusedActivation::None,
         GraphActivation::Relu => FusedActivation::Relu,
-        _ => FusedActivation::None,
+        GraphActivation::Relu6 => FusedActivation::Relu6,
     }
 }
 

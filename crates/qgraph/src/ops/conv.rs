@@ -7,7 +7,7 @@ use qtensor::Tensor;
 use super::gemm::{sgemm, MatRef};
 use crate::error::shape_err;
 use crate::graph::Node;
-use crate::op::{Conv2dAttrs, ConvTranspose2dAttrs, FusedActivation};
+use crate::op::{Conv2dAttrs, ConvTranspose2dAttrs};
 use crate::Result;
 
 fn out_size(input: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> {
@@ -91,9 +91,7 @@ pub fn conv2d(node: &Node, a: &Conv2dAttrs, x: &Tensor, out_shape: Vec<usize>) -
             );
         }
     }
-    if a.activation == FusedActivation::Relu {
-        y.iter_mut().for_each(|v| *v = v.max(0.0));
-    }
+    a.activation.apply(&mut y);
     Ok(Tensor::new(out_shape, y)?)
 }
 
@@ -235,8 +233,6 @@ pub fn conv_transpose2d(node: &Node, a: &ConvTranspose2dAttrs, x: &Tensor, out_s
             }
         }
     }
-    if a.activation == FusedActivation::Relu {
-        y.iter_mut().for_each(|v| *v = v.max(0.0));
-    }
+    a.activation.apply(&mut y);
     Ok(Tensor::new(out_shape, y)?)
 }

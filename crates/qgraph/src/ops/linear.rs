@@ -7,7 +7,7 @@ use super::elementwise::broadcast_shape;
 use super::gemm::{sgemm, MatRef};
 use crate::error::shape_err;
 use crate::graph::Node;
-use crate::op::{FusedActivation, LinearAttrs};
+use crate::op::LinearAttrs;
 use crate::Result;
 
 pub fn linear_shape(node: &str, a: &LinearAttrs, x: &[usize]) -> Result<Vec<usize>> {
@@ -45,9 +45,7 @@ pub fn linear(node: &Node, a: &LinearAttrs, x: &Tensor, out_shape: Vec<usize>) -
         &mut y,
         accumulate,
     );
-    if a.activation == FusedActivation::Relu {
-        y.iter_mut().for_each(|v| *v = v.max(0.0));
-    }
+    a.activation.apply(&mut y);
     Ok(Tensor::new(out_shape, y)?)
 }
 

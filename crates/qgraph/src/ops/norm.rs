@@ -8,7 +8,7 @@ use qtensor::Tensor;
 
 use crate::error::shape_err;
 use crate::graph::Node;
-use crate::op::{BatchNormAttrs, FusedActivation, LayerNormAttrs};
+use crate::op::{BatchNormAttrs, LayerNormAttrs};
 use crate::Result;
 
 pub fn batch_norm_shape(node: &str, a: &BatchNormAttrs, x: &[usize]) -> Result<Vec<usize>> {
@@ -47,14 +47,13 @@ pub fn batch_norm(node: &Node, a: &BatchNormAttrs, x: &Tensor) -> Result<Tensor>
     let (alpha, beta) = batch_norm_affine(node, a)?;
     let c = a.num_features;
     let inner: usize = x.shape()[2..].iter().product();
-    let relu = a.activation == FusedActivation::Relu;
     let mut y = x.clone();
     for (i, plane) in y.data_mut().chunks_exact_mut(inner.max(1)).enumerate() {
         let ch = i % c;
-        for v in plane {
-            let r = *v * alpha[ch] + beta[ch];
-            *v = if relu { r.max(0.0) } else { r };
+        for v in plane.iter_mut() {
+            *v = *v * alpha[ch] + beta[ch];
         }
+        a.activation.apply(plane);
     }
     Ok(y)
 }

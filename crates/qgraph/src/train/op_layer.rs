@@ -70,6 +70,12 @@ fn trainable_names(op: &Op) -> Vec<String> {
 impl OpLayer {
     /// Wraps `node`; an error for ops without a backward pass.
     pub fn new(node: Node) -> Result<OpLayer> {
+        if node.op.activation() == Some(FusedActivation::Relu6) {
+            return Err(GraphError::Unsupported {
+                node: node.name.clone(),
+                what: "training a fused ReLU6 (fuse_relu6 is for static quantization; train the unfused graph)".into(),
+            });
+        }
         if !trainable(&node.op) {
             return Err(GraphError::Unsupported {
                 node: node.name.clone(),
