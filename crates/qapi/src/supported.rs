@@ -19,8 +19,8 @@ pub fn supported_ops() -> Vec<SupportedOp> {
     let statics = crate::static_ptq::supported_ops();
     let dynamic = |k: OpKind| {
         match k {
-        Linear => Some("int8 weights (per-channel or per-tensor), activations per token or per tensor, f32 out; or float16 weights"),
-        Lstm | Gru => Some("int8 input and hidden projections, f32 gate math"),
+        Linear => Some("qint8 weights (per-channel or per-tensor), quint8 activations per token or per tensor, f32 out; or float16 weights"),
+        Lstm | Gru => Some("qint8 input and hidden projections, f32 gate math"),
         _ => None,
     }
     };
