@@ -17,7 +17,7 @@ use qtensor::{QParams, Tensor};
 
 use super::fake_quantize::FakeQuantize;
 use super::grad::{activation, conv, linear, norm};
-use super::layer::{saved, ForwardCtx, Layer, Param, ParamRef};
+use super::layer::{take_saved, ForwardCtx, Layer, Param, ParamRef};
 use crate::graph::Node;
 use crate::op::{BatchNormAttrs, Conv2dAttrs, FusedActivation, LinearAttrs, Op};
 use crate::{ops, GraphError, Result};
@@ -326,7 +326,7 @@ impl Layer for QatConv2d {
     }
 
     fn backward(&mut self, grad_out: &Tensor) -> Result<Vec<Tensor>> {
-        let s = saved(&self.saved, &self.name)?.clone();
+        let s = take_saved(&mut self.saved, &self.name)?;
         let o = self.attrs.out_channels;
         let inner = s.out_shape[2] * s.out_shape[3];
         let mut dy = grad_out.data().to_vec();
@@ -551,7 +551,7 @@ impl Layer for QatLinear {
     }
 
     fn backward(&mut self, grad_out: &Tensor) -> Result<Vec<Tensor>> {
-        let s = saved(&self.saved, &self.name)?.clone();
+        let s = take_saved(&mut self.saved, &self.name)?;
         let mut dy = grad_out.data().to_vec();
         if self.attrs.activation == FusedActivation::Relu {
             activation::mask_by_output(&s.y, &mut dy);
