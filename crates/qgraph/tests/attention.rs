@@ -9,6 +9,7 @@ fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn naive(q: &[f32], k: &[f32], v: &[f32], mask: &[i64], b: usize, s: usize, hidden: usize, heads: usize) -> Vec<f32> {
     let dh = hidden / heads;
     let mut y = vec![0.0f32; b * s * hidden];

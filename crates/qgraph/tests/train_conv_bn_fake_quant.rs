@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use qgraph::op::{Conv2dAttrs, Op};
 use qgraph::train::qat_modules::QatConv2d;
-use qgraph::train::{FakeQuantize, FakeQuantizeConfig, Layer, Rng, TrainModel, TrainNode};
+use qgraph::train::{FakeQuantize, FakeQuantizeConfig, Rng, TrainModel, TrainNode};
 use qgraph::{BatchNormAttrs, FusedActivation, Node, ObserverConfig, ObserverKind};
 use qtensor::fake_quant::{fake_quantize_per_channel, FakeQuant};
 use qtensor::{DType, QParams, QuantSpec, Scheme, Tensor};
@@ -261,14 +261,12 @@ fn check(relu: bool, frozen: bool) {
         ("conv.bn.bias", |s| &mut s.beta),
     ];
     for (name, field) in fields {
-        let analytic = &grads[name];
-        let n = field(&mut s.clone()).len();
-        for i in 0..n {
+        for (i, &analytic) in grads[name].iter().enumerate() {
             let (mut p, mut m) = (s.clone(), s.clone());
             field(&mut p)[i] += h;
             field(&mut m)[i] -= h;
             let numeric = (objective(&p, &x) - objective(&m, &x)) / (2.0 * h as f64);
-            let a = analytic[i] as f64;
+            let a = analytic as f64;
             assert!(
                 (numeric - a).abs() <= 2e-3 * numeric.abs().max(a.abs()).max(0.5),
                 "{what}: {name}[{i}] analytic {a} vs straight-through reference {numeric}"

@@ -30,7 +30,7 @@ pub fn attention_shape(node: &str, a: &AttentionAttrs, ins: &[&[usize]]) -> Resu
             ),
         ));
     }
-    if a.num_heads == 0 || a.hidden_size % a.num_heads != 0 {
+    if a.num_heads == 0 || !a.hidden_size.is_multiple_of(a.num_heads) {
         return Err(shape_err(
             node,
             format!(
