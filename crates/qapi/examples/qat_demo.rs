@@ -1,12 +1,17 @@
 //! Runs the quantization-aware training demonstration at full size and prints its figures.
-//! `cargo run --release -p qapi --example qat_demo [train_images test_images fp32_epochs qat_epochs width]`
+//! `cargo run --release -p qapi --example qat_demo [quick | train_images test_images fp32_epochs qat_epochs width]`
 
 use qapi::qat_demo::{run_demo, DemoConfig};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut config = DemoConfig::default();
+    let mut config = if args.first().map(String::as_str) == Some("quick") {
+        DemoConfig::quick()
+    } else {
+        DemoConfig::default()
+    };
     let num = |i: usize| args.get(i).and_then(|s| s.parse::<f64>().ok());
+    // `quick` alone: the CLI row's scale.
     if let Some(v) = num(0) {
         config.train_images = v as usize;
     }
@@ -25,19 +30,7 @@ fn main() {
     match run_demo(&config) {
         Ok(r) => {
             println!("{config:?}");
-            println!(
-                "accuracy: fp32 {:.2}% | PTQ int8 {:.2}% | QAT int8 {:.2}%",
-                r.fp32_accuracy * 100.0,
-                r.ptq_accuracy * 100.0,
-                r.qat_accuracy * 100.0
-            );
-            println!(
-                "parameters {} | fp32 {:.1} KiB | int8 {:.1} KiB | fp32 latency {:.3} ms/image",
-                r.parameters,
-                r.fp32_bytes as f64 / 1024.0,
-                r.int8_bytes as f64 / 1024.0,
-                r.fp32_latency_ms
-            );
+            println!("{r}");
             println!(
                 "train step (batch {}): fp32 {:.2} ms | QAT {:.2} ms",
                 config.batch_size, r.fp32_step_ms, r.qat_step_ms

@@ -2,11 +2,13 @@
 //! graph as static quantization will (conv+bn(+relu), conv+relu, linear+relu, bn+relu) but
 //! keeps BatchNorm alive inside QAT ConvBn modules, puts a weight [`FakeQuantize`] on every
 //! Conv2d and Linear and an activation `FakeQuantize` on every output static quantization
-//! quantizes (graph inputs, conv/linear/add/cat/pool/activation outputs; not before a ReLU or
-//! ReLU6 that will be fused into its producer, nor after MaxPool, Flatten, Reshape, Dropout,
-//! which keep their input's qparams). [`convert`] gives back the float graph with BatchNorm
-//! folded (PyTorch `fuse_conv_bn_weights` on the trained running statistics) and the qparams
-//! the fake-quant modules learned, keyed by node name, ready for static conversion.
+//! gives its own parameters (graph inputs, conv/linear/add/mul/cat/hardswish outputs; for a
+//! producer read only by a ReLU/ReLU6, after that activation), and none after pooling,
+//! Flatten, Reshape or Dropout, which static conversion runs with their input's parameters.
+//! [`convert`] gives back the float graph with BatchNorm folded (PyTorch
+//! `fuse_conv_bn_weights` on the trained running statistics) and the qparams the fake-quant
+//! modules learned, keyed by node name; [`convert_int8`] hands them to the static conversion
+//! (`Prepared::convert_with`) for the real int8 graph.
 //!
 //! [`simulate_quantized`] runs such a graph with `dequantize(quantize(.))` on every weight and
 //! every quantized activation, the int8 numerics up to the kernels' accumulation order.
@@ -20,7 +22,7 @@ use qgraph::{Graph, Node, NodeId, Op, OpKind, Value};
 use qtensor::fake_quant::{fake_quantize_per_channel, FakeQuant};
 use qtensor::{QParams, Tensor};
 
-use crate::{ApiError, QConfigMap, Result};
+use crate::{ApiError, QConfigMap, QuantReport, Result};
 
 /// The qparams of one node of the converted graph.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -56,7 +58,9 @@ pub struct QatModel {
     activation_owner: Vec<(String, String)>,
 }
 
-/// Ops whose output static quantization gives its own qparams.
+/// Ops whose output static quantization gives its own qparams (its anchors, plus BatchNorm,
+/// which the fused graph folds away). Pass-through ops (pooling, Flatten, Dropout, ...) keep
+/// their input's; ReLU and ReLU6 are decided in [`output_quantized`].
 fn quantizes_output(kind: OpKind) -> bool {
     matches!(
         kind,
@@ -69,11 +73,7 @@ fn quantizes_output(kind: OpKind) -> bool {
             | OpKind::Add
             | OpKind::Mul
             | OpKind::Cat
-            | OpKind::Relu
-            | OpKind::Relu6
             | OpKind::Hardswish
-            | OpKind::AvgPool2d
-            | OpKind::AdaptiveAvgPool2d
     )
 }
 
@@ -83,8 +83,12 @@ fn fusion_groups(graph: &Graph) -> Result<Vec<Vec<String>>> {
     Ok(copy.fuse_auto()?.groups.into_iter().map(|g| g.nodes).collect())
 }
 
-/// For each node name, whether its output is quantized in the fused graph. `last` maps every
-/// node to the last node of its chain, whose readers see the chain's output.
+/// For each node name, whether its output is quantized in the fused graph. An output read only
+/// by a ReLU/ReLU6 is quantized after that activation instead (the activation's observer sees
+/// the clamped range): static conversion gives the producer those parameters and runs the
+/// activation as a pass-through with them, which is the same arithmetic since the range starts
+/// at 0 and ends at most at 6 (see [`static_qparams`]). A ReLU/ReLU6 after anything else keeps
+/// its input's parameters, as the static pass-through does.
 fn output_quantized(graph: &Graph, groups: &[Vec<String>], map: &QConfigMap) -> HashMap<String, bool> {
     let absorbed: HashMap<&str, &str> = groups
         .iter()
@@ -92,6 +96,8 @@ fn output_quantized(graph: &Graph, groups: &[Vec<String>], map: &QConfigMap) -> 
         .collect();
     let readers = graph.consumers();
     let mut out = HashMap::new();
+    // Original node index of the last node of a chain -> whether its ReLU reader takes over.
+    let mut deferred = vec![false; graph.nodes().len()];
     for (i, node) in graph.nodes().iter().enumerate() {
         if absorbed.contains_key(node.name.as_str()) {
             continue;
@@ -102,18 +108,22 @@ fn output_quantized(graph: &Graph, groups: &[Vec<String>], map: &QConfigMap) -> 
         });
         let (config, _) = map.resolve(&node.name, node.op.kind());
         let kind = node.op.kind();
-        // A ReLU/ReLU6 reading this output alone will be fused into it at conversion.
-        let fused_next = readers[last].len() == 1
+        let quantized = match kind {
+            OpKind::Relu | OpKind::Relu6 => node.inputs.len() == 1 && deferred[node.inputs[0].0],
+            _ => quantizes_output(kind),
+        };
+        let quantized = config.is_some() && quantized;
+        // A ReLU/ReLU6 reading this output alone takes over its quantization.
+        let fused_next = quantized
+            && readers[last].len() == 1
             && !graph.outputs().contains(&NodeId(last))
             && matches!(graph.node(readers[last][0]).op, Op::Relu | Op::Relu6)
             && matches!(
                 kind,
                 OpKind::Conv2d | OpKind::Linear | OpKind::Add | OpKind::BatchNorm2d | OpKind::BatchNorm1d
             );
-        out.insert(
-            node.name.clone(),
-            config.is_some() && quantizes_output(kind) && !fused_next,
-        );
+        deferred[last] = fused_next;
+        out.insert(node.name.clone(), quantized && !fused_next);
     }
     out
 }
@@ -248,17 +258,7 @@ impl QatModel {
     }
 
     fn for_each_fake_quant(&mut self, f: &mut dyn FnMut(&mut FakeQuantize)) {
-        for n in &mut self.model.nodes {
-            let Some(layer) = n.layer.as_mut() else { continue };
-            let any = layer.as_any_mut();
-            if let Some(q) = any.downcast_mut::<FakeQuantize>() {
-                f(q);
-            } else if let Some(c) = any.downcast_mut::<QatConv2d>() {
-                f(&mut c.weight_fake_quant);
-            } else if let Some(l) = any.downcast_mut::<QatLinear>() {
-                f(&mut l.weight_fake_quant);
-            }
-        }
+        for_each_fake_quant(&mut self.model, f);
     }
 
     pub fn set_mode(&mut self, mode: Mode) {
@@ -276,6 +276,26 @@ pub fn freeze_bn_stats(model: &mut TrainModel) {
             .and_then(|l| l.as_any_mut().downcast_mut::<QatConv2d>())
         {
             c.freeze_bn_stats();
+        }
+    }
+}
+
+/// PyTorch `disable_observer` on every fake-quant module of a prepared model (usable from a
+/// training-loop callback): the qparams stay where the observers left them.
+pub fn disable_observers(model: &mut TrainModel) {
+    for_each_fake_quant(model, &mut |f| f.disable_observer());
+}
+
+fn for_each_fake_quant(model: &mut TrainModel, f: &mut dyn FnMut(&mut FakeQuantize)) {
+    for n in &mut model.nodes {
+        let Some(layer) = n.layer.as_mut() else { continue };
+        let any = layer.as_any_mut();
+        if let Some(q) = any.downcast_mut::<FakeQuantize>() {
+            f(q);
+        } else if let Some(c) = any.downcast_mut::<QatConv2d>() {
+            f(&mut c.weight_fake_quant);
+        } else if let Some(l) = any.downcast_mut::<QatLinear>() {
+            f(&mut l.weight_fake_quant);
         }
     }
 }
@@ -357,6 +377,53 @@ pub fn convert(qat: &QatModel) -> Result<(Graph, GraphQParams)> {
     }
     graph.fuse(&refs)?;
     Ok((graph, qparams))
+}
+
+/// The qparams of [`convert`] (or [`calibrate`]) keyed as [`crate::Prepared::convert_with`]
+/// reads them: activations by the node whose output they quantize, weights by Conv/Linear
+/// node. A producer whose only reader is a ReLU/ReLU6 takes that activation's parameters
+/// (quantization-aware training observes after the activation; static conversion quantizes the
+/// producer and runs the activation as a pass-through with the same parameters).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StaticQParams {
+    pub activations: BTreeMap<String, QParams>,
+    pub weights: BTreeMap<String, QParams>,
+}
+
+/// See [`StaticQParams`]; `graph` is the converted (fused) float graph.
+pub fn static_qparams(graph: &Graph, qparams: &GraphQParams) -> StaticQParams {
+    let mut out = StaticQParams::default();
+    for (name, q) in qparams {
+        if let Some(a) = &q.activation {
+            out.activations.insert(name.clone(), a.clone());
+        }
+        if let Some(w) = &q.weight {
+            out.weights.insert(name.clone(), w.clone());
+        }
+    }
+    let readers = graph.consumers();
+    for (i, node) in graph.nodes().iter().enumerate() {
+        if out.activations.contains_key(&node.name) || readers[i].len() != 1 {
+            continue;
+        }
+        let reader = graph.node(readers[i][0]);
+        if matches!(reader.op, Op::Relu | Op::Relu6) {
+            if let Some(q) = qparams.get(&reader.name).and_then(|q| q.activation.clone()) {
+                out.activations.insert(node.name.clone(), q);
+            }
+        }
+    }
+    out
+}
+
+/// Real int8 conversion of a converted QAT graph: static [`crate::prepare`] under `map` (the
+/// graph is fused already, so it only plans and attaches observers), then
+/// [`crate::Prepared::convert_with`] the learned parameters (see [`static_qparams`]).
+pub fn convert_int8(graph: &Graph, qparams: &GraphQParams, map: &QConfigMap) -> Result<(Graph, QuantReport)> {
+    let _span = tracing::info_span!("qat_convert_int8").entered();
+    let prepared = crate::prepare(graph, map)?;
+    let handoff = static_qparams(prepared.graph(), qparams);
+    prepared.convert_with(&handoff.activations, &handoff.weights)
 }
 
 fn find(graph: &Graph, name: &str) -> Result<NodeId> {

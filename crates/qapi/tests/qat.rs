@@ -4,7 +4,7 @@
 //! the converted graph (BatchNorm folded) run with `dequantize(quantize(.))` at the learned
 //! qparams reproduces the fake-quantized model.
 
-use qapi::qat::{convert, prepare_qat, simulate_quantized, SimulatedRanges};
+use qapi::qat::{convert, convert_int8, prepare_qat, simulate_quantized, SimulatedRanges};
 use qapi::{QConfig, QConfigMap};
 use qgraph::op::Conv2dAttrs;
 use qgraph::train::qat_modules::QatConv2d;
@@ -83,7 +83,8 @@ fn prepare_inserts_fake_quant_and_qat_modules() {
         .filter(|(_, k)| k == "FakeQuantize")
         .map(|(n, _)| n.as_str())
         .collect();
-    // Not before ReLU6 (fused at conversion), not after Flatten.
+    // Not before ReLU6 (it takes over its producer's), not after pooling or Flatten (static
+    // conversion runs them with their input's parameters).
     assert_eq!(
         fq,
         [
@@ -92,7 +93,6 @@ fn prepare_inserts_fake_quant_and_qat_modules() {
             "dw.2.activation_post_process",
             "pw.0.activation_post_process",
             "add.activation_post_process",
-            "pool.activation_post_process",
             "fc.activation_post_process",
         ]
     );
@@ -204,4 +204,92 @@ fn qat_trains_and_converts_to_the_simulated_int8_graph() {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
     }
     let _ = std::any::type_name::<FakeQuantize>();
+}
+
+/// Trains `graph` briefly under QAT on random data and returns the converted float graph, its
+/// qparams and a held-out batch.
+fn qat_converted(graph: &Graph, x_shape: [usize; 4], classes: usize) -> (Graph, qapi::qat::GraphQParams, Tensor) {
+    let mut qat = prepare_qat(graph, &QConfigMap::new(Some(QConfig::qat(false)))).unwrap();
+    let mut rng = Rng::new(7);
+    let numel: usize = x_shape.iter().product();
+    let batch = |rng: &mut Rng| Tensor::new(x_shape, (0..numel).map(|_| rng.normal()).collect()).unwrap();
+    let n = x_shape[0];
+    let labels: Vec<usize> = (0..2 * n).map(|_| rng.below(classes)).collect();
+    let mut xs = batch(&mut rng).into_data();
+    xs.extend(batch(&mut rng).into_data());
+    let mut shape = x_shape;
+    shape[0] = 2 * n;
+    let dataset = qgraph::train::Dataset::new(Tensor::new(shape, xs).unwrap(), Targets::Classes(labels)).unwrap();
+    let mut cfg = FitConfig::new(2, n, Loss::CrossEntropy);
+    cfg.progress = false;
+    fit(
+        &mut qat.model,
+        &mut Sgd::new(0.01).momentum(0.9),
+        &dataset,
+        &cfg,
+        |_, _, _| {},
+    )
+    .unwrap();
+    qat.freeze_bn_stats();
+    qat.disable_observers();
+    let (converted, qparams) = convert(&qat).unwrap();
+    (converted, qparams, batch(&mut rng))
+}
+
+/// The real int8 graph (static conversion with the learned parameters) against the simulation:
+/// every logit within one output step (rounding differences upstream, where the simulation
+/// accumulates in f32 and the kernels in i32, can move a few), most of them equal.
+fn check_int8_agrees(graph: &Graph, x_shape: [usize; 4], classes: usize, logits: &str, what: &str) {
+    let config = QConfig::qat(false);
+    let (converted, qparams, x) = qat_converted(graph, x_shape, classes);
+    let (int8, report) = convert_int8(&converted, &qparams, &QConfigMap::new(Some(config))).unwrap();
+    let quantized = report
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.status, qapi::NodeStatus::Quantized { .. }))
+        .count();
+    assert!(quantized >= 5, "{what}: {quantized} int8 nodes\n{report}");
+    let real = int8.run(vec![qgraph::Value::F32(x.clone())]).unwrap().remove(0);
+    let real = real.as_f32().unwrap().clone();
+    let sim = simulate_quantized(&converted, &qparams, SimulatedRanges::of(&config).unwrap(), vec![x])
+        .unwrap()
+        .remove(0);
+    let step = match qparams[logits].activation.as_ref().unwrap() {
+        qtensor::QParams::PerTensor { scale, .. } => *scale,
+        _ => unreachable!("activations are per tensor"),
+    };
+    let steps: Vec<f32> = real
+        .data()
+        .iter()
+        .zip(sim.data())
+        .map(|(a, b)| ((a - b) / step).abs().round())
+        .collect();
+    let same = steps.iter().filter(|&&s| s == 0.0).count();
+    let worst = steps.iter().cloned().fold(0.0f32, f32::max);
+    eprintln!(
+        "{what}: {same} of {} logits identical, worst {worst} steps",
+        steps.len()
+    );
+    assert!(
+        worst <= 1.0,
+        "{what}: a logit is {worst} output steps from the simulation"
+    );
+    assert!(
+        same * 2 >= steps.len(),
+        "{what}: {same} of {} logits identical",
+        steps.len()
+    );
+}
+
+#[test]
+fn int8_conversion_of_qat_parameters_agrees_with_the_simulation() {
+    check_int8_agrees(&small_cnn(), [8, 3, 8, 8], 4, "fc", "small CNN");
+    let demo = qapi::qat_demo::demo_network(0.25, 1).unwrap();
+    check_int8_agrees(
+        &demo,
+        [8, 3, 32, 32],
+        qapi::qat_demo::CLASSES,
+        "classifier.1",
+        "demo MobileNetV2",
+    );
 }

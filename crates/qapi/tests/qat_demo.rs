@@ -1,6 +1,6 @@
 //! The QAT demonstration at tiny scale: the dataset is seeded and balanced, and the whole
 //! pipeline (fp32 training, PTQ calibration, QAT fine-tuning, conversion, int8 simulation)
-//! runs and reports sane figures.
+//! runs, learns, and its real int8 graphs (static PTQ and QAT) stay within a few points of fp32.
 
 use qapi::qat_demo::{run_demo, shapes_dataset, DemoConfig, CLASSES};
 use qgraph::train::Targets;
@@ -23,21 +23,31 @@ fn shapes_dataset_is_seeded_and_balanced() {
 #[test]
 fn demo_runs_end_to_end_at_tiny_scale() {
     let config = DemoConfig {
-        train_images: 200,
-        test_images: 60,
-        fp32_epochs: 1,
-        qat_epochs: 1,
-        batch_size: 20,
+        train_images: 800,
+        test_images: 200,
+        fp32_epochs: 7,
+        qat_epochs: 2,
+        batch_size: 32,
         width_mult: 0.25,
         calibration_images: 64,
         seed: 1,
         progress: false,
     };
     let r = run_demo(&config).unwrap();
-    for acc in [r.fp32_accuracy, r.ptq_accuracy, r.qat_accuracy] {
-        assert!((0.0..=1.0).contains(&acc), "{r:?}");
-    }
-    assert!(r.int8_bytes < r.fp32_bytes / 2, "{r:?}");
-    assert!(r.fp32_epoch_loss[0].is_finite() && r.qat_epoch_loss[0].is_finite());
+    eprintln!("{r}");
+    // Real int8 graphs (static PTQ, and QAT through convert_with) stay close to fp32.
+    assert!((r.qat_accuracy - r.fp32_accuracy).abs() <= 0.05, "{r:?}");
+    assert!(r.ptq_accuracy >= r.fp32_accuracy - 0.06, "{r:?}");
+    assert!((r.qat_accuracy - r.qat_simulated_accuracy).abs() <= 0.02, "{r:?}");
+    assert!(r.int8_bytes < r.fp32_bytes, "{r:?}");
+    assert!(r.fp32_epoch_loss.iter().all(|l| l.is_finite()) && r.qat_epoch_loss.iter().all(|l| l.is_finite()));
+    assert!(
+        r.fp32_epoch_loss.last() < r.fp32_epoch_loss.first(),
+        "the network learns: {r:?}"
+    );
+    assert!(
+        r.qat_epoch_loss.last() < r.fp32_epoch_loss.last(),
+        "QAT fine-tuning keeps improving: {r:?}"
+    );
     assert!(r.parameters > 10_000);
 }

@@ -467,3 +467,32 @@ fn unsupported_ops_are_reported() {
         layer: None,
     };
 }
+
+#[test]
+fn conv2d_forward_and_backward_do_not_depend_on_the_thread_count() {
+    let mut rng = Rng::new(21);
+    for attrs in [
+        Conv2dAttrs::new(6, 8, 3).padding(1).stride(2),
+        Conv2dAttrs::new(8, 8, 3).padding(1).groups(8),
+        Conv2dAttrs::new(8, 4, 1),
+    ] {
+        let graph = single(Op::Conv2d(attrs.clone()), &[5, attrs.in_channels, 9, 9]);
+        let mut graph = graph;
+        randomize(&mut graph, &mut rng);
+        let x = random(&[5, attrs.in_channels, 9, 9], &mut rng, 1.0);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut model = TrainModel::from_graph(&graph, 0).unwrap();
+                let y = model.forward(std::slice::from_ref(&x)).unwrap().remove(0);
+                let r = Tensor::new(y.shape().to_vec(), y.data().iter().map(|v| v.sin()).collect()).unwrap();
+                let dx = model.backward(&[r]).unwrap().remove(0).unwrap();
+                let mut grads = Vec::new();
+                model.visit_params(&mut |_, p| grads.extend(p.grad.data().iter().map(|v| v.to_bits())));
+                let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                (bits(&y), bits(&dx), grads)
+            })
+        };
+        assert_eq!(run(1), run(3), "{attrs:?}");
+    }
+}

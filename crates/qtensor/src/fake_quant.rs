@@ -38,7 +38,7 @@ impl FakeQuant {
     #[inline]
     pub fn apply(&self, x: f32, inv_scale: f32) -> (f32, bool) {
         // Saturating conversion keeps huge inputs well-defined; they fall outside the mask.
-        let q = (x * inv_scale).round_ties_even() as i64 + self.zero_point as i64;
+        let q = ((x * inv_scale).round_ties_even() as i64).saturating_add(self.zero_point as i64);
         let clamped = q.clamp(self.qmin as i64, self.qmax as i64);
         let y = (clamped - self.zero_point as i64) as f32 * self.scale;
         (y, (self.qmin as i64..=self.qmax as i64).contains(&q) && !x.is_nan())
@@ -56,8 +56,24 @@ impl FakeQuant {
             }
         }
         let inv = 1.0 / self.scale;
+        // The same arithmetic as `apply`, in a form the compiler vectorizes: with
+        // `t = x * inv` clamped to `[lo - 1, hi + 1]` (`lo = qmin - zp`, `hi = qmax - zp`, small
+        // integers), adding and subtracting 1.5 * 2^23 rounds half to even exactly, clamping
+        // by integers commutes with rounding, and out-of-range values stay out of range. NaN
+        // gives 0 outside the mask, as `apply` does.
+        const ROUND: f32 = 12_582_912.0;
+        let lo = (self.qmin - self.zero_point) as f32;
+        let hi = (self.qmax - self.zero_point) as f32;
         for ((&v, out), m) in x.iter().zip(y.iter_mut()).zip(mask.iter_mut()) {
-            (*out, *m) = self.apply(v, inv);
+            let t = (v * inv).max(lo - 1.0).min(hi + 1.0);
+            let r = (t + ROUND) - ROUND;
+            let inside = r >= lo && r <= hi && !v.is_nan();
+            *out = if v.is_nan() {
+                0.0
+            } else {
+                r.max(lo).min(hi) * self.scale
+            };
+            *m = inside;
         }
         Ok(())
     }

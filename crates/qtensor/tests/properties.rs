@@ -175,3 +175,31 @@ fn fixed_point_primitives() {
     assert!(FixedPointRequant::new(0.0, 0, 0, 255).is_err());
     assert!(FixedPointRequant::new(f64::NAN, 0, 0, 255).is_err());
 }
+
+proptest! {
+    /// The vectorized slice form of fake quantization equals the per-value definition, ties,
+    /// out-of-range values, infinities and NaN included.
+    #[test]
+    fn fake_quant_slice_equals_per_value(
+        scale in 1e-4f32..2.0,
+        zp in -128i32..=127,
+        values in proptest::collection::vec(-1e6f32..1e6, 1..64),
+        ties in proptest::collection::vec(-300i32..300, 1..16),
+    ) {
+        use qtensor::fake_quant::FakeQuant;
+        let f = FakeQuant::new(scale, zp, -128, 127).unwrap();
+        let mut x = values;
+        x.extend(ties.iter().map(|&t| (t as f32 + 0.5) * scale));
+        x.extend(ties.iter().map(|&t| t as f32 * scale * 0.01));
+        x.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -0.0, 0.0]);
+        let mut y = vec![0.0; x.len()];
+        let mut mask = vec![false; x.len()];
+        f.forward(&x, &mut y, &mut mask).unwrap();
+        let inv = 1.0 / scale;
+        for (i, &v) in x.iter().enumerate() {
+            let (want, m) = f.apply(v, inv);
+            prop_assert_eq!(y[i].to_bits(), want.to_bits(), "x = {}", v);
+            prop_assert_eq!(mask[i], m, "x = {}", v);
+        }
+    }
+}

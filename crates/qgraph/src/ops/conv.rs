@@ -3,6 +3,7 @@
 //! in[n, g*Cg + c, y*s - p + i*d, x*s - p + j*d]`.
 
 use qtensor::Tensor;
+use rayon::prelude::*;
 
 use super::gemm::{sgemm, MatRef};
 use crate::error::shape_err;
@@ -58,22 +59,26 @@ pub fn conv2d(node: &Node, a: &Conv2dAttrs, x: &Tensor, out_shape: Vec<usize>) -
     let kk = a.kernel[0] * a.kernel[1];
     let mut y = vec![0.0f32; n * o * oh * ow];
     let pointwise = kk == 1 && a.stride == [1, 1] && a.padding == [0, 0];
-    let mut col = if pointwise || cg == 1 && og == 1 {
-        Vec::new()
-    } else {
-        vec![0.0f32; cg * kk * oh * ow]
-    };
-    for b in 0..n {
+    let depthwise = cg == 1 && og == 1;
+    let image_in = c * h * wd;
+    // Images are independent: one task each, with its own im2col buffer.
+    y.par_chunks_mut(o * oh * ow).enumerate().for_each(|(b, image)| {
+        let mut col = if pointwise || depthwise {
+            Vec::new()
+        } else {
+            vec![0.0f32; cg * kk * oh * ow]
+        };
+        let x_b = &x.data()[b * image_in..(b + 1) * image_in];
         for grp in 0..g {
-            let xin = &x.data()[(b * c + grp * cg) * h * wd..(b * c + (grp + 1) * cg) * h * wd];
-            let out = &mut y[(b * o + grp * og) * oh * ow..(b * o + (grp + 1) * og) * oh * ow];
+            let xin = &x_b[grp * cg * h * wd..(grp + 1) * cg * h * wd];
+            let out = &mut image[grp * og * oh * ow..(grp + 1) * og * oh * ow];
             if let Some(bias) = bias {
                 for (oc, plane) in out.chunks_exact_mut(oh * ow).enumerate() {
                     plane.fill(bias[grp * og + oc]);
                 }
             }
             let wg = &w[grp * og * cg * kk..(grp + 1) * og * cg * kk];
-            if cg == 1 && og == 1 {
+            if depthwise {
                 depthwise_plane(a, xin, h, wd, wg, out, oh, ow);
                 continue;
             }
@@ -90,7 +95,7 @@ pub fn conv2d(node: &Node, a: &Conv2dAttrs, x: &Tensor, out_shape: Vec<usize>) -
                 true,
             );
         }
-    }
+    });
     a.activation.apply(&mut y);
     Ok(Tensor::new(out_shape, y)?)
 }
@@ -131,20 +136,33 @@ pub(crate) fn im2col(a: &Conv2dAttrs, x: &[f32], c: usize, h: usize, w: usize, o
 #[allow(clippy::too_many_arguments)]
 fn depthwise_plane(a: &Conv2dAttrs, x: &[f32], h: usize, w: usize, k: &[f32], out: &mut [f32], oh: usize, ow: usize) {
     let [kh, kw] = a.kernel;
+    let s = a.stride[1] as isize;
     for i in 0..kh {
         for j in 0..kw {
             let wv = k[i * kw + j];
+            // Output columns whose tap lands inside the row: ix = ox * s + offset in [0, w).
+            let offset = (j * a.dilation[1]) as isize - a.padding[1] as isize;
+            let first = if offset >= 0 { 0 } else { ((-offset) + s - 1) / s } as usize;
+            let span = w as isize - 1 - offset;
+            let last = if span < 0 { 0 } else { (span / s + 1) as usize }.min(ow);
+            if first >= last {
+                continue;
+            }
+            let start = (first as isize * s + offset) as usize;
             for oy in 0..oh {
                 let iy = (oy * a.stride[0] + i * a.dilation[0]) as isize - a.padding[0] as isize;
                 if iy < 0 || iy >= h as isize {
                     continue;
                 }
                 let src = &x[iy as usize * w..(iy as usize + 1) * w];
-                let dst = &mut out[oy * ow..(oy + 1) * ow];
-                for (ox, v) in dst.iter_mut().enumerate() {
-                    let ix = (ox * a.stride[1] + j * a.dilation[1]) as isize - a.padding[1] as isize;
-                    if ix >= 0 && ix < w as isize {
-                        *v += wv * src[ix as usize];
+                let dst = &mut out[oy * ow + first..oy * ow + last];
+                if s == 1 {
+                    for (v, &xv) in dst.iter_mut().zip(&src[start..start + (last - first)]) {
+                        *v += wv * xv;
+                    }
+                } else {
+                    for (k, v) in dst.iter_mut().enumerate() {
+                        *v += wv * src[start + k * s as usize];
                     }
                 }
             }

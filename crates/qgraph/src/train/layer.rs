@@ -48,7 +48,7 @@ pub trait Layer: Send + fmt::Debug {
     /// Runs the layer; in training mode it keeps what [`Layer::backward`] needs.
     fn forward(&mut self, inputs: &[&Tensor], ctx: &mut ForwardCtx<'_>) -> Result<Tensor>;
     /// Gradient of every input from the gradient of the output; adds the parameters' gradients
-    /// to their accumulators. Uses the state of the last training-mode forward.
+    /// to their accumulators. Uses (and releases) the state of the last training-mode forward.
     fn backward(&mut self, grad_out: &Tensor) -> Result<Vec<Tensor>>;
     /// Visits every trainable parameter (buffers such as running statistics are not visited).
     fn visit_params(&mut self, f: &mut dyn FnMut(ParamRef<'_>));
@@ -83,6 +83,15 @@ pub fn accumulate(dst: &mut Tensor, src: &[f32]) {
     for (d, s) in dst.data_mut().iter_mut().zip(src) {
         *d += s;
     }
+}
+
+/// Takes the training-mode state a layer kept for its backward pass (each forward serves one
+/// backward), or an error saying to run forward.
+pub(crate) fn take_saved<T>(state: &mut Option<T>, layer: &str) -> Result<T> {
+    state.take().ok_or_else(|| crate::GraphError::Unsupported {
+        node: layer.to_string(),
+        what: "backward without a training-mode forward before it; run forward in Mode::Train first".into(),
+    })
 }
 
 /// The training-mode state a layer needs before backward, or an error saying to run forward.

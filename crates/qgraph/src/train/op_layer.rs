@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use qtensor::Tensor;
 
 use super::grad::{activation, conv, layout, linear, norm, pool};
-use super::layer::{saved, ForwardCtx, Layer, ParamRef};
+use super::layer::{take_saved, ForwardCtx, Layer, ParamRef};
 use crate::graph::Node;
 use crate::op::{FusedActivation, Op};
 use crate::{ops, GraphError, Result};
@@ -202,7 +202,7 @@ impl Layer for OpLayer {
     }
 
     fn backward(&mut self, grad_out: &Tensor) -> Result<Vec<Tensor>> {
-        let s = saved(&self.saved, &self.node.name)?.clone();
+        let s = take_saved(&mut self.saved, &self.node.name)?;
         let mut dy = grad_out.data().to_vec();
         if let Some(y) = &s.output {
             activation::mask_by_output(y.data(), &mut dy);

@@ -17,7 +17,7 @@ use qtensor::{QParams, Tensor};
 
 use super::fake_quantize::FakeQuantize;
 use super::grad::{activation, conv, linear, norm};
-use super::layer::{saved, ForwardCtx, Layer, Param, ParamRef};
+use super::layer::{take_saved, ForwardCtx, Layer, Param, ParamRef};
 use crate::graph::Node;
 use crate::op::{BatchNormAttrs, Conv2dAttrs, FusedActivation, LinearAttrs, Op};
 use crate::{ops, GraphError, Result};
@@ -56,6 +56,9 @@ struct ConvSaved {
     /// ConvBn: the conv output before the division by `sf`, `sf`, and the BatchNorm state.
     conv: Vec<f32>,
     sf: Vec<f32>,
+    /// `1 / sqrt(running_var + eps)` as the forward saw it (the training BatchNorm updates the
+    /// running variance afterwards), for `d sf / d gamma`.
+    running_invstd: Vec<f32>,
     bn: Option<norm::BatchNormSaved>,
     /// Eval-form BatchNorm: its input, for the gamma gradient.
     bn_input: Vec<f32>,
@@ -229,6 +232,10 @@ impl Layer for QatConv2d {
         let x = inputs[0];
         let o = self.attrs.out_channels;
         let sf = self.scale_factor();
+        let running_invstd: Vec<f32> = match &self.bn {
+            Some(bn) => bn.running_var.iter().map(|v| 1.0 / (v + bn.eps).sqrt()).collect(),
+            None => vec![1.0; o],
+        };
         let per = self.weight.value.numel() / o;
         let scaled: Vec<f32> = self
             .weight
@@ -305,6 +312,7 @@ impl Layer for QatConv2d {
                 out_shape: out_shape.clone(),
                 conv: conv_out.into_data(),
                 sf,
+                running_invstd,
                 bn: bn_saved,
                 bn_input,
                 y: if self.attrs.activation == FusedActivation::Relu {
@@ -318,7 +326,7 @@ impl Layer for QatConv2d {
     }
 
     fn backward(&mut self, grad_out: &Tensor) -> Result<Vec<Tensor>> {
-        let s = saved(&self.saved, &self.name)?.clone();
+        let s = take_saved(&mut self.saved, &self.name)?;
         let o = self.attrs.out_channels;
         let inner = s.out_shape[2] * s.out_shape[3];
         let mut dy = grad_out.data().to_vec();
@@ -415,7 +423,7 @@ impl Layer for QatConv2d {
         }
         if let Some(bn) = &mut self.bn {
             for (c, d) in dsf.iter().enumerate() {
-                bn.gamma.grad.data_mut()[c] += d / (bn.running_var[c] + bn.eps).sqrt();
+                bn.gamma.grad.data_mut()[c] += d * s.running_invstd[c];
             }
         }
         Ok(vec![Tensor::new(s.x.shape().to_vec(), dx)?])
@@ -543,7 +551,7 @@ impl Layer for QatLinear {
     }
 
     fn backward(&mut self, grad_out: &Tensor) -> Result<Vec<Tensor>> {
-        let s = saved(&self.saved, &self.name)?.clone();
+        let s = take_saved(&mut self.saved, &self.name)?;
         let mut dy = grad_out.data().to_vec();
         if self.attrs.activation == FusedActivation::Relu {
             activation::mask_by_output(&s.y, &mut dy);

@@ -16,16 +16,37 @@ pub struct BatchNormSaved {
     pub invstd: Vec<f32>,
 }
 
+/// `(sum a, sum a * b)` over one plane in eight f32 lanes (vectorized), returned in f64: planes
+/// are short, and channels add the planes up in f64.
+fn plane_sums(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let mut s = [0.0f32; 8];
+    let mut p = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            s[l] += x[l];
+            p[l] += x[l] * y[l];
+        }
+    }
+    let mut sum: f64 = s.iter().map(|&v| v as f64).sum();
+    let mut prod: f64 = p.iter().map(|&v| v as f64).sum();
+    for (&x, &y) in ar.iter().zip(br) {
+        sum += x as f64;
+        prod += x as f64 * y as f64;
+    }
+    (sum, prod)
+}
+
 /// Per-channel batch mean and biased variance of an `[N, C, ...]` tensor (f64 sums).
 pub fn batch_stats(x: &[f32], c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
     let mut sum = vec![0.0f64; c];
     let mut sq = vec![0.0f64; c];
     for (i, plane) in x.chunks_exact(inner.max(1)).enumerate() {
         let ch = i % c;
-        for &v in plane {
-            sum[ch] += v as f64;
-            sq[ch] += v as f64 * v as f64;
-        }
+        let (s, q) = plane_sums(plane, plane);
+        sum[ch] += s;
+        sq[ch] += q;
     }
     let count = (x.len() / c.max(1)).max(1) as f64;
     let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
@@ -97,10 +118,9 @@ pub fn batch_norm_train_backward(
     let mut sum_dy_xhat = vec![0.0f64; c];
     for (i, (g, h)) in dy.chunks_exact(inner).zip(saved.xhat.chunks_exact(inner)).enumerate() {
         let ch = i % c;
-        for (&gv, &hv) in g.iter().zip(h) {
-            sum_dy[ch] += gv as f64;
-            sum_dy_xhat[ch] += gv as f64 * hv as f64;
-        }
+        let (s, p) = plane_sums(g, h);
+        sum_dy[ch] += s;
+        sum_dy_xhat[ch] += p;
     }
     for ch in 0..c {
         dgamma[ch] += sum_dy_xhat[ch] as f32;
