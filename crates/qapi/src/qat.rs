@@ -422,7 +422,7 @@ pub fn static_qparams(graph: &Graph, qparams: &GraphQParams) -> StaticQParams {
 pub fn convert_int8(graph: &Graph, qparams: &GraphQParams, map: &QConfigMap) -> Result<(Graph, QuantReport)> {
     let _span = tracing::info_span!("qat_convert_int8").entered();
     let prepared = crate::prepare(graph, map)?;
-    let handoff = static_qparams(prepared.graph(), qparams);
+    let handoff = static_qparams(graph, qparams);
     prepared.convert_with(&handoff.activations, &handoff.weights)
 }
 
