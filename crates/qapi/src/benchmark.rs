@@ -110,13 +110,18 @@ pub fn cnn(name: &str, batch: usize) -> Result<(Graph, Vec<usize>)> {
 }
 
 fn image(shape: &[usize], seed: u64) -> Result<Vec<Value>> {
-    Ok(vec![Value::F32(Tensor::new(shape.to_vec(), normal(shape.iter().product(), seed))?)])
+    Ok(vec![Value::F32(Tensor::new(
+        shape.to_vec(),
+        normal(shape.iter().product(), seed),
+    )?)])
 }
 
 /// Statically quantizes a vision model with `config`, calibrated on `batches` random images.
 pub fn static_int8(graph: &Graph, shape: &[usize], config: &QConfigMap, batches: usize) -> Result<Graph> {
     let mut prepared = prepare(graph, config)?;
-    let inputs = (0..batches as u64).map(|i| image(shape, 1000 + i)).collect::<Result<Vec<_>>>()?;
+    let inputs = (0..batches as u64)
+        .map(|i| image(shape, 1000 + i))
+        .collect::<Result<Vec<_>>>()?;
     prepared.calibrate(inputs)?;
     Ok(prepared.convert()?.0)
 }
@@ -135,7 +140,9 @@ pub fn bench_cnn(name: &str, mode: &str, threads: usize, reps: usize) -> Result<
         }
     };
     let x = image(&shape, 7)?;
-    let median = with_threads(threads, || median_ms(|| graph.run(x.clone()).map(|_| ()).map_err(Into::into), 2, reps))??;
+    let median = with_threads(threads, || {
+        median_ms(|| graph.run(x.clone()).map(|_| ()).map_err(Into::into), 2, reps)
+    })??;
     Ok(ModelBench {
         model: name.to_string(),
         mode: mode.to_string(),
