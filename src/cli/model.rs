@@ -37,6 +37,16 @@ pub enum Preset {
 }
 
 impl Preset {
+    /// The op kinds quantized: the qforge preset also stores embedding tables as 8-bit rowwise
+    /// tables (the word embeddings are half of a small transformer's bytes); the PyTorch-parity
+    /// preset quantizes Linears only, as PyTorch's `quantize_dynamic` defaults do.
+    pub fn kinds(self) -> &'static [OpKind] {
+        match self {
+            Preset::Qforge => &[OpKind::Linear, OpKind::Embedding],
+            Preset::PytorchFbgemm | Preset::Float16 => &[OpKind::Linear],
+        }
+    }
+
     pub fn config(self) -> DynamicConfig {
         match self {
             Preset::Qforge => DynamicConfig::qforge(),
@@ -100,7 +110,7 @@ pub fn minilm_or_random() -> Result<LoadedBert, CliError> {
 pub fn prepare(graph: &Graph, mode: Mode, preset: Preset) -> Result<Graph, CliError> {
     Ok(match mode {
         Mode::Fp32 => graph.clone(),
-        Mode::Dynamic => qapi::quantize_dynamic(graph, &[OpKind::Linear], preset.config())?.0,
+        Mode::Dynamic => qapi::quantize_dynamic(graph, preset.kinds(), preset.config())?.0,
         Mode::Static => {
             return Err(CliError::Usage(
                 "static quantization of transformers is not supported; use --mode dynamic".into(),

@@ -96,7 +96,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let (graph, report) = match (args.arch.as_str(), args.mode) {
         ("minilm", QuantMode::Dynamic) => {
             let model = load_dir(&args.weights)?;
-            qapi::quantize_dynamic(&model.graph, &[OpKind::Linear], args.preset.config())?
+            qapi::quantize_dynamic(&model.graph, args.preset.kinds(), args.preset.config())?
         }
         ("minilm", QuantMode::Static) => {
             return Err(CliError::Usage(

@@ -6,7 +6,11 @@
 //! Recurrent layers follow PyTorch's dynamic LSTM/GRU: `W_ih` and `W_hh` (with their biases)
 //! become dynamic Linears, and the gate math runs in f32 through the same code as qgraph's fp32
 //! LSTM/GRU ([`qgraph::ops::recurrent::lstm_with`]).
-
+//!
+//! Embedding tables, when selected, become 8-bit rowwise tables
+//! ([`crate::dynamic_embedding`], PyTorch's `float_qparams_weight_only_qconfig`), and the
+//! Linear projections that feed one attention node as query, key and value are fused into a
+//! single Linear ([`crate::dynamic_fuse`]) so their shared input is quantized once.
 use std::any::Any;
 use std::sync::Arc;
 
@@ -15,22 +19,37 @@ use qgraph::{CustomOp, FusedActivation, Graph, GraphError, LinearAttrs, Node, Op
 use qtensor::Tensor;
 
 use crate::dynamic::{ActivationGranularity, DynamicConfig, DynamicDType, DynamicLinear, WeightGranularity};
+use crate::dynamic_embedding::DynamicEmbeddingOp;
 use crate::report::{FloatReason, NodeReport, NodeStatus, QuantReport};
 use crate::{ApiError, Result};
 
 /// The op kinds qforge can quantize dynamically.
-pub const DYNAMIC_KINDS: &[OpKind] = &[OpKind::Linear, OpKind::Lstm, OpKind::Gru];
+pub const DYNAMIC_KINDS: &[OpKind] = &[OpKind::Linear, OpKind::Lstm, OpKind::Gru, OpKind::Embedding];
 
 /// Clones `graph` and replaces every node of the `kinds` asked for (a subset of
 /// [`DYNAMIC_KINDS`]) by its dynamically quantized version under `config`.
 ///
 /// Errors when `kinds` is empty or names a kind without a dynamic kernel, or when a selected
 /// node's weights cannot be quantized (non-finite values, missing parameters).
+/// Query/key/value projections that feed one attention node are then fused into one Linear
+/// ([`crate::dynamic_fuse`]; the outputs are unchanged).
 pub fn quantize_dynamic(graph: &Graph, kinds: &[OpKind], config: DynamicConfig) -> Result<(Graph, QuantReport)> {
+    let (out, mut report) = quantize_dynamic_unfused(graph, kinds, config)?;
+    let out = crate::dynamic_fuse::fuse_qkv(out, &mut report)?;
+    Ok((out, report))
+}
+
+/// [`quantize_dynamic`] without the query/key/value fusion: one quantized node per original
+/// node (same outputs, one activation quantization per projection).
+pub fn quantize_dynamic_unfused(
+    graph: &Graph,
+    kinds: &[OpKind],
+    config: DynamicConfig,
+) -> Result<(Graph, QuantReport)> {
     let _span = tracing::info_span!("quantize_dynamic", ?kinds, ?config).entered();
     if kinds.is_empty() {
         return Err(ApiError::Config {
-            detail: "no op kinds selected; pass e.g. [OpKind::Linear] (dynamic quantization covers Linear, LSTM, GRU)"
+            detail: "no op kinds selected; pass e.g. [OpKind::Linear] (dynamic quantization covers Linear, LSTM, GRU, Embedding)"
                 .into(),
         });
     }
@@ -48,14 +67,23 @@ pub fn quantize_dynamic(graph: &Graph, kinds: &[OpKind], config: DynamicConfig) 
         let replacement: Option<Arc<dyn CustomOp>> = match &node.op {
             Op::Linear(a) if selected => Some(Arc::new(DynamicLinearOp::from_node(node, a, config)?)),
             Op::Lstm(a) | Op::Gru(a) if selected => Some(Arc::new(DynamicRnnOp::from_node(node, a, config)?)),
+            Op::Embedding { .. } if selected && config.dtype == DynamicDType::QInt8 => {
+                Some(Arc::new(DynamicEmbeddingOp::from_node(node)?))
+            }
             _ => None,
         };
         let status = match &replacement {
+            Some(_) if node.op.kind() == OpKind::Embedding => NodeStatus::Quantized {
+                detail: "quint8 rowwise weight-only table, float qparams (dynamic)".into(),
+            },
             Some(_) => NodeStatus::Quantized {
                 detail: describe(config),
             },
             None => match node.op.kind() {
-                OpKind::Linear | OpKind::Lstm | OpKind::Gru => NodeStatus::Float {
+                OpKind::Embedding if selected => NodeStatus::Float {
+                    reason: FloatReason::Other("embedding tables are quantized with int8 configurations only".into()),
+                },
+                OpKind::Linear | OpKind::Lstm | OpKind::Gru | OpKind::Embedding => NodeStatus::Float {
                     reason: FloatReason::NotSelected,
                 },
                 OpKind::Input
@@ -350,7 +378,7 @@ impl CustomOp for DynamicRnnOp {
 
 /// Bytes of a graph's parameters as stored: f32 parameters at 4 bytes, dynamic custom ops at
 /// their [`DynamicLinear::size_bytes`] (int8 weights + scales and zero points + f32 bias, or
-/// float16 weights). Other custom ops count 0 here.
+/// float16 weights), rowwise embedding tables at one byte per value plus 8 per row. Other custom ops count 0 here.
 pub fn stored_size_bytes(graph: &Graph) -> usize {
     graph
         .nodes()
@@ -366,6 +394,8 @@ pub fn stored_size_bytes(graph: &Graph) -> usize {
                             .iter()
                             .map(|w| w.input_hidden.size_bytes() + w.hidden_hidden.size_bytes())
                             .sum()
+                    } else if let Some(e) = c.as_any().downcast_ref::<DynamicEmbeddingOp>() {
+                        e.table().size_bytes()
                     } else {
                         0
                     }

@@ -1,15 +1,19 @@
 //! Saving and loading the dynamically quantized graph ops ([`DynamicLinearOp`],
-//! [`DynamicRnnOp`]) for [`crate::serialize`]: int8 weights as quantized tensors (float16 ones
-//! as F16), biases as F32, attributes and configuration as JSON.
+//! [`DynamicRnnOp`], [`DynamicEmbeddingOp`]) for [`crate::serialize`]: int8 weights as quantized
+//! tensors (float16 ones as F16), biases as F32, attributes and configuration as JSON.
+//! A rowwise embedding table stores its u8 codes as a quint8 tensor with unit scale and zero
+//! point 0 (the codes themselves), and its float per-row scales and zero points as F32 tensors.
 
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use qgraph::{CustomOp, LinearAttrs, Node, RnnAttrs};
+use qtensor::{DType, QData, QParams, QTensor};
 use serde_json::{json, Value as Json};
 
 use crate::dynamic::{DynamicConfig, DynamicLinear};
+use crate::dynamic_embedding::{DynamicEmbeddingOp, RowwiseQuantizedTable};
 use crate::dynamic_graph::{DynamicLinearOp, DynamicRnnOp, RnnCell, RnnLayerWeights};
 use crate::serialize::LoadContext;
 use crate::{ApiError, Result, StoredTensor};
@@ -98,6 +102,29 @@ pub(crate) fn save(
         let attrs = json!({"cell": cell, "rnn": to_json(r.attrs())?, "config": to_json(&config)?});
         return Ok(Some(("DynamicRnn", attrs)));
     }
+    if let Some(e) = op.downcast_ref::<DynamicEmbeddingOp>() {
+        let t = e.table();
+        let codes = QTensor::from_data(
+            [t.rows(), t.dim()],
+            DType::QUInt8,
+            QParams::per_tensor(1.0, 0, DType::QUInt8)?,
+            QData::U8(t.codes().to_vec()),
+        )?;
+        tensors.insert(node.param_name("weight"), StoredTensor::Quantized(codes));
+        for (local, values) in [("weight_scales", t.scales()), ("weight_zero_points", t.zero_points())] {
+            tensors.insert(
+                node.param_name(local),
+                StoredTensor::F32 {
+                    shape: vec![values.len()],
+                    data: values.to_vec(),
+                },
+            );
+        }
+        return Ok(Some((
+            "QuantizedEmbedding",
+            json!({"format": "quint8_rowwise_float_qparams"}),
+        )));
+    }
     Ok(None)
 }
 
@@ -127,6 +154,22 @@ pub(crate) fn load(kind: &str, attrs: &Json, ctx: &LoadContext<'_>) -> Result<Op
                 })
                 .collect::<Result<Vec<_>>>()?;
             Some(Arc::new(DynamicRnnOp::new(cell, rnn, layers)?))
+        }
+        "QuantizedEmbedding" => {
+            if attrs["format"].as_str() != Some("quint8_rowwise_float_qparams") {
+                return Err(bad(format!("unknown embedding table format {}", attrs["format"])));
+            }
+            let codes = ctx.quantized("weight")?;
+            let (QData::U8(data), [rows, dim]) = (codes.data(), codes.shape()) else {
+                return Err(bad(format!("{}: embedding codes must be quint8 [rows, dim]", ctx.name)));
+            };
+            let missing = |what: &str| bad(format!("{}: embedding table has no {what}", ctx.name));
+            let scales = ctx.f32_opt("weight_scales")?.ok_or_else(|| missing("weight_scales"))?;
+            let zero_points = ctx
+                .f32_opt("weight_zero_points")?
+                .ok_or_else(|| missing("weight_zero_points"))?;
+            let table = RowwiseQuantizedTable::from_parts(*rows, *dim, data.clone(), scales, zero_points)?;
+            Some(Arc::new(DynamicEmbeddingOp::new(table)))
         }
         _ => None,
     })

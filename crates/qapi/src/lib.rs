@@ -6,6 +6,8 @@
 pub mod benchmark;
 pub mod compare;
 pub mod dynamic;
+pub mod dynamic_embedding;
+pub mod dynamic_fuse;
 pub mod dynamic_graph;
 mod dynamic_persist;
 mod error;
@@ -20,7 +22,10 @@ pub mod serialize;
 pub mod static_ptq;
 pub mod supported;
 
-pub use dynamic_graph::{quantize_dynamic, stored_size_bytes, DynamicLinearOp, DynamicRnnOp, RnnCell, RnnLayerWeights};
+pub use dynamic_graph::{
+    quantize_dynamic, quantize_dynamic_unfused, stored_size_bytes, DynamicLinearOp, DynamicRnnOp, RnnCell,
+    RnnLayerWeights,
+};
 pub use error::{ApiError, Result};
 pub use file::{ModelFile, StoredTensor, FORMAT_VERSION};
 pub use qconfig::{ConfigSource, QConfig, QConfigMap};

@@ -134,12 +134,30 @@ fn dynamic_int8_embeddings_stay_close_to_fp32() {
     let (_, reference) = golden.f32s("embeddings");
     let h = config.hidden_size;
     let mut results = Vec::new();
-    for (name, cfg) in [
-        ("qforge", DynamicConfig::qforge()),
-        ("pytorch_fbgemm", DynamicConfig::pytorch_fbgemm()),
+    for (name, cfg, kinds, tables) in [
+        (
+            "qforge",
+            DynamicConfig::qforge(),
+            &[OpKind::Linear, OpKind::Embedding][..],
+            3,
+        ),
+        (
+            "pytorch_fbgemm",
+            DynamicConfig::pytorch_fbgemm(),
+            &[OpKind::Linear][..],
+            0,
+        ),
     ] {
-        let (q, report) = quantize_dynamic(&graph, &[OpKind::Linear], cfg).unwrap();
-        assert_eq!(report.quantized().len(), 6 * config.num_hidden_layers);
+        let (q, report) = quantize_dynamic(&graph, kinds, cfg).unwrap();
+        assert_eq!(report.quantized().len(), 6 * config.num_hidden_layers + tables);
+        let ratio = qapi::stored_size_bytes(&q) as f64 / qapi::stored_size_bytes(&graph) as f64;
+        println!("MiniLM dynamic int8 ({name}): {ratio:.3}x the fp32 parameter bytes");
+        if tables > 0 {
+            assert!(
+                ratio < 0.27,
+                "int8 model with 8-bit embedding tables is {ratio:.3}x fp32"
+            );
+        }
         let emb = mean_pool_normalize(&last_hidden_state(&q, &enc).unwrap(), &enc.attention_mask).unwrap();
         let (mean, min) = cosines(emb.data(), &reference, h);
         println!("MiniLM dynamic int8 ({name}): mean cosine vs fp32 {mean:.5}, min {min:.5}");

@@ -219,7 +219,8 @@ pub struct RnnAttrs {
 /// Multi-head scaled dot-product attention over `[B, S, hidden]` query, key and value inputs
 /// and a `[B, S]` attention mask (1 = attend, 0 = padding), as HF `BertSelfAttention` after its
 /// projections: per head `softmax(q k^T / sqrt(head_dim) + (1 - mask) * f32::MIN) v`, heads
-/// concatenated back to `[B, S, hidden]`.
+/// concatenated back to `[B, S, hidden]`. The inputs may also be `(qkv, mask)` with query, key
+/// and value side by side in one `[B, S, 3 hidden]` tensor (a fused projection's output).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AttentionAttrs {
     pub num_heads: usize,
@@ -303,7 +304,7 @@ pub enum Op {
     Lstm(RnnAttrs),
     Gru(RnnAttrs),
     Identity,
-    /// Inputs `(q, k, v, mask)`, see [`AttentionAttrs`].
+    /// Inputs `(q, k, v, mask)` or `(qkv, mask)`, see [`AttentionAttrs`].
     Attention(AttentionAttrs),
     /// Position ids `0..S` along the last dimension of its `[.., S]` input, as i64 (the
     /// `position_ids` of a BERT embedding).

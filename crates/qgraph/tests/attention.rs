@@ -68,6 +68,63 @@ fn attention_matches_naive_reference_with_padding() {
 }
 
 #[test]
+fn packed_qkv_gives_the_same_bits_as_separate_inputs() {
+    let (b, s, hidden, heads) = (2, 5, 12, 3);
+    let n = b * s * hidden;
+    let (qd, kd, vd) = (pseudo(n, 1), pseudo(n, 2), pseudo(n, 3));
+    let mask = IdTensor::new([b, s], vec![1, 1, 1, 1, 1, 1, 1, 1, 0, 0]).unwrap();
+    let mut g = GraphBuilder::new();
+    let ins = ["q", "k", "v"].map(|name| g.input(name, &[b, s, hidden]));
+    let m = g.input_ids("mask", &[b, s]);
+    let y = g.attention("attn", [ins[0], ins[1], ins[2], m], heads, hidden);
+    g.output(y);
+    let separate = g.build().unwrap();
+    let mut g = GraphBuilder::new();
+    let qkv = g.input("qkv", &[b, s, 3 * hidden]);
+    let m = g.input_ids("mask", &[b, s]);
+    let y = g.node(
+        "attn",
+        qgraph::Op::Attention(qgraph::AttentionAttrs {
+            num_heads: heads,
+            hidden_size: hidden,
+        }),
+        &[qkv, m],
+    );
+    g.output(y);
+    let packed = g.build().unwrap();
+    // Row t of the packed input is q[t] | k[t] | v[t].
+    let rows: Vec<f32> = (0..b * s)
+        .flat_map(|t| {
+            [&qd, &kd, &vd]
+                .into_iter()
+                .flat_map(move |x| x[t * hidden..(t + 1) * hidden].to_vec())
+        })
+        .collect();
+    let f = |d: &[f32], w: usize| Value::F32(Tensor::new([b, s, w], d.to_vec()).unwrap());
+    let want = separate
+        .run(vec![
+            f(&qd, hidden),
+            f(&kd, hidden),
+            f(&vd, hidden),
+            Value::I64(mask.clone()),
+        ])
+        .unwrap();
+    let got = packed.run(vec![f(&rows, 3 * hidden), Value::I64(mask)]).unwrap();
+    assert_eq!(got[0].as_f32().unwrap(), want[0].as_f32().unwrap());
+    // A packed input of the wrong width is rejected.
+    let mut g = GraphBuilder::new();
+    let qkv = g.input("qkv", &[b, s, 2 * hidden]);
+    let m = g.input_ids("mask", &[b, s]);
+    let attrs = qgraph::AttentionAttrs {
+        num_heads: heads,
+        hidden_size: hidden,
+    };
+    let y = g.node("attn", qgraph::Op::Attention(attrs), &[qkv, m]);
+    g.output(y);
+    assert!(g.build().unwrap_err().to_string().contains("packed"));
+}
+
+#[test]
 fn attention_rejects_bad_shapes() {
     let mut g = GraphBuilder::new();
     let q = g.input("q", &[1, 4, 12]);

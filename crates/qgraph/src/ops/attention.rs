@@ -19,13 +19,15 @@ use crate::op::AttentionAttrs;
 use crate::value::{IdTensor, Value};
 use crate::Result;
 
-/// Shape rule: `q`, `k`, `v` `[B, S, hidden]`, mask `[B, S]`; output `[B, S, hidden]`.
+/// Shape rule: `q`, `k`, `v` `[B, S, hidden]` and mask `[B, S]`, or the packed form `qkv`
+/// `[B, S, 3 hidden]` (query, key and value side by side in each row, as a fused projection
+/// writes them) and mask `[B, S]`; output `[B, S, hidden]`.
 pub fn attention_shape(node: &str, a: &AttentionAttrs, ins: &[&[usize]]) -> Result<Vec<usize>> {
-    if ins.len() != 4 {
+    if ins.len() != 4 && ins.len() != 2 {
         return Err(shape_err(
             node,
             format!(
-                "Attention expects 4 inputs (query, key, value, mask), got {}",
+                "Attention expects 4 inputs (query, key, value, mask) or 2 (packed qkv, mask), got {}",
                 ins.len()
             ),
         ));
@@ -40,7 +42,18 @@ pub fn attention_shape(node: &str, a: &AttentionAttrs, ins: &[&[usize]]) -> Resu
         ));
     }
     let q = ins[0];
-    if q.len() != 3 || q[2] != a.hidden_size || ins[1] != q || ins[2] != q {
+    let mask = ins[ins.len() - 1];
+    if ins.len() == 2 {
+        if q.len() != 3 || q[2] != 3 * a.hidden_size {
+            return Err(shape_err(
+                node,
+                format!(
+                    "packed attention input must be [batch, seq, {}] (query, key, value side by side), got {q:?}",
+                    3 * a.hidden_size
+                ),
+            ));
+        }
+    } else if q.len() != 3 || q[2] != a.hidden_size || ins[1] != q || ins[2] != q {
         return Err(shape_err(
             node,
             format!(
@@ -49,13 +62,13 @@ pub fn attention_shape(node: &str, a: &AttentionAttrs, ins: &[&[usize]]) -> Resu
             ),
         ));
     }
-    if ins[3] != &q[..2] {
+    if mask != &q[..2] {
         return Err(shape_err(
             node,
-            format!("attention mask must be [batch, seq] = {:?}, got {:?}", &q[..2], ins[3]),
+            format!("attention mask must be [batch, seq] = {:?}, got {:?}", &q[..2], mask),
         ));
     }
-    Ok(q.to_vec())
+    Ok(vec![q[0], q[1], a.hidden_size])
 }
 
 /// The additive bias of each key position: 0 where `mask` is 1, `f32::MIN` where it is 0
@@ -74,52 +87,89 @@ pub fn mask_bias(node: &str, mask: &Value) -> Result<Vec<f32>> {
     Ok(ones.into_iter().map(|m| (1.0 - m) * f32::MIN).collect())
 }
 
-/// Runs attention; shapes must satisfy [`attention_shape`].
-pub fn attention<'a>(a: &AttentionAttrs, q: &'a Tensor, k: &'a Tensor, v: &'a Tensor, bias: &[f32]) -> Tensor {
-    let (b, s, hidden) = (q.shape()[0], q.shape()[1], q.shape()[2]);
+/// Where query, key and value live: each is `[B, S, hidden]` read at `offset` into its slice
+/// with `row_stride` values between consecutive tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct QkvViews<'a> {
+    pub q: (&'a [f32], usize),
+    pub k: (&'a [f32], usize),
+    pub v: (&'a [f32], usize),
+    pub row_stride: usize,
+}
+
+impl<'a> QkvViews<'a> {
+    /// Three separate dense `[B, S, hidden]` tensors.
+    pub fn separate(q: &'a Tensor, k: &'a Tensor, v: &'a Tensor) -> QkvViews<'a> {
+        QkvViews {
+            q: (q.data(), 0),
+            k: (k.data(), 0),
+            v: (v.data(), 0),
+            row_stride: q.shape()[2],
+        }
+    }
+
+    /// One packed `[B, S, 3 hidden]` tensor (query, key, value side by side).
+    pub fn packed(qkv: &'a Tensor) -> QkvViews<'a> {
+        let hidden = qkv.shape()[2] / 3;
+        QkvViews {
+            q: (qkv.data(), 0),
+            k: (qkv.data(), hidden),
+            v: (qkv.data(), 2 * hidden),
+            row_stride: 3 * hidden,
+        }
+    }
+}
+
+/// Runs attention on `[B, S]` tokens; shapes must satisfy [`attention_shape`].
+pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews<'a>, bias: &[f32]) -> Tensor {
+    let (b, s, hidden) = (batch, seq, a.hidden_size);
     let heads = a.num_heads;
     let dh = hidden / heads;
     let scale = 1.0 / (dh as f32).sqrt();
+    let stride = qkv.row_stride;
+    let mut y = vec![0.0f32; b * s * hidden];
+    // Each (batch, head) task owns a disjoint set of column blocks of `y`; they are collected
+    // and written back afterwards so the tasks never share a mutable slice.
     let per_head: Vec<Vec<f32>> = (0..b * heads)
         .into_par_iter()
-        .map(|task| {
-            let (bi, h) = (task / heads, task % heads);
-            let base = bi * s * hidden + h * dh;
-            let view = |data: &'a [f32], transposed: bool| {
-                let data = &data[base..];
-                if transposed {
-                    MatRef {
-                        data,
-                        rows: dh,
-                        cols: s,
-                        row_stride: 1,
-                        col_stride: hidden,
+        .map_init(
+            || vec![0.0f32; s * s],
+            |scores, task| {
+                let (bi, h) = (task / heads, task % heads);
+                let view = |(data, offset): (&'a [f32], usize), transposed: bool| {
+                    let data = &data[bi * s * stride + offset + h * dh..];
+                    if transposed {
+                        MatRef {
+                            data,
+                            rows: dh,
+                            cols: s,
+                            row_stride: 1,
+                            col_stride: stride,
+                        }
+                    } else {
+                        MatRef {
+                            data,
+                            rows: s,
+                            cols: dh,
+                            row_stride: stride,
+                            col_stride: 1,
+                        }
                     }
-                } else {
-                    MatRef {
-                        data,
-                        rows: s,
-                        cols: dh,
-                        row_stride: hidden,
-                        col_stride: 1,
+                };
+                sgemm(view(qkv.q, false), view(qkv.k, true), scores, false);
+                let key_bias = &bias[bi * s..(bi + 1) * s];
+                for row in scores.chunks_exact_mut(s) {
+                    for (x, &kb) in row.iter_mut().zip(key_bias) {
+                        *x = *x * scale + kb;
                     }
+                    softmax_row(row);
                 }
-            };
-            let mut scores = vec![0.0f32; s * s];
-            sgemm(view(q.data(), false), view(k.data(), true), &mut scores, false);
-            let key_bias = &bias[bi * s..(bi + 1) * s];
-            for row in scores.chunks_exact_mut(s) {
-                for (x, &kb) in row.iter_mut().zip(key_bias) {
-                    *x = *x * scale + kb;
-                }
-                softmax_row(row);
-            }
-            let mut out = vec![0.0f32; s * dh];
-            sgemm(MatRef::row_major(&scores, s, s), view(v.data(), false), &mut out, false);
-            out
-        })
+                let mut out = vec![0.0f32; s * dh];
+                sgemm(MatRef::row_major(scores, s, s), view(qkv.v, false), &mut out, false);
+                out
+            },
+        )
         .collect();
-    let mut y = vec![0.0f32; b * s * hidden];
     for (task, out) in per_head.iter().enumerate() {
         let (bi, h) = (task / heads, task % heads);
         for (i, row) in out.chunks_exact(dh).enumerate() {

@@ -141,8 +141,8 @@ pub fn forward(node: &Node, args: &[&Value]) -> Result<Value> {
         return Ok(Value::I64(attention::position_ids(&out_shape)));
     }
     if let Op::Attention(a) = &node.op {
-        let bias = attention::mask_bias(&node.name, args[3])?;
-        let qkv = args[..3]
+        let bias = attention::mask_bias(&node.name, args[args.len() - 1])?;
+        let qkv = args[..args.len() - 1]
             .iter()
             .map(|v| {
                 v.as_f32().ok_or_else(|| GraphError::Unsupported {
@@ -151,7 +151,13 @@ pub fn forward(node: &Node, args: &[&Value]) -> Result<Value> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        return Ok(Value::F32(attention::attention(a, qkv[0], qkv[1], qkv[2], &bias)));
+        let views = match qkv[..] {
+            [packed] => attention::QkvViews::packed(packed),
+            [q, k, v] => attention::QkvViews::separate(q, k, v),
+            _ => unreachable!("arity checked by attention_shape"),
+        };
+        let (b, s) = (out_shape[0], out_shape[1]);
+        return Ok(Value::F32(attention::attention(a, b, s, views, &bias)));
     }
     let x: Vec<&Tensor> = args
         .iter()
