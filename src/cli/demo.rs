@@ -150,7 +150,7 @@ fn static_row() -> Result<Row, CliError> {
         normal(shape.iter().product(), 3),
     )?)];
     let (t32, t8) = threads(1, || -> qapi::Result<(f64, f64)> {
-        let time = |g: &qgraph::Graph| median(|| g.run(x.clone()).map(|_| ()).map_err(Into::into), 1, 5);
+        let time = |g: &qgraph::Graph| median(|| g.run(x.clone()).map(|_| ()).map_err(qapi::ApiError::from), 1, 5);
         Ok((time(&fp32)?, time(&int8)?))
     })??;
     let out = |g: &qgraph::Graph| -> Result<Vec<f32>, CliError> {

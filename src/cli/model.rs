@@ -3,7 +3,6 @@
 //! timing.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use clap::ValueEnum;
 use qapi::dynamic::DynamicConfig;
@@ -140,25 +139,11 @@ pub fn bench_input(model: &LoadedBert, batch: usize, seq: usize) -> Result<Encod
 }
 
 /// Median wall time in milliseconds of `reps` calls after `warmup` calls.
-pub fn median_ms(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<(), CliError>) -> Result<f64, CliError> {
-    for _ in 0..warmup {
-        f()?;
-    }
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        f()?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+pub fn median_ms(warmup: usize, reps: usize, f: impl FnMut() -> Result<(), CliError>) -> Result<f64, CliError> {
+    qapi::benchmark::median_ms(f, warmup, reps)
 }
 
 /// Runs `f` on a rayon pool of `threads` threads.
 pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T, CliError> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| CliError::Usage(format!("cannot start {threads} threads: {e}")))?;
-    Ok(pool.install(f))
+    Ok(qapi::benchmark::with_threads(threads, f)?)
 }

@@ -34,7 +34,11 @@ impl ModelBench {
 }
 
 /// Median wall time of `f` in milliseconds, after `warmup` unmeasured calls.
-pub fn median_ms(mut f: impl FnMut() -> Result<()>, warmup: usize, reps: usize) -> Result<f64> {
+pub fn median_ms<E>(
+    mut f: impl FnMut() -> std::result::Result<(), E>,
+    warmup: usize,
+    reps: usize,
+) -> std::result::Result<f64, E> {
     for _ in 0..warmup {
         f()?;
     }
@@ -141,7 +145,7 @@ pub fn bench_cnn(name: &str, mode: &str, threads: usize, reps: usize) -> Result<
     };
     let x = image(&shape, 7)?;
     let median = with_threads(threads, || {
-        median_ms(|| graph.run(x.clone()).map(|_| ()).map_err(Into::into), 2, reps)
+        median_ms(|| graph.run(x.clone()).map(|_| ()).map_err(ApiError::from), 2, reps)
     })??;
     Ok(ModelBench {
         model: name.to_string(),
