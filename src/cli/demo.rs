@@ -88,7 +88,7 @@ struct Row {
 
 fn print_table(rows: &[Row]) {
     println!("\nbatch 1, 1 thread, median latency; sizes are the model files on disk");
-    println!("(dynamic: Linear layers; static: every conv/linear/add/pool; qat: fine-tuned with fake quantization)");
+    println!("(dynamic: Linear and Embedding layers; static: every conv/linear/add/pool; qat: fine-tuned with fake quantization)");
     println!(
         "{:<8} {:<44} {:>9} {:>9} {:>8} {:>10} {:>10}  accuracy",
         "route", "model", "fp32 ms", "int8 ms", "speedup", "fp32 size", "int8 size"
