@@ -24,7 +24,7 @@ fn ops_lists_dynamic_kernels() {
         out.lines().any(|l| l.starts_with("Lstm") && l.contains("qint8")),
         "{out}"
     );
-    assert!(out.contains("3 with dynamic int8 kernels"), "{out}");
+    assert!(out.contains("4 with dynamic int8 kernels"), "{out}");
     assert!(
         out.lines().any(|l| l.starts_with("Conv2d") && l.contains("int8 conv")),
         "{out}"

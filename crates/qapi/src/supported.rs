@@ -21,46 +21,17 @@ pub fn supported_ops() -> Vec<SupportedOp> {
         match k {
         Linear => Some("qint8 weights (per-channel or per-tensor), quint8 activations per token or per tensor, f32 out; or float16 weights"),
         Lstm | Gru => Some("qint8 input and hidden projections, f32 gate math"),
+        Embedding => Some("8-bit rows with per-row scale and zero point, dequantized on lookup"),
         _ => None,
     }
     };
-    [
-        Linear,
-        Conv2d,
-        ConvTranspose2d,
-        BatchNorm1d,
-        BatchNorm2d,
-        LayerNorm,
-        Embedding,
-        Relu,
-        Relu6,
-        Gelu,
-        Silu,
-        Hardswish,
-        Sigmoid,
-        Tanh,
-        Softmax,
-        MaxPool2d,
-        AvgPool2d,
-        AdaptiveAvgPool2d,
-        Upsample,
-        Add,
-        Mul,
-        Cat,
-        Flatten,
-        Reshape,
-        Permute,
-        MatMul,
-        Dropout,
-        Lstm,
-        Gru,
-        Identity,
-    ]
-    .into_iter()
-    .map(|kind| SupportedOp {
-        kind,
-        static_int8: statics.iter().find(|(k, _)| *k == kind).map(|(_, d)| *d),
-        dynamic: dynamic(kind),
-    })
-    .collect()
+    OpKind::ALL
+        .into_iter()
+        .filter(|k| !matches!(k, Input | Custom))
+        .map(|kind| SupportedOp {
+            kind,
+            static_int8: statics.iter().find(|(k, _)| *k == kind).map(|(_, d)| *d),
+            dynamic: dynamic(kind),
+        })
+        .collect()
 }

@@ -353,6 +353,46 @@ pub enum OpKind {
     Custom,
 }
 
+impl OpKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [OpKind; 34] = [
+        OpKind::Input,
+        OpKind::Linear,
+        OpKind::Conv2d,
+        OpKind::ConvTranspose2d,
+        OpKind::BatchNorm1d,
+        OpKind::BatchNorm2d,
+        OpKind::LayerNorm,
+        OpKind::Embedding,
+        OpKind::Relu,
+        OpKind::Relu6,
+        OpKind::Gelu,
+        OpKind::Silu,
+        OpKind::Hardswish,
+        OpKind::Sigmoid,
+        OpKind::Tanh,
+        OpKind::Softmax,
+        OpKind::MaxPool2d,
+        OpKind::AvgPool2d,
+        OpKind::AdaptiveAvgPool2d,
+        OpKind::Upsample,
+        OpKind::Add,
+        OpKind::Mul,
+        OpKind::Cat,
+        OpKind::Flatten,
+        OpKind::Reshape,
+        OpKind::Permute,
+        OpKind::MatMul,
+        OpKind::Dropout,
+        OpKind::Lstm,
+        OpKind::Gru,
+        OpKind::Identity,
+        OpKind::Attention,
+        OpKind::PositionIds,
+        OpKind::Custom,
+    ];
+}
+
 impl Op {
     pub fn kind(&self) -> OpKind {
         match self {

@@ -186,7 +186,6 @@ fn plan_node(graph: &Graph, node: &Node, shapes: &[Vec<usize>], i: usize, plans:
         }
     };
     let no_kernel = |why: &str| Plan::Float(FloatReason::Other(format!("no int8 kernel for {why}")));
-    let _ = i;
     match &node.op {
         Op::Conv2d(_) | Op::ConvTranspose2d(_) => Plan::Anchor(cfg),
         Op::Linear(_) => {
