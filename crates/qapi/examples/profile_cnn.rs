@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rows.sort_by(|a, b| b.2.total_cmp(&a.2));
     let total: f64 = rows.iter().map(|r| r.2).sum();
     println!("{name}: {total:.2} ms");
-    for (node, op, ms) in rows.iter().take(25) {
+    for (node, op, ms) in rows.iter().take(80) {
         println!("{ms:8.3} ms  {op:<28} {node}");
     }
     Ok(())
