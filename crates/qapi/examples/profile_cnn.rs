@@ -1,9 +1,16 @@
 //! Per-node time of a statically quantized CNN, slowest first:
-//! `cargo run --release -p qapi --example profile_cnn -- resnet18`.
+//! `cargo run --release -p qapi --example profile_cnn -- resnet18 [fp32]` (`fp32`: the float
+//! graph instead).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "resnet18".into());
-    let (graph, x) = qapi::benchmark::static_cnn(&name)?;
+    let (graph, x) = if std::env::args().nth(2).as_deref() == Some("fp32") {
+        let (graph, shape) = qapi::benchmark::cnn(&name, 1)?;
+        let data = qapi::benchmark::normal(shape.iter().product(), 7);
+        (graph, vec![qgraph::Value::F32(qtensor::Tensor::new(shape, data)?)])
+    } else {
+        qapi::benchmark::static_cnn(&name)?
+    };
     // Per node, the fastest of several runs: the machine may be shared.
     let runs = qapi::benchmark::with_threads(1, || {
         graph.run(x.clone())?;

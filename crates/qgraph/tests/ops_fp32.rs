@@ -121,6 +121,86 @@ fn conv2d_groups_dilation_and_padding() {
     close(&y, &[3., 7.], 0.0);
 }
 
+/// Direct-loop f64 convolution, NCHW: the definition the blocked im2col path must agree with.
+#[allow(clippy::too_many_arguments)]
+fn conv_direct(
+    x: &Tensor,
+    w: &[f32],
+    bias: &[f32],
+    co: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    d: usize,
+    g: usize,
+) -> Vec<f32> {
+    let [n, c, h, wd] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+    let (oh, ow) = (
+        (h + 2 * p - d * (k - 1) - 1) / s + 1,
+        (wd + 2 * p - d * (k - 1) - 1) / s + 1,
+    );
+    let (cg, og) = (c / g, co / g);
+    let mut y = Vec::with_capacity(n * co * oh * ow);
+    for b in 0..n {
+        for o in 0..co {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias[o] as f64;
+                    for ci in 0..cg {
+                        let ch = (o / og) * cg + ci;
+                        for i in 0..k {
+                            for j in 0..k {
+                                let (iy, ix) = (
+                                    (oy * s + i * d) as isize - p as isize,
+                                    (ox * s + j * d) as isize - p as isize,
+                                );
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                    let xv = x.data()[((b * c + ch) * h + iy as usize) * wd + ix as usize];
+                                    acc += xv as f64 * w[((o * cg + ci) * k + i) * k + j] as f64;
+                                }
+                            }
+                        }
+                    }
+                    y.push(acc as f32);
+                }
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn conv2d_blocks_of_output_pixels_match_direct_loops() {
+    // Images large enough that the output pixels split into several blocks whose edges fall
+    // inside output rows; pointwise, strided, dilated, grouped and depthwise.
+    let cases = [
+        // (n, c, co, k, stride, pad, dilation, groups, h, w)
+        (2, 40, 12, 3, 1, 1, 1, 1, 21, 23),
+        (1, 600, 8, 1, 1, 0, 1, 1, 15, 15),
+        (1, 24, 10, 3, 2, 1, 1, 2, 33, 29),
+        (1, 16, 6, 3, 1, 2, 2, 1, 40, 17),
+        (1, 8, 8, 3, 2, 1, 1, 8, 19, 22),
+    ];
+    for &(n, c, co, k, s, p, d, g, h, wd) in &cases {
+        let x = t(
+            &[n, c, h, wd],
+            &(0..n * c * h * wd)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect::<Vec<_>>(),
+        );
+        let w: Vec<f32> = (0..co * (c / g) * k * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 20.0)
+            .collect();
+        let bias: Vec<f32> = (0..co).map(|i| i as f32 * 0.1 - 0.3).collect();
+        let y = run1(
+            Op::Conv2d(Conv2dAttrs::new(c, co, k).stride(s).padding(p).dilation(d).groups(g)),
+            x.clone(),
+            &[("weight", t(&[co, c / g, k, k], &w)), ("bias", t(&[co], &bias))],
+        );
+        close(&y, &conv_direct(&x, &w, &bias, co, k, s, p, d, g), 1e-4);
+    }
+}
+
 #[test]
 fn conv_transpose2d() {
     // 2x2 input, 2x2 kernel of ones, stride 2: each input value fills its own 2x2 block.

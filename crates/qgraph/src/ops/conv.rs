@@ -59,66 +59,113 @@ pub fn conv2d(node: &Node, a: &Conv2dAttrs, x: &Tensor, out_shape: Vec<usize>) -
     let kk = a.kernel[0] * a.kernel[1];
     let mut y = vec![0.0f32; n * o * oh * ow];
     let pointwise = kk == 1 && a.stride == [1, 1] && a.padding == [0, 0];
-    let depthwise = cg == 1 && og == 1;
-    let image_in = c * h * wd;
-    // Images are independent: one task each, with its own im2col buffer.
-    y.par_chunks_mut(o * oh * ow).enumerate().for_each(|(b, image)| {
-        let mut col = if pointwise || depthwise {
-            Vec::new()
-        } else {
-            vec![0.0f32; cg * kk * oh * ow]
-        };
-        let x_b = &x.data()[b * image_in..(b + 1) * image_in];
-        for grp in 0..g {
-            let xin = &x_b[grp * cg * h * wd..(grp + 1) * cg * h * wd];
-            let out = &mut image[grp * og * oh * ow..(grp + 1) * og * oh * ow];
+    let pixels = oh * ow;
+    let plane_in = h * wd;
+    if cg == 1 && og == 1 {
+        // Depthwise: one task per (image, channel) plane.
+        y.par_chunks_mut(pixels).enumerate().for_each(|(plane, out)| {
+            let ch = plane % o;
             if let Some(bias) = bias {
-                for (oc, plane) in out.chunks_exact_mut(oh * ow).enumerate() {
-                    plane.fill(bias[grp * og + oc]);
-                }
+                out.fill(bias[ch]);
             }
-            let wg = &w[grp * og * cg * kk..(grp + 1) * og * cg * kk];
-            if depthwise {
-                depthwise_plane(a, xin, h, wd, wg, out, oh, ow);
-                continue;
-            }
-            let cols = if pointwise {
-                xin
+            let xin = &x.data()[plane * plane_in..(plane + 1) * plane_in];
+            depthwise_plane(a, xin, h, wd, &w[ch * kk..(ch + 1) * kk], out, oh, ow);
+        });
+        a.activation.apply(&mut y);
+        return Ok(Tensor::new(out_shape, y)?);
+    }
+    // Each task owns a block of output pixels of one (image, group): its im2col columns stay
+    // in cache, and a batch-1 convolution still spreads over every thread.
+    let depth = cg * kk;
+    let block = block_pixels(depth, pixels);
+    let blocks_per_plane = pixels.div_ceil(block);
+    let tasks: Vec<(usize, usize, usize)> = (0..n)
+        .flat_map(|b| (0..g).flat_map(move |grp| (0..blocks_per_plane).map(move |k| (b, grp, k * block))))
+        .collect();
+    let results: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(b, grp, start)| {
+            let len = block.min(pixels - start);
+            let xin = &x.data()[(b * c + grp * cg) * plane_in..(b * c + (grp + 1) * cg) * plane_in];
+            let wg = MatRef::row_major(&w[grp * og * depth..(grp + 1) * og * depth], og, depth);
+            let mut tile = vec![0.0f32; og * len];
+            if pointwise {
+                let cols = MatRef {
+                    data: &xin[start..],
+                    rows: cg,
+                    cols: len,
+                    row_stride: plane_in,
+                    col_stride: 1,
+                };
+                sgemm(wg, cols, &mut tile, false);
             } else {
-                im2col(a, xin, cg, h, wd, oh, ow, &mut col);
-                &col
-            };
-            sgemm(
-                MatRef::row_major(wg, og, cg * kk),
-                MatRef::row_major(cols, cg * kk, oh * ow),
-                out,
-                true,
-            );
+                let mut cols = vec![0.0f32; depth * len];
+                im2col_block(a, xin, cg, (h, wd), ow, start..start + len, &mut cols);
+                sgemm(wg, MatRef::row_major(&cols, depth, len), &mut tile, false);
+            }
+            tile
+        })
+        .collect();
+    for (&(b, grp, start), tile) in tasks.iter().zip(&results) {
+        let len = block.min(pixels - start);
+        for (oc, row) in tile.chunks_exact(len).enumerate() {
+            let ch = grp * og + oc;
+            let dst = &mut y[(b * o + ch) * pixels + start..][..len];
+            let shift = bias.map_or(0.0, |bias| bias[ch]);
+            for (d, &v) in dst.iter_mut().zip(row) {
+                *d = v + shift;
+            }
         }
-    });
+    }
     a.activation.apply(&mut y);
     Ok(Tensor::new(out_shape, y)?)
+}
+
+/// Output pixels per im2col block: about 256 KiB of columns (`depth` values per pixel), a
+/// multiple of 16, at least 64.
+fn block_pixels(depth: usize, pixels: usize) -> usize {
+    let budget = (256 * 1024 / 4 / depth.max(1)).max(64).next_multiple_of(16);
+    budget.min(pixels).max(1)
 }
 
 /// Unfolds input patches into rows `(c, i, j)` and columns `(y, x)`; padding reads as 0.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn im2col(a: &Conv2dAttrs, x: &[f32], c: usize, h: usize, w: usize, oh: usize, ow: usize, col: &mut [f32]) {
+    im2col_block(a, x, c, (h, w), ow, 0..oh * ow, col);
+}
+
+/// The columns of output pixels `pixels` (row-major over the `ow`-wide output) of the im2col
+/// matrix: `col[(c, i, j), p - pixels.start]`.
+fn im2col_block(
+    a: &Conv2dAttrs,
+    x: &[f32],
+    c: usize,
+    (h, w): (usize, usize),
+    ow: usize,
+    pixels: std::ops::Range<usize>,
+    col: &mut [f32],
+) {
     let [kh, kw] = a.kernel;
+    let len = pixels.len();
     let mut row = 0;
     for ch in 0..c {
         for i in 0..kh {
             for j in 0..kw {
-                let dst = &mut col[row * oh * ow..(row + 1) * oh * ow];
-                for oy in 0..oh {
+                let dst = &mut col[row * len..(row + 1) * len];
+                let mut p = pixels.start;
+                while p < pixels.end {
+                    let (oy, ox0) = (p / ow, p % ow);
+                    let run = (ow - ox0).min(pixels.end - p);
+                    let line = &mut dst[p - pixels.start..p - pixels.start + run];
+                    p += run;
                     let iy = (oy * a.stride[0] + i * a.dilation[0]) as isize - a.padding[0] as isize;
-                    let line = &mut dst[oy * ow..(oy + 1) * ow];
                     if iy < 0 || iy >= h as isize {
                         line.fill(0.0);
                         continue;
                     }
                     let src = &x[(ch * h + iy as usize) * w..(ch * h + iy as usize + 1) * w];
-                    for (ox, v) in line.iter_mut().enumerate() {
-                        let ix = (ox * a.stride[1] + j * a.dilation[1]) as isize - a.padding[1] as isize;
+                    for (k, v) in line.iter_mut().enumerate() {
+                        let ix = ((ox0 + k) * a.stride[1] + j * a.dilation[1]) as isize - a.padding[1] as isize;
                         *v = if ix < 0 || ix >= w as isize {
                             0.0
                         } else {
