@@ -100,6 +100,7 @@ pub fn nhwc_u8_to_nchw_f32(x: &[u8], xs: NhwcShape, q: ActQuant) -> Result<Vec<f
         return Ok(y);
     }
     let tile = tile_pixels(1);
+    let gather = gather_available() && plane * c + 4 <= i32::MAX as usize;
     y.par_chunks_mut(plane).enumerate().try_for_each(|(index, out_plane)| {
         let (n, ch) = (index / c, index % c);
         let image = &x[n * plane * c..(n + 1) * plane * c];
@@ -108,15 +109,74 @@ pub fn nhwc_u8_to_nchw_f32(x: &[u8], xs: NhwcShape, q: ActQuant) -> Result<Vec<f
             .enumerate()
             .try_for_each(|(t, out)| -> Result<()> {
                 let p0 = t * tile;
-                let gathered: Vec<u8> = image[p0 * c + ch..]
+                let mut done = 0;
+                #[cfg(target_arch = "x86_64")]
+                if gather {
+                    // SAFETY: AVX-512 F is present and the image is shorter than i32::MAX.
+                    done = unsafe { dequantize_strided_avx512(image, c, ch, p0, out, q) };
+                }
+                let gathered: Vec<u8> = image[(p0 + done) * c + ch..]
                     .iter()
                     .step_by(c)
-                    .take(out.len())
+                    .take(out.len() - done)
                     .copied()
                     .collect();
-                dequantize_into_with(path, &gathered, out, q.scale, q.zero_point)?;
+                dequantize_into_with(path, &gathered, &mut out[done..], q.scale, q.zero_point)?;
                 Ok(())
             })
     })?;
     Ok(y)
+}
+
+fn gather_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && !crate::conv::forced_reference()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[i] = (image[(p0 + i) * c + ch] - zp) as f32 * scale` for the leading pixels whose
+/// 4-byte gather stays inside `image`, 16 at a time; returns how many it wrote. The difference
+/// of two bytes is exact in f32, so this is qtensor's `dequantize_one`.
+/// Safety: the CPU has AVX-512 F and `image.len() < i32::MAX`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dequantize_strided_avx512(
+    image: &[u8],
+    c: usize,
+    ch: usize,
+    p0: usize,
+    out: &mut [f32],
+    q: ActQuant,
+) -> usize {
+    use std::arch::x86_64::*;
+    // Pixels whose last gathered byte `(p0 + i + 15) * c + ch + 3` is inside the image.
+    let fit = (image.len().saturating_sub(ch + 4) / c + 1).saturating_sub(p0 + 15);
+    let n = out.len().min(fit) / 16 * 16;
+    let lanes = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(c as i32),
+    );
+    let (zp, scale, low) = (
+        _mm512_set1_ps(q.zero_point as f32),
+        _mm512_set1_ps(q.scale),
+        _mm512_set1_epi32(0xff),
+    );
+    let mut i = 0;
+    while i < n {
+        let idx = _mm512_add_epi32(lanes, _mm512_set1_epi32(((p0 + i) * c + ch) as i32));
+        // SAFETY: every lane reads 4 bytes at `(p0 + i + lane) * c + ch`, inside `image` by the
+        // choice of `n`; `out[i..i + 16]` exists.
+        unsafe {
+            let v = _mm512_and_si512(_mm512_i32gather_epi32::<1>(idx, image.as_ptr() as *const _), low);
+            let f = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(v), zp), scale);
+            _mm512_storeu_ps(out.as_mut_ptr().add(i), f);
+        }
+        i += 16;
+    }
+    n
 }

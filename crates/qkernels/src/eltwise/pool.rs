@@ -196,11 +196,24 @@ fn max_block<const W: usize>(x: &[u8], offsets: &[usize], ch: usize) -> [u8; W] 
 #[inline(always)]
 fn max_pool_row_blocked(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [u8]) {
     let c = xs.c;
+    // Start offsets of the in-bounds input rows of this output row.
+    let row_starts: Vec<usize> = (0..pool.kernel.0)
+        .filter_map(|kh| {
+            let ih = (oh * pool.stride.0 + kh * pool.dilation.0) as i64 - pool.padding.0 as i64;
+            (ih >= 0 && ih < xs.h as i64).then(|| xs.offset(n, ih as usize, 0))
+        })
+        .collect();
     let mut offsets = Vec::with_capacity(pool.kernel.0 * pool.kernel.1);
-    for ow in 0..out.len() / c {
+    for (ow, o) in out.chunks_exact_mut(c).enumerate() {
         offsets.clear();
-        offsets.extend(window_offsets(xs, pool, n, oh, ow));
-        let o = &mut out[ow * c..(ow + 1) * c];
+        for &start in &row_starts {
+            for kw in 0..pool.kernel.1 {
+                let iw = (ow * pool.stride.1 + kw * pool.dilation.1) as i64 - pool.padding.1 as i64;
+                if iw >= 0 && iw < xs.w as i64 {
+                    offsets.push(start + iw as usize * c);
+                }
+            }
+        }
         let mut ch = 0;
         while ch + 64 <= c {
             o[ch..ch + 64].copy_from_slice(&max_block::<64>(x, &offsets, ch));
