@@ -40,7 +40,7 @@ pub fn nchw_f32_to_nhwc_u8(x: &[f32], xs: NhwcShape, q: ActQuant) -> Result<Vec<
     let path = ElementPath::best();
     let mut y = vec![0u8; xs.len()];
     let (plane, c) = (xs.h * xs.w, xs.c);
-    if xs.len() == 0 {
+    if xs.is_empty() {
         return Ok(y);
     }
     if c == 1 || plane == 1 {
@@ -92,7 +92,7 @@ pub fn nhwc_u8_to_nchw_f32(x: &[u8], xs: NhwcShape, q: ActQuant) -> Result<Vec<f
     let path = ElementPath::best();
     let mut y = vec![0f32; xs.len()];
     let (plane, c) = (xs.h * xs.w, xs.c);
-    if xs.len() == 0 {
+    if xs.is_empty() {
         return Ok(y);
     }
     if c == 1 || plane == 1 {

@@ -131,7 +131,7 @@ pub fn max_pool2d_on(path: EltwisePath, x: &[u8], xs: NhwcShape, pool: &Pool2d) 
     let (oh_n, ow_n) = pool.output_hw("max_pool2d", xs.h, xs.w)?;
     let ys = NhwcShape::new(xs.n, oh_n, ow_n, xs.c);
     let mut y = vec![0u8; ys.len()];
-    if ys.len() == 0 {
+    if ys.is_empty() {
         return Ok((y, ys));
     }
     y.par_chunks_mut(ow_n * xs.c).enumerate().for_each(|(row, out)| {

@@ -130,7 +130,8 @@ pub(super) unsafe fn cat_rows(src: &[u8], width: usize, dst: &mut [u8], stride: 
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
     match map {
         None => {
-            let tail: __mmask64 = if width % 64 == 0 { 0 } else { (1u64 << (width % 64)) - 1 };
+            // The low `width % 64` bytes (none when the row is whole vectors).
+            let tail: __mmask64 = (1u64 << (width % 64)) - 1;
             for r in 0..rows {
                 // SAFETY: row `r` spans `src[r * width..][..width]` and `dst[r * stride..][..width]`
                 // (checked above); masked accesses touch only the selected bytes.
@@ -158,11 +159,7 @@ pub(super) unsafe fn cat_rows(src: &[u8], width: usize, dst: &mut [u8], stride: 
             let lo = _mm512_set1_ps(-m.out_zero_point as f32);
             let hi = _mm512_set1_ps((255 - m.out_zero_point) as f32);
             let zp = _mm512_set1_epi32(m.out_zero_point);
-            let tail: __mmask16 = if width % 16 == 0 {
-                0
-            } else {
-                ((1u32 << (width % 16)) - 1) as u16
-            };
+            let tail: __mmask16 = ((1u32 << (width % 16)) - 1) as u16;
             for r in 0..rows {
                 // SAFETY: as above.
                 unsafe {
