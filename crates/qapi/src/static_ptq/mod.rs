@@ -773,7 +773,7 @@ pub fn supported_ops() -> Vec<(OpKind, &'static str)> {
             "int8 transposed conv, per-tensor or per-channel weights",
         ),
         (Linear, "int8 GEMM with requantize epilogue, fused ReLU"),
-        (Add, "requantized element-wise add"),
+        (Add, "requantized element-wise add, a following ReLU fused (add_relu)"),
         (Mul, "requantized element-wise multiply"),
         (Cat, "channel concatenation with requantization"),
         (Hardswish, "256-entry lookup table"),
