@@ -119,7 +119,13 @@ pub(super) unsafe fn mul(a: &[u8], b: &[u8], y: &mut [u8], p: &MulParams) -> usi
 /// (`map = None`) or requantized; the last `width % 8` (or `% 32` for copies) of a row go
 /// through the reference. `dst.len() >= (rows - 1) * stride + width`.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn cat_rows(src: &[u8], width: usize, dst: &mut [u8], stride: usize, map: Option<&RequantParams>) {
+pub(super) unsafe fn cat_rows(
+    src: &[u8],
+    width: usize,
+    dst: &mut [std::mem::MaybeUninit<u8>],
+    stride: usize,
+    map: Option<&RequantParams>,
+) {
     if width == 0 {
         return;
     }
@@ -128,7 +134,8 @@ pub(super) unsafe fn cat_rows(src: &[u8], width: usize, dst: &mut [u8], stride: 
         rows == 0 || dst.len() >= (rows - 1) * stride + width,
         "cat_rows: destination too short"
     );
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    // Bytes are only written through `d` (the destination may be uninitialized).
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut u8);
     match map {
         None => {
             for r in 0..rows {

@@ -118,7 +118,13 @@ pub(super) unsafe fn mul(a: &[u8], b: &[u8], y: &mut [u8], p: &MulParams) -> usi
 /// Writes `src.len() / width` rows of `width` bytes to `dst` every `stride` bytes, copied
 /// (`map = None`) or requantized. `dst.len() >= (rows - 1) * stride + width`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-pub(super) unsafe fn cat_rows(src: &[u8], width: usize, dst: &mut [u8], stride: usize, map: Option<&RequantParams>) {
+pub(super) unsafe fn cat_rows(
+    src: &[u8],
+    width: usize,
+    dst: &mut [std::mem::MaybeUninit<u8>],
+    stride: usize,
+    map: Option<&RequantParams>,
+) {
     if width == 0 {
         return;
     }
@@ -127,7 +133,8 @@ pub(super) unsafe fn cat_rows(src: &[u8], width: usize, dst: &mut [u8], stride: 
         rows == 0 || dst.len() >= (rows - 1) * stride + width,
         "cat_rows: destination too short"
     );
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    // Bytes are only written through `d` (the destination may be uninitialized).
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut u8);
     match map {
         None => {
             // The low `width % 64` bytes (none when the row is whole vectors).
