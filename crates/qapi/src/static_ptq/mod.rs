@@ -12,6 +12,12 @@
 //!   is: max/avg/adaptive-avg pooling, ReLU, ReLU6, Flatten, Upsample, Dropout, Identity (as
 //!   PyTorch's quantized pooling and ReLU do).
 //!
+//! A ReLU that is the only reader of a quantized Add is fused into it, as PyTorch's
+//! `add` + `relu` pattern becomes `quantized::add_relu`: the pair's observer watches the ReLU's
+//! output (so the output range starts at 0, as PyTorch's observer after the fused op sees it),
+//! is keyed by the Add's name (the name [`Prepared::convert_with`] and quantization-aware
+//! training use), and one node named after the ReLU computes `quantize(max(dq(a) + dq(b), 0))`.
+//!
 //! Everything else stays f32 and the [`QuantReport`] says why.
 
 mod qops;
@@ -49,11 +55,13 @@ enum Plan {
     Anchor(QConfig),
     /// Keeps its input's parameters.
     Pass,
+    /// A ReLU computed by the Add at this index (`add_relu`).
+    FusedInto(usize),
 }
 
 impl Plan {
     fn is_quantized(&self) -> bool {
-        matches!(self, Plan::Anchor(_) | Plan::Pass)
+        matches!(self, Plan::Anchor(_) | Plan::Pass | Plan::FusedInto(_))
     }
 }
 
@@ -64,6 +72,8 @@ pub struct Prepared {
     plans: Vec<Plan>,
     /// Activation observers, by the index of the node whose output they watch.
     observers: BTreeMap<usize, Box<dyn Observer>>,
+    /// Add index -> index of the ReLU fused into it (whose output the Add's observer watches).
+    fused_relu: BTreeMap<usize, usize>,
     batches: usize,
     fusion: FusionReport,
 }
@@ -135,6 +145,7 @@ pub fn prepare(graph: &Graph, config: &QConfigMap) -> Result<Prepared> {
         };
         plans.push(plan);
     }
+    let fused_relu = fuse_add_relu(&graph, &mut plans);
 
     let mut observers: BTreeMap<usize, Box<dyn Observer>> = BTreeMap::new();
     for (i, node) in nodes.iter().enumerate() {
@@ -159,9 +170,34 @@ pub fn prepare(graph: &Graph, config: &QConfigMap) -> Result<Prepared> {
         graph,
         plans,
         observers,
+        fused_relu,
         batches: 0,
         fusion,
     })
+}
+
+/// Marks each ReLU that alone reads a quantized Add (not a graph output) as fused into it;
+/// returns Add index -> ReLU index.
+fn fuse_add_relu(graph: &Graph, plans: &mut [Plan]) -> BTreeMap<usize, usize> {
+    let nodes = graph.nodes();
+    let readers = graph.consumers();
+    let mut fused = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let [reader] = readers[i].as_slice() else {
+            continue;
+        };
+        let r = reader.0;
+        if matches!(node.op, Op::Add)
+            && matches!(plans[i], Plan::Anchor(_))
+            && matches!(nodes[r].op, Op::Relu)
+            && plans[r] == Plan::Pass
+            && !graph.outputs().contains(&NodeId(i))
+        {
+            plans[r] = Plan::FusedInto(i);
+            fused.insert(i, r);
+        }
+    }
+    fused
 }
 
 /// Whether (and how) one node can run int8, given the plans of the nodes before it.
@@ -260,12 +296,13 @@ impl Prepared {
         I: IntoIterator<Item = Vec<Value>>,
     {
         let _span = tracing::info_span!("calibrate").entered();
+        // Node name -> key of the observer watching that node's output (an Add fused with a
+        // ReLU is watched at the ReLU).
+        let nodes = self.graph.nodes();
         let index: HashMap<String, usize> = self
-            .graph
-            .nodes()
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.clone(), i))
+            .observers
+            .keys()
+            .map(|&k| (nodes[*self.fused_relu.get(&k).unwrap_or(&k)].name.clone(), k))
             .collect();
         let input_ids = self.graph.input_ids();
         let tty = std::io::stderr().is_terminal();
@@ -278,7 +315,7 @@ impl Prepared {
             }
             let observers = &mut self.observers;
             self.graph.run_with(inputs, |node, value| {
-                if let (Some(obs), Value::F32(t)) = (index.get(&node.name).and_then(|i| observers.get_mut(i)), value) {
+                if let (Some(obs), Value::F32(t)) = (index.get(&node.name).and_then(|k| observers.get_mut(k)), value) {
                     obs.observe(t)?;
                 }
                 Ok(())
@@ -445,6 +482,18 @@ impl<'a> Converter<'a> {
                         status,
                     });
                 }
+                Plan::FusedInto(add) => {
+                    // The Add node already computes this ReLU's value.
+                    self.quant_id[i] = self.quant_id[add];
+                    self.out_q[i] = self.out_q[add];
+                    self.report.push(NodeReport {
+                        name: node.name.clone(),
+                        op: display,
+                        status: NodeStatus::Quantized {
+                            detail: format!("fused into `{}` (add_relu)", graph.nodes()[add].name),
+                        },
+                    });
+                }
                 plan @ (Plan::Anchor(_) | Plan::Pass) => {
                     let mut inputs = Vec::with_capacity(node.inputs.len());
                     let mut in_q = Vec::with_capacity(node.inputs.len());
@@ -453,10 +502,18 @@ impl<'a> Converter<'a> {
                         inputs.push(id);
                         in_q.push(q);
                     }
+                    let fused_relu = self.prepared.fused_relu.get(&i).copied();
                     let (op, q, detail): (Arc<dyn CustomOp>, ActQuant, String) = match plan {
                         Plan::Anchor(cfg) => {
                             let out = self.act[&i];
-                            let (op, detail) = build_anchor(node, &cfg, &in_q, out, self.weights.get(&node.name))?;
+                            let (op, detail) = build_anchor(
+                                node,
+                                &cfg,
+                                &in_q,
+                                out,
+                                self.weights.get(&node.name),
+                                fused_relu.is_some(),
+                            )?;
                             (op, out, detail)
                         }
                         _ => {
@@ -464,7 +521,9 @@ impl<'a> Converter<'a> {
                             (build_pass(node)?, q, "quint8 with its input's parameters".to_string())
                         }
                     };
-                    let id = self.push(node.name.clone(), Op::Custom(op), inputs, BTreeMap::new());
+                    // A fused add_relu produces the ReLU's value and takes its name.
+                    let name = fused_relu.map_or(&node.name, |r| &graph.nodes()[r].name).clone();
+                    let id = self.push(name, Op::Custom(op), inputs, BTreeMap::new());
                     self.quant_id[i] = Some(id);
                     self.out_q[i] = Some(q);
                     self.report.push(NodeReport {
@@ -550,6 +609,7 @@ fn build_anchor(
     in_q: &[ActQuant],
     out: ActQuant,
     weight: Option<&QParams>,
+    fused_relu: bool,
 ) -> Result<(Arc<dyn CustomOp>, String)> {
     Ok(match &node.op {
         Op::Conv2d(a) => {
@@ -622,10 +682,14 @@ fn build_anchor(
             (
                 Arc::new(QBinary {
                     mul,
-                    relu: false,
+                    relu: fused_relu,
                     output: out,
                 }),
-                "requantized to observed output".into(),
+                if fused_relu {
+                    "requantized to the observed output of the ReLU fused into it (add_relu)".into()
+                } else {
+                    "requantized to observed output".into()
+                },
             )
         }
         Op::Cat { .. } => (
@@ -709,7 +773,7 @@ pub fn supported_ops() -> Vec<(OpKind, &'static str)> {
             "int8 transposed conv, per-tensor or per-channel weights",
         ),
         (Linear, "int8 GEMM with requantize epilogue, fused ReLU"),
-        (Add, "requantized element-wise add"),
+        (Add, "requantized element-wise add, a following ReLU fused (add_relu)"),
         (Mul, "requantized element-wise multiply"),
         (Cat, "channel concatenation with requantization"),
         (Hardswish, "256-entry lookup table"),

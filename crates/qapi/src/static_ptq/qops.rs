@@ -328,10 +328,11 @@ pub struct QBinary {
 
 impl CustomOp for QBinary {
     fn kind_name(&self) -> &str {
-        if self.mul {
-            "QuantizedMul"
-        } else {
-            "QuantizedAdd"
+        match (self.mul, self.relu) {
+            (true, false) => "QuantizedMul",
+            (true, true) => "QuantizedMulReLU",
+            (false, false) => "QuantizedAdd",
+            (false, true) => "QuantizedAddReLU",
         }
     }
     fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {

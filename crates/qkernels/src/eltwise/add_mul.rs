@@ -7,18 +7,102 @@
 //! reciprocal. mul: integer product `p = (a - zp_a) * (b - zp_b)`, `m = s_a * s_b * (1 / s_y)`
 //! (f32, left to right), `y = clamp(zp_y + round_half_even(p as f32 * m), 0, 255)`, ReLU raising
 //! the lower bound to `zp_y`; the mul has one rule only (PyTorch's two loops agree).
-//! Inputs are split into 64 KiB chunks across rayon threads; each element is independent, so
-//! the thread count never changes a result.
+//!
+//! [`AddParams::one`] and [`MulParams::one`] are the reference, one element at a time. The
+//! vector paths evaluate the same f32 operations in the same order on 8 or 16 lanes (`fma`
+//! for the fused dequantize, `vcvtps2dq` rounding half to even, clamping in f32 before the
+//! conversion, which equals clamping after it because the bounds are integers; a NaN sum clamps
+//! to the lower bound as the reference does) and leave the last `len % lanes` elements to the
+//! reference. Large inputs are split into chunks across rayon threads; each element is
+//! independent, so neither the path nor the thread count changes a result.
 
 use rayon::prelude::*;
 
-use super::{check_same_len, quantize_u8, FloatRule};
+use super::{check_same_len, quantize_u8, EltwisePath, FloatRule};
 use crate::conv::ActQuant;
 use crate::Result;
 
-const CHUNK: usize = 1 << 16;
+/// Elements per rayon task (a multiple of every vector width).
+const CHUNK: usize = 1 << 15;
 
-/// `y = quantize(dq(a) + dq(b))`, with an optional fused ReLU. See the module docs.
+/// Per-call constants of a quantized add, as every path uses them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AddParams {
+    pub a_scale: f32,
+    pub a_zero_point: i32,
+    /// `a_scale * -(a_zero_point as f32)` (the fused dequantize's addend).
+    pub a_premul: f32,
+    pub b_scale: f32,
+    pub b_zero_point: i32,
+    pub b_premul: f32,
+    /// `1 / s_y` in f32.
+    pub inv_scale: f32,
+    pub y_zero_point: i32,
+    pub relu: bool,
+    pub rule: FloatRule,
+}
+
+impl AddParams {
+    fn new(a_q: ActQuant, b_q: ActQuant, y_q: ActQuant, relu: bool, rule: FloatRule) -> AddParams {
+        AddParams {
+            a_scale: a_q.scale,
+            a_zero_point: a_q.zero_point,
+            a_premul: a_q.scale * -(a_q.zero_point as f32),
+            b_scale: b_q.scale,
+            b_zero_point: b_q.zero_point,
+            b_premul: b_q.scale * -(b_q.zero_point as f32),
+            inv_scale: 1.0 / y_q.scale,
+            y_zero_point: y_q.zero_point,
+            relu,
+            rule,
+        }
+    }
+
+    /// The reference: one output element.
+    #[inline]
+    pub fn one(&self, qa: u8, qb: u8) -> u8 {
+        let c = self.rule.dequantize(qa as i32, self.a_scale, self.a_zero_point)
+            + self.rule.dequantize(qb as i32, self.b_scale, self.b_zero_point);
+        let c = if self.relu { c.max(0.0) } else { c };
+        quantize_u8(c, self.inv_scale, self.y_zero_point)
+    }
+}
+
+/// Per-call constants of a quantized mul.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MulParams {
+    pub a_zero_point: i32,
+    pub b_zero_point: i32,
+    /// `s_a * s_b * (1 / s_y)` in f32.
+    pub multiplier: f32,
+    pub y_zero_point: i32,
+    /// Lower output bound: `zp_y` with ReLU, else 0.
+    pub lo: i32,
+}
+
+impl MulParams {
+    fn new(a_q: ActQuant, b_q: ActQuant, y_q: ActQuant, relu: bool) -> MulParams {
+        MulParams {
+            a_zero_point: a_q.zero_point,
+            b_zero_point: b_q.zero_point,
+            multiplier: a_q.scale * b_q.scale * (1.0 / y_q.scale),
+            y_zero_point: y_q.zero_point,
+            lo: if relu { y_q.zero_point } else { 0 },
+        }
+    }
+
+    /// The reference: one output element.
+    #[inline]
+    pub fn one(&self, qa: u8, qb: u8) -> u8 {
+        let p = (qa as i32 - self.a_zero_point) * (qb as i32 - self.b_zero_point);
+        // The f32 -> i64 conversion saturates (an overflowing product lands on 255, not wraps).
+        let r = ((p as f32 * self.multiplier).round_ties_even() as i64).saturating_add(self.y_zero_point as i64);
+        r.clamp(self.lo as i64, 255) as u8
+    }
+}
+
+/// `y = quantize(dq(a) + dq(b))`, with an optional fused ReLU, on the fastest path. See the
+/// module docs.
 #[allow(clippy::too_many_arguments)]
 pub fn add(
     a: &[u8],
@@ -30,73 +114,102 @@ pub fn add(
     rule: FloatRule,
     y: &mut [u8],
 ) -> Result<()> {
+    add_on(EltwisePath::best(), a, a_q, b, b_q, y_q, relu, rule, y)
+}
+
+/// [`add`] on a chosen path (tests force each one the CPU supports).
+#[allow(clippy::too_many_arguments)]
+pub fn add_on(
+    path: EltwisePath,
+    a: &[u8],
+    a_q: ActQuant,
+    b: &[u8],
+    b_q: ActQuant,
+    y_q: ActQuant,
+    relu: bool,
+    rule: FloatRule,
+    y: &mut [u8],
+) -> Result<()> {
     check_same_len("add", a.len(), b.len())?;
     check_same_len("add", a.len(), y.len())?;
-    let inv = 1.0 / y_q.scale;
-    let one = |qa: u8, qb: u8| {
-        let c = rule.dequantize(qa as i32, a_q.scale, a_q.zero_point)
-            + rule.dequantize(qb as i32, b_q.scale, b_q.zero_point);
-        let c = if relu { c.max(0.0) } else { c };
-        quantize_u8(c, inv, y_q.zero_point)
-    };
-    y.par_chunks_mut(CHUNK).enumerate().for_each(|(i, out)| {
-        let (a, b) = (&a[i * CHUNK..][..out.len()], &b[i * CHUNK..][..out.len()]);
-        run_binary(a, b, out, &one);
-    });
+    path.check("add")?;
+    let p = AddParams::new(a_q, b_q, y_q, relu, rule);
+    for_chunks(a, b, y, |a, b, y| add_chunk(path, a, b, y, &p));
     Ok(())
 }
 
-/// `y = requantize((a - zp_a) * (b - zp_b))`, with an optional fused ReLU. See the module docs.
+/// `y = requantize((a - zp_a) * (b - zp_b))`, with an optional fused ReLU, on the fastest path.
+/// See the module docs.
 pub fn mul(a: &[u8], a_q: ActQuant, b: &[u8], b_q: ActQuant, y_q: ActQuant, relu: bool, y: &mut [u8]) -> Result<()> {
+    mul_on(EltwisePath::best(), a, a_q, b, b_q, y_q, relu, y)
+}
+
+/// [`mul`] on a chosen path.
+#[allow(clippy::too_many_arguments)]
+pub fn mul_on(
+    path: EltwisePath,
+    a: &[u8],
+    a_q: ActQuant,
+    b: &[u8],
+    b_q: ActQuant,
+    y_q: ActQuant,
+    relu: bool,
+    y: &mut [u8],
+) -> Result<()> {
     check_same_len("mul", a.len(), b.len())?;
     check_same_len("mul", a.len(), y.len())?;
-    let multiplier = a_q.scale * b_q.scale * (1.0 / y_q.scale);
-    let lo = if relu { y_q.zero_point as i64 } else { 0 };
-    let one = |qa: u8, qb: u8| {
-        let p = (qa as i32 - a_q.zero_point) * (qb as i32 - b_q.zero_point);
-        let r = (p as f32 * multiplier).round_ties_even() as i64 + y_q.zero_point as i64;
-        r.clamp(lo, 255) as u8
+    path.check("mul")?;
+    let p = MulParams::new(a_q, b_q, y_q, relu);
+    // A non-finite multiplier (extreme scales) turns `0 * m` into NaN, which the reference
+    // sends to the zero point; only the reference handles that case.
+    let path = if p.multiplier.is_finite() {
+        path
+    } else {
+        EltwisePath::Portable
     };
-    y.par_chunks_mut(CHUNK).enumerate().for_each(|(i, out)| {
-        let (a, b) = (&a[i * CHUNK..][..out.len()], &b[i * CHUNK..][..out.len()]);
-        run_binary(a, b, out, &one);
-    });
+    for_chunks(a, b, y, |a, b, y| mul_chunk(path, a, b, y, &p));
     Ok(())
 }
 
-/// Runs `f` element by element; on x86-64 with AVX-512 or AVX2+FMA the same loop is compiled
-/// for those features (identical operations, vectorized by the compiler; `mul_add` is a single
-/// rounding on every path).
-fn run_binary(a: &[u8], b: &[u8], y: &mut [u8], f: &(impl Fn(u8, u8) -> u8 + Sync)) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the features are present.
-            return unsafe { binary_avx512(a, b, y, f) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the features are present.
-            return unsafe { binary_avx2(a, b, y, f) };
-        }
+/// Runs `f` on matching chunks of `a`, `b`, `y`, in parallel when there is more than one.
+fn for_chunks(a: &[u8], b: &[u8], y: &mut [u8], f: impl Fn(&[u8], &[u8], &mut [u8]) + Sync) {
+    if y.len() <= CHUNK {
+        return f(a, b, y);
     }
-    binary_loop(a, b, y, f)
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| f(a, b, y));
 }
 
-#[inline(always)]
-fn binary_loop(a: &[u8], b: &[u8], y: &mut [u8], f: &impl Fn(u8, u8) -> u8) {
-    for ((o, &qa), &qb) in y.iter_mut().zip(a).zip(b) {
-        *o = f(qa, qb);
+fn add_chunk(path: EltwisePath, a: &[u8], b: &[u8], y: &mut [u8], p: &AddParams) {
+    let done = match path {
+        EltwisePath::Portable => 0,
+        // SAFETY: `add_on` checked that the CPU has the path's features; slices have equal
+        // lengths.
+        #[cfg(target_arch = "x86_64")]
+        EltwisePath::Avx2 => unsafe { super::x86_avx2::add(a, b, y, p) },
+        #[cfg(target_arch = "x86_64")]
+        EltwisePath::Avx512 => unsafe { super::x86_avx512::add(a, b, y, p) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => 0,
+    };
+    for ((o, &qa), &qb) in y[done..].iter_mut().zip(&a[done..]).zip(&b[done..]) {
+        *o = p.one(qa, qb);
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-unsafe fn binary_avx512(a: &[u8], b: &[u8], y: &mut [u8], f: &impl Fn(u8, u8) -> u8) {
-    binary_loop(a, b, y, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn binary_avx2(a: &[u8], b: &[u8], y: &mut [u8], f: &impl Fn(u8, u8) -> u8) {
-    binary_loop(a, b, y, f)
+fn mul_chunk(path: EltwisePath, a: &[u8], b: &[u8], y: &mut [u8], p: &MulParams) {
+    let done = match path {
+        EltwisePath::Portable => 0,
+        // SAFETY: as in `add_chunk`; `mul_on` routes non-finite multipliers to the reference.
+        #[cfg(target_arch = "x86_64")]
+        EltwisePath::Avx2 => unsafe { super::x86_avx2::mul(a, b, y, p) },
+        #[cfg(target_arch = "x86_64")]
+        EltwisePath::Avx512 => unsafe { super::x86_avx512::mul(a, b, y, p) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => 0,
+    };
+    for ((o, &qa), &qb) in y[done..].iter_mut().zip(&a[done..]).zip(&b[done..]) {
+        *o = p.one(qa, qb);
+    }
 }

@@ -11,13 +11,19 @@
 pub mod add_mul;
 pub mod cat;
 pub mod lut;
+pub mod path;
 pub mod pool;
 pub mod resize;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
 
-pub use add_mul::{add, mul};
-pub use cat::cat_channels;
+pub use add_mul::{add, add_on, mul, mul_on};
+pub use cat::{cat_channels, cat_channels_on};
 pub use lut::ActivationLut;
-pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, Pool2d, PoolRounding};
+pub use path::EltwisePath;
+pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, max_pool2d_on, Pool2d, PoolRounding};
 pub use resize::{upsample_bilinear2d, upsample_nearest2d};
 
 /// Which of PyTorch's two float evaluations of an element-wise quantized op to reproduce.

@@ -18,6 +18,7 @@
 
 use rayon::prelude::*;
 
+use super::EltwisePath;
 use crate::conv::NhwcShape;
 use crate::{KernelError, Result};
 
@@ -116,36 +117,135 @@ impl Pool2d {
     }
 }
 
-/// Max pooling; padded positions never win (PyTorch `_qmaxpool_2d_nhwc_kernel`).
+/// Max pooling; padded positions never win (PyTorch `_qmaxpool_2d_nhwc_kernel`). The max of
+/// bytes is exact, so every path gives the same output.
 pub fn max_pool2d(x: &[u8], xs: NhwcShape, pool: &Pool2d) -> Result<(Vec<u8>, NhwcShape)> {
+    max_pool2d_on(EltwisePath::best(), x, xs, pool)
+}
+
+/// [`max_pool2d`] on a chosen path: the portable loop (the oracle) or the channel-blocked loop
+/// compiled for AVX2 or AVX-512, whose fixed-width blocks become one vector max per tap.
+pub fn max_pool2d_on(path: EltwisePath, x: &[u8], xs: NhwcShape, pool: &Pool2d) -> Result<(Vec<u8>, NhwcShape)> {
     xs.check("max_pool2d", "input", x.len())?;
+    path.check("max_pool2d")?;
     let (oh_n, ow_n) = pool.output_hw("max_pool2d", xs.h, xs.w)?;
     let ys = NhwcShape::new(xs.n, oh_n, ow_n, xs.c);
     let mut y = vec![0u8; ys.len()];
+    if ys.is_empty() {
+        return Ok((y, ys));
+    }
     y.par_chunks_mut(ow_n * xs.c).enumerate().for_each(|(row, out)| {
         let (n, oh) = (row / oh_n, row % oh_n);
-        for ow in 0..ow_n {
-            let o = &mut out[ow * xs.c..(ow + 1) * xs.c];
-            o.fill(0);
-            for kh in 0..pool.kernel.0 {
-                let ih = (oh * pool.stride.0 + kh * pool.dilation.0) as i64 - pool.padding.0 as i64;
-                if ih < 0 || ih >= xs.h as i64 {
-                    continue;
-                }
-                for kw in 0..pool.kernel.1 {
-                    let iw = (ow * pool.stride.1 + kw * pool.dilation.1) as i64 - pool.padding.1 as i64;
-                    if iw < 0 || iw >= xs.w as i64 {
-                        continue;
-                    }
-                    let at = xs.offset(n, ih as usize, iw as usize);
-                    for (m, &v) in o.iter_mut().zip(&x[at..at + xs.c]) {
-                        *m = (*m).max(v);
-                    }
-                }
-            }
+        match path {
+            EltwisePath::Portable => max_pool_row_portable(x, xs, pool, n, oh, out),
+            // SAFETY: `path.check` confirmed the CPU features.
+            #[cfg(target_arch = "x86_64")]
+            EltwisePath::Avx2 => unsafe { max_pool_row_avx2(x, xs, pool, n, oh, out) },
+            #[cfg(target_arch = "x86_64")]
+            EltwisePath::Avx512 => unsafe { max_pool_row_avx512(x, xs, pool, n, oh, out) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => max_pool_row_portable(x, xs, pool, n, oh, out),
         }
     });
     Ok((y, ys))
+}
+
+/// One output row of max pooling, one channel at a time from 0 (the reference).
+fn max_pool_row_portable(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [u8]) {
+    for ow in 0..out.len() / xs.c {
+        let o = &mut out[ow * xs.c..(ow + 1) * xs.c];
+        o.fill(0);
+        for at in window_offsets(xs, pool, n, oh, ow) {
+            for (m, &v) in o.iter_mut().zip(&x[at..at + xs.c]) {
+                *m = (*m).max(v);
+            }
+        }
+    }
+}
+
+/// Offsets into the input of the in-bounds taps of output `(n, oh, ow)`.
+fn window_offsets(xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, ow: usize) -> impl Iterator<Item = usize> {
+    let pool = *pool;
+    (0..pool.kernel.0)
+        .filter_map(move |kh| {
+            let ih = (oh * pool.stride.0 + kh * pool.dilation.0) as i64 - pool.padding.0 as i64;
+            (ih >= 0 && ih < xs.h as i64).then_some(ih as usize)
+        })
+        .flat_map(move |ih| {
+            (0..pool.kernel.1).filter_map(move |kw| {
+                let iw = (ow * pool.stride.1 + kw * pool.dilation.1) as i64 - pool.padding.1 as i64;
+                (iw >= 0 && iw < xs.w as i64).then(|| xs.offset(n, ih, iw as usize))
+            })
+        })
+}
+
+/// Max of `W` channels from `ch` over the taps at `offsets` (0 when there is none).
+#[inline(always)]
+fn max_block<const W: usize>(x: &[u8], offsets: &[usize], ch: usize) -> [u8; W] {
+    let mut acc = [0u8; W];
+    for &at in offsets {
+        let src: &[u8; W] = x[at + ch..at + ch + W].try_into().expect("block inside the pixel");
+        for (m, &v) in acc.iter_mut().zip(src) {
+            *m = (*m).max(v);
+        }
+    }
+    acc
+}
+
+/// One output row of max pooling in blocks of 64, 32 and 16 channels, then single channels.
+#[inline(always)]
+fn max_pool_row_blocked(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [u8]) {
+    let c = xs.c;
+    // Start offsets of the in-bounds input rows of this output row.
+    let row_starts: Vec<usize> = (0..pool.kernel.0)
+        .filter_map(|kh| {
+            let ih = (oh * pool.stride.0 + kh * pool.dilation.0) as i64 - pool.padding.0 as i64;
+            (ih >= 0 && ih < xs.h as i64).then(|| xs.offset(n, ih as usize, 0))
+        })
+        .collect();
+    let mut offsets = Vec::with_capacity(pool.kernel.0 * pool.kernel.1);
+    for (ow, o) in out.chunks_exact_mut(c).enumerate() {
+        offsets.clear();
+        for &start in &row_starts {
+            for kw in 0..pool.kernel.1 {
+                let iw = (ow * pool.stride.1 + kw * pool.dilation.1) as i64 - pool.padding.1 as i64;
+                if iw >= 0 && iw < xs.w as i64 {
+                    offsets.push(start + iw as usize * c);
+                }
+            }
+        }
+        let mut ch = 0;
+        while ch + 64 <= c {
+            o[ch..ch + 64].copy_from_slice(&max_block::<64>(x, &offsets, ch));
+            ch += 64;
+        }
+        while ch + 32 <= c {
+            o[ch..ch + 32].copy_from_slice(&max_block::<32>(x, &offsets, ch));
+            ch += 32;
+        }
+        while ch + 16 <= c {
+            o[ch..ch + 16].copy_from_slice(&max_block::<16>(x, &offsets, ch));
+            ch += 16;
+        }
+        while ch < c {
+            o[ch] = max_block::<1>(x, &offsets, ch)[0];
+            ch += 1;
+        }
+    }
+}
+
+/// [`max_pool_row_blocked`] compiled for AVX2. Safety: the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn max_pool_row_avx2(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [u8]) {
+    max_pool_row_blocked(x, xs, pool, n, oh, out)
+}
+
+/// [`max_pool_row_blocked`] compiled for AVX-512. Safety: the CPU has AVX-512 F/BW/VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn max_pool_row_avx512(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [u8]) {
+    max_pool_row_blocked(x, xs, pool, n, oh, out)
 }
 
 /// Average pooling (dilation must be 1, as in PyTorch). `divisor_override` replaces the
