@@ -6,6 +6,7 @@
 use crate::{KernelError, Result};
 use qtensor::quantize::{quantize_into, Affine};
 use qtensor::DType;
+use rayon::prelude::*;
 
 const LANES: usize = 16;
 
@@ -31,6 +32,25 @@ pub fn finite_min_max(x: &[f32]) -> Result<(f32, f32)> {
             index,
             value,
         }));
+    }
+    Ok((min, max))
+}
+
+/// [`finite_min_max`] split over up to `threads` rayon tasks (serial for short inputs). The
+/// minimum and maximum do not depend on how the values are split.
+pub(crate) fn finite_min_max_parallel(x: &[f32], threads: usize) -> Result<(f32, f32)> {
+    let tasks = super::dynamic_gemm::element_tasks(x.len(), threads);
+    if tasks == 1 {
+        return finite_min_max(x);
+    }
+    let chunk = x.len().div_ceil(tasks).next_multiple_of(64);
+    let (min, max, all_finite) = x.par_chunks(chunk).map(lanes_min_max_dispatch).reduce(
+        || (f32::INFINITY, f32::NEG_INFINITY, true),
+        |a, b| (a.0.min(b.0), a.1.max(b.1), a.2 && b.2),
+    );
+    if !all_finite {
+        // The serial scan names the first non-finite value.
+        return finite_min_max(x);
     }
     Ok((min, max))
 }

@@ -33,6 +33,7 @@
 mod dispatch;
 mod driver;
 mod dynamic;
+mod dynamic_gemm;
 mod epilogue;
 mod pack;
 mod reference;
@@ -48,6 +49,7 @@ mod avxvnni;
 
 pub use dispatch::{available_paths, best_path, KernelPath};
 pub use dynamic::{finite_min_max, quantize_dynamic_per_tensor};
+pub use dynamic_gemm::{gemm_f32_dynamic, DynamicGranularity, DynamicScratch};
 pub use epilogue::{ActivationQuant, Dequantize, Epilogue, GemmOutput, Requantize};
 pub use pack::{PackedWeights, WeightQuant, K_GROUP, PANEL_COLS};
 
