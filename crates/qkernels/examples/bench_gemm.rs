@@ -1,15 +1,16 @@
 //! GEMM benchmark suite: `cargo xtask bench gemm [--json FILE]`.
 //!
 //! For each M x K x N shape, thread count (1, 2) and available path: the static requantizing
-//! GEMM (`u8s8_requant_u8`) and the dynamic one (`u8s8_f32_dynamic`: min/max of the f32 input,
-//! per-tensor quantization with reduce_range, GEMM with f32 output). Prints a table and writes
+//! GEMM (`u8s8_requant_u8`) and the dynamic one (`u8s8_f32_dynamic`: `gemm_f32_dynamic`, i.e.
+//! min/max of the f32 input, per-tensor quantization with reduce_range, GEMM with f32 output,
+//! into buffers reused between calls as a caller would). Prints a table and writes
 //! one JSON object per line to FILE. The reference path is measured on the small shapes only.
 //! `--path NAME` measures a single path, `--shape MxKxN` (repeatable) chosen shapes and
 //! `--threads T` one thread count.
 
 use qkernels::gemm::{
-    available_paths, best_path, gemm_u8s8, quantize_dynamic_per_tensor, ActivationQuant, Dequantize, Epilogue,
-    GemmConfig, GemmOutput, KernelPath, PackedWeights, Requantize, WeightQuant,
+    available_paths, best_path, gemm_f32_dynamic, gemm_u8s8, ActivationQuant, Dequantize, DynamicGranularity,
+    DynamicScratch, Epilogue, GemmConfig, GemmOutput, KernelPath, PackedWeights, Requantize, WeightQuant,
 };
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -132,7 +133,7 @@ fn main() {
             let xf: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
             let mut out_u8 = vec![0u8; m * n];
             let mut out_f32 = vec![0f32; m * n];
-            let mut xbuf = vec![0u8; m * k];
+            let mut scratch = DynamicScratch::new();
             for &path in &paths {
                 if path == KernelPath::Reference && m > 16 {
                     continue;
@@ -154,15 +155,25 @@ fn main() {
                         gemm_u8s8(&xq, m, &act, &packed, &requant, GemmOutput::U8(&mut out_u8), &cfg).unwrap();
                     })
                 });
-                let dynamic = Epilogue::Dequantize(Dequantize {
+                let dynamic = Dequantize {
                     bias: Some(&bias),
                     relu: false,
-                });
+                };
+                // As a caller reusing its buffers: every call scans and quantizes the f32 input.
                 let t_dynamic = pool.install(|| {
                     time_ns(|| {
-                        let (scale, zp) = quantize_dynamic_per_tensor(&xf, &mut xbuf, true).unwrap();
-                        let act = ActivationQuant::PerTensor { scale, zero_point: zp };
-                        gemm_u8s8(&xbuf, m, &act, &packed, &dynamic, GemmOutput::F32(&mut out_f32), &cfg).unwrap();
+                        gemm_f32_dynamic(
+                            &xf,
+                            m,
+                            DynamicGranularity::PerTensor,
+                            true,
+                            &packed,
+                            &dynamic,
+                            &mut out_f32,
+                            &mut scratch,
+                            &cfg,
+                        )
+                        .unwrap();
                     })
                 });
                 for (name, ns) in [("u8s8_requant_u8", t_static), ("u8s8_f32_dynamic", t_dynamic)] {

@@ -142,7 +142,10 @@ pub(crate) fn blocked<K: BlockKernel>(
     if rb * cb == 1 || threads == 1 {
         (0..rb * cb).for_each(task);
     } else {
-        (0..rb * cb).into_par_iter().for_each(task);
+        // Split down to single blocks: the first halves still go to different threads (so each
+        // keeps its column blocks' weights in its own L2), and a thread that starts late, or is
+        // descheduled on a busy machine, can still take any block not yet started.
+        (0..rb * cb).into_par_iter().with_max_len(1).for_each(task);
     }
 }
 

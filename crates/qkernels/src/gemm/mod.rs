@@ -8,6 +8,11 @@
 //! `QFORGE_KERNEL` environment variable (`reference|avx2|avx512vnni|avxvnni|amx`), else the
 //! fastest one this CPU has ([`available_paths`] lists them, best last).
 //!
+//! Dynamic quantization (PyTorch dynamic Linear) starts from f32 activations:
+//! [`gemm_f32_dynamic`] scans their range, quantizes them per tensor or per row and runs the
+//! GEMM with the [`Dequantize`] epilogue, splitting every step over the same threads and
+//! reusing the caller's [`DynamicScratch`] and output buffers.
+//!
 //! Overflow bound: each corrected product `(a - a_zp) * (w - w_zp)` has magnitude at most
 //! `255 * 255 = 65025`, so K up to [`MAX_K`] `= floor((2^31 - 1) / 65025) = 33025` can never
 //! overflow the i32 accumulator, zero-point corrections included (intermediate sums wrap, the
@@ -33,6 +38,7 @@
 mod dispatch;
 mod driver;
 mod dynamic;
+mod dynamic_gemm;
 mod epilogue;
 mod pack;
 mod reference;
@@ -48,6 +54,7 @@ mod avxvnni;
 
 pub use dispatch::{available_paths, best_path, KernelPath};
 pub use dynamic::{finite_min_max, quantize_dynamic_per_tensor};
+pub use dynamic_gemm::{gemm_f32_dynamic, DynamicGranularity, DynamicScratch};
 pub use epilogue::{ActivationQuant, Dequantize, Epilogue, GemmOutput, Requantize};
 pub use pack::{PackedWeights, WeightQuant, K_GROUP, PANEL_COLS};
 
