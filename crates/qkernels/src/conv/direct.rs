@@ -245,6 +245,8 @@ pub(crate) struct Epilogue {
     pub(crate) zero_point: i32,
     pub(crate) lo: i32,
     pub(crate) hi: i32,
+    /// Whether the requantization needs its float clamp (only for huge sums or multipliers).
+    pub(crate) float_clamp: bool,
 }
 
 impl Epilogue {
@@ -252,7 +254,14 @@ impl Epilogue {
         let padded = p.panels * PANEL;
         let c = p.geometry.c_out;
         let pad = |v: &[f32]| (0..padded).map(|j| if j < c { v[j] } else { 0.0 }).collect();
+        // |sum (x - x_zp) * w| <= depth * 255 * 128.
+        let acc_bound = (p.geometry.depth() * 255 * 128) as f64;
+        #[cfg(target_arch = "x86_64")]
+        let float_clamp = super::requant::avx512::float_clamp_needed(acc_bound, &rq.bias_term, &rq.multiplier);
+        #[cfg(not(target_arch = "x86_64"))]
+        let float_clamp = acc_bound.is_finite();
         Epilogue {
+            float_clamp,
             offset: p.weight_sums.iter().map(|&s| s.wrapping_mul(-x_zp)).collect(),
             bias_term: pad(&rq.bias_term),
             multiplier: pad(&rq.multiplier),
