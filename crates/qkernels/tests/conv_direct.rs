@@ -91,3 +91,53 @@ proptest! {
         }
     }
 }
+
+/// Deep layers whose packed weights exceed one weight block (about 1 MB) run block by block:
+/// 31 panels (a three-panel tile and a ragged last panel in the final block) and 32 panels.
+#[test]
+fn direct_weight_blocks_match_reference() {
+    for (c_out, stride) in [(490, 1), (500, 2)] {
+        let c_in = 256;
+        let g = Conv2dGeometry::new(c_in, c_out, (3, 3))
+            .with_stride(stride, stride)
+            .with_padding(1, 1);
+        let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ c_out as u64;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let wts: Vec<i8> = (0..c_out * g.depth()).map(|_| rnd() as i8).collect();
+        let wq =
+            ConvWeightQuant::per_channel((0..c_out).map(|i| 1e-4 + i as f32 * 1e-7).collect(), vec![0; c_out]).unwrap();
+        let bias: Vec<f32> = (0..c_out).map(|i| (i as f32 - 30.0) * 0.01).collect();
+        let conv = PackedConv2d::new(g, &wts, wq, Some(bias)).unwrap();
+        if !conv.paths().contains(&ConvPath::Direct) {
+            return;
+        }
+        assert_eq!(conv.default_path(), ConvPath::Direct);
+        let xs = NhwcShape::new(1, 5, 6, c_in);
+        let x: Vec<u8> = (0..xs.len()).map(|_| rnd() as u8).collect();
+        let (x_q, y_q) = (ActQuant::new(0.05, 77).unwrap(), ActQuant::new(0.04, 100).unwrap());
+        let ys = conv.output_shape(xs).unwrap();
+        let mut expected = vec![0u8; ys.len()];
+        conv.run_with(
+            ConvPath::Reference,
+            &x,
+            xs,
+            x_q,
+            y_q,
+            FusedActivation::None,
+            &mut expected,
+        )
+        .unwrap();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut y = vec![0u8; ys.len()];
+            pool.install(|| conv.run_with(ConvPath::Direct, &x, xs, x_q, y_q, FusedActivation::None, &mut y))
+                .unwrap();
+            assert_eq!(y, expected, "{g:?} on {threads} threads");
+        }
+    }
+}

@@ -35,10 +35,14 @@ const SLACK: usize = 64;
 /// Most output rows one task computes (bounds the scratch copy to about `band + kh` rows).
 const MAX_BAND: usize = 16;
 
-/// Deepest reduction for which the direct kernel is the default: the weights of a two-panel
-/// column tile (`depth / 4 * 128` bytes) then stay in L1 while a row streams past them. Deeper
-/// convolutions (ResNet's 256- and 512-channel 3x3 layers) run faster on the cache-blocked GEMM.
-pub(crate) const MAX_PREFERRED_DEPTH: usize = 1280;
+/// Packed weight bytes of the panels one band computes together (about half of L2).
+const WEIGHT_BLOCK_BYTES: usize = 1 << 20;
+
+/// Deepest reduction for which the direct kernel is the default (ResNet18's deepest layer,
+/// 512 x 3 x 3): with its weights blocked per [`WEIGHT_BLOCK_BYTES`] it beats the GEMM on every
+/// ResNet18 / UNet / MobileNetV2 layer measured (7x7 outputs included); deeper ones are untested
+/// and keep the GEMM.
+pub(crate) const MAX_PREFERRED_DEPTH: usize = 4608;
 
 /// 64 packed weight bytes, 64-byte aligned so loads never split cache lines.
 #[derive(Clone, Copy)]
@@ -212,19 +216,34 @@ impl DirectConv {
                         .flat_map(|s| (0..s.groups).map(move |i| s.row * row_bytes + s.offset + 4 * i))
                         .collect();
                     let last = offsets.last().copied().unwrap_or(0) + (ow_n - 1) * sw * c;
-                    for (r, y_row) in y_band.chunks_exact_mut(out_row).enumerate() {
-                        let at = (first + r * sh) * row_bytes;
-                        assert!(at + last + 4 <= src.len() + 3 * usize::from(!self.needs_copy));
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: `supported()` was checked by the caller; the assert above keeps
-                        // every 4-byte read inside `src` (the scratch has SLACK bytes past its last
-                        // row; in place, segments are whole groups so the last read ends inside the
-                        // input), and `y_row` holds `ow_n * c_out` bytes.
-                        unsafe {
-                            super::direct_avx512::row(self, &epi, src[at..].as_ptr(), &offsets, sw * c, ow_n, y_row)
+                    for panels in self.panel_blocks() {
+                        for (r, y_row) in y_band.chunks_exact_mut(out_row).enumerate() {
+                            let at = (first + r * sh) * row_bytes;
+                            assert!(at + last + 4 <= src.len() + 3 * usize::from(!self.needs_copy));
+                            let out = y_row[panels.start * PANEL..].as_mut_ptr();
+                            #[cfg(target_arch = "x86_64")]
+                            // SAFETY: `supported()` was checked by the caller; the assert above
+                            // keeps every 4-byte read inside `src` (the scratch has SLACK bytes
+                            // past its last row; in place, segments are whole groups so the last
+                            // read ends inside the input), and `y_row` holds `ow_n` pixels of
+                            // `c_out` bytes.
+                            unsafe {
+                                let (o, s) = (&offsets, sw * c);
+                                super::direct_avx512::row(
+                                    self,
+                                    &epi,
+                                    src[at..].as_ptr(),
+                                    o,
+                                    s,
+                                    ow_n,
+                                    panels.clone(),
+                                    out,
+                                    g.c_out,
+                                )
+                            }
+                            #[cfg(not(target_arch = "x86_64"))]
+                            unreachable!("the direct path exists on x86_64 only: {out:?}");
                         }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        unreachable!("the direct path exists on x86_64 only: {y_row:?}");
                     }
                 });
         });
@@ -233,6 +252,72 @@ impl DirectConv {
 
     pub(crate) fn c_out(&self) -> usize {
         self.geometry.c_out
+    }
+
+    /// Whether [`DirectConv::run_spread`] applies: a 1x1 unpadded stride-1 kernel over whole
+    /// 4-byte groups whose `c_out` columns split into `kh` runs of whole panels.
+    pub(crate) fn can_spread(&self, kh: usize) -> bool {
+        let g = &self.geometry;
+        g.kernel == (1, 1)
+            && g.stride == (1, 1)
+            && !self.needs_copy
+            && g.c_out.is_multiple_of(kh)
+            && (g.c_out / kh).is_multiple_of(PANEL)
+    }
+
+    /// A 1x1 product whose `c_out` columns are `kh` runs of `kw * c` (a non-overlapping
+    /// `ConvTranspose2d` with kernel = stride = `(kh, kw)`), written straight to the transposed
+    /// convolution's NHWC output `[n, h * kh, w * kw, c]`: run `t` of input pixel `(i, j)` is
+    /// output pixels `j * kw ..` of output row `i * kh + t`, one contiguous run of bytes.
+    /// Requires [`DirectConv::can_spread`]; the caller has checked `y` holds
+    /// `n * h * w * c_out` bytes and that the CPU runs the kernel ([`supported`]).
+    pub(crate) fn run_spread(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        x_zp: i32,
+        rq: &ConvRequant,
+        kh: usize,
+        y: &mut [u8],
+    ) -> Result<()> {
+        let c = self.geometry.c_in;
+        debug_assert!(self.can_spread(kh) && xs.c == c && y.len() == xs.n * xs.h * xs.w * self.geometry.c_out);
+        let epi = Epilogue::new(self, x_zp, rq);
+        let run = self.geometry.c_out / kh;
+        let panels_per_run = run / PANEL;
+        // One segment of whole groups: group `i` reads bytes `4i..4i + 4` of each pixel.
+        let offsets: Vec<usize> = (0..self.groups_total).map(|i| 4 * i).collect();
+        let out_row = xs.w * run;
+        y.par_chunks_mut(kh * out_row)
+            .zip(x.par_chunks(xs.w * c))
+            .for_each(|(y_rows, x_row)| {
+                for (t, y_row) in y_rows.chunks_exact_mut(out_row).enumerate() {
+                    let panels = t * panels_per_run..(t + 1) * panels_per_run;
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `supported()` was checked by the caller; the last group of the last
+                    // pixel ends at byte `c` of it (`c` is a multiple of 4: no copy needed), and
+                    // `y_row` holds `w` pixels of `run` bytes, the columns of `panels`.
+                    unsafe {
+                        let out = y_row.as_mut_ptr();
+                        super::direct_avx512::row(self, &epi, x_row.as_ptr(), &offsets, c, xs.w, panels, out, run)
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("the direct path exists on x86_64 only: {panels:?} {y_row:?}");
+                }
+            });
+        Ok(())
+    }
+
+    /// Panel ranges whose packed weights fit [`WEIGHT_BLOCK_BYTES`] (at least two panels, one
+    /// register tile wide): a band computes every row of one range before the next, so deep
+    /// layers reuse the range's weights from L2 instead of streaming all of them per row.
+    fn panel_blocks(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let per_panel = self.groups_total * PANEL_ROW;
+        let size = (WEIGHT_BLOCK_BYTES / per_panel).max(2).min(self.panels);
+        // Whole register tiles (pairs of panels) per block, except for the very last one.
+        let size = if size < self.panels { size & !1 } else { size };
+        let panels = self.panels;
+        (0..panels.div_ceil(size)).map(move |b| b * size..((b + 1) * size).min(panels))
     }
 }
 

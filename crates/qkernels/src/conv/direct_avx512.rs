@@ -10,6 +10,7 @@
 
 use std::arch::asm;
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use super::direct::{DirectConv, Epilogue, PANEL, PANEL_ROW};
 use super::requant::avx512::{requant16, requant16_in_range};
@@ -23,13 +24,17 @@ fn tile_shape(panels_left: usize) -> (usize, usize) {
     }
 }
 
-/// Computes one output row: packed group `g` of pixel 0 reads the 4 bytes at
-/// `base + offsets[g]`, consecutive pixels `pixel_stride` bytes apart; `out` holds
-/// `pixels * c_out` bytes.
+/// Computes panels `panels` of one output row: packed group `g` of pixel 0 reads the 4 bytes
+/// at `base + offsets[g]`, consecutive pixels `pixel_stride` bytes apart; channel
+/// `16 * panels.start` of pixel `i` is written at `out + i * ostride`, the row's other channels
+/// after it.
 ///
 /// # Safety
 /// The CPU supports AVX-512 F/BW/VL/VNNI; `base + offsets[g] + (pixels - 1) * pixel_stride`
-/// has 4 readable bytes for every group; `offsets` has one entry per packed group of `p`.
+/// has 4 readable bytes for every group; `offsets` has one entry per packed group of `p`;
+/// `panels` lies in `0..p.panels`; `out + i * ostride` has room for the channels of `panels`
+/// (up to `c_out` on the last panel) for every pixel `i < pixels`.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(crate) unsafe fn row(
     p: &DirectConv,
@@ -38,14 +43,15 @@ pub(crate) unsafe fn row(
     offsets: &[usize],
     pixel_stride: usize,
     pixels: usize,
-    out: &mut [u8],
+    panels: Range<usize>,
+    out: *mut u8,
+    ostride: usize,
 ) {
     let c_out = p.c_out();
-    debug_assert_eq!(out.len(), pixels * c_out);
     let wstride = p.groups_total * PANEL_ROW;
-    let mut panel = 0;
-    while panel < p.panels {
-        let (pp, r_max) = tile_shape(p.panels - panel);
+    let mut panel = panels.start;
+    while panel < panels.end {
+        let (pp, r_max) = tile_shape(panels.end - panel);
         let last = panel + pp == p.panels;
         let tail = c_out - (p.panels - 1) * PANEL;
         let last_mask: __mmask16 = if last && tail < PANEL { (1u16 << tail) - 1 } else { !0 };
@@ -57,12 +63,12 @@ pub(crate) unsafe fn row(
         for t in 0..tiles {
             let r = even + usize::from(t < extra);
             let a = base.add(px * pixel_stride);
-            let dst = out.as_mut_ptr().add(px * c_out + panel * PANEL);
+            let dst = out.add(px * ostride + (panel - panels.start) * PANEL);
             let ch = panel * PANEL;
             macro_rules! go {
                 ($P:literal; $($R:literal),*) => {
                     match r {
-                        $($R => tile::<$R, $P>(a, offsets, pixel_stride, w, wstride, epi, ch, dst, c_out, last_mask),)*
+                        $($R => tile::<$R, $P>(a, offsets, pixel_stride, w, wstride, epi, ch, dst, ostride, last_mask),)*
                         _ => unreachable!("tile of {r} pixels"),
                     }
                 };
