@@ -365,33 +365,44 @@ pub unsafe fn row(p: &PackedDepthwise, weights: &[i8], taps: &[*const u8], epi: 
 
 /// Copies the pixels of one input row (`src`, `c` bytes each) into its `s` phase rows of
 /// `dst`: padded pixel `iw + pad` goes to phase `(iw + pad) % s`, slot `(iw + pad) / s`.
-/// Pixels move as 64-byte masked vectors (a byte-slice copy would call `memcpy` per pixel).
+/// Pixels move as whole 64/32/16-byte vectors plus one masked tail (a byte-slice copy would
+/// call `memcpy` per pixel).
 ///
 /// # Safety
 /// The CPU supports AVX-512 F/BW; `src.len()` is a multiple of `c`; `dst` holds `s` phase rows
 /// of `phase_len` bytes, each with room for slot `(src.len() / c - 1 + pad) / s`.
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn scatter_phases(src: &[u8], dst: &mut [u8], c: usize, s: usize, pad: usize, phase_len: usize) {
     let pixels = src.len() / c;
     debug_assert!(dst.len() >= (s - 1) * phase_len + ((pixels - 1 + pad) / s + 1) * c);
-    let tail = c % WIDE;
-    let tail_mask: __mmask64 = if tail == 0 { 0 } else { (1u64 << tail) - 1 };
+    // Full 64-, 32- and 16-byte moves, then one masked move for the last `c % 16` bytes.
+    let (c64, c32, c16) = (c / 64 * 64, c / 32 * 32, c / 16 * 16);
+    let (has32, has16) = (c32 > c64, c16 > c32);
+    let tail = c - c16;
+    let tail_mask: __mmask16 = if tail == 0 { 0 } else { (1u16 << tail) - 1 };
     for iw in 0..pixels {
         let p = iw + pad;
         let from = src.as_ptr().add(iw * c);
         let to = dst.as_mut_ptr().add((p % s) * phase_len + (p / s) * c);
+        // SAFETY: every move reads and writes bytes inside one `c`-byte pixel.
         let mut b = 0;
-        // SAFETY: each step reads and writes bytes `b..b + 64` (or the masked tail) of one
-        // `c`-byte pixel.
-        while b + WIDE <= c {
+        while b < c64 {
             _mm512_storeu_si512(to.add(b).cast(), _mm512_loadu_si512(from.add(b).cast()));
-            b += WIDE;
+            b += 64;
+        }
+        if has32 {
+            _mm256_storeu_si256(to.add(b).cast(), _mm256_loadu_si256(from.add(b).cast()));
+            b += 32;
+        }
+        if has16 {
+            _mm_storeu_si128(to.add(b).cast(), _mm_loadu_si128(from.add(b).cast()));
+            b += 16;
         }
         if tail != 0 {
-            _mm512_mask_storeu_epi8(
+            _mm_mask_storeu_epi8(
                 to.add(b).cast(),
                 tail_mask,
-                _mm512_maskz_loadu_epi8(tail_mask, from.add(b).cast()),
+                _mm_maskz_loadu_epi8(tail_mask, from.add(b).cast()),
             );
         }
     }

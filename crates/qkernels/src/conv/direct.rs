@@ -6,15 +6,19 @@
 //! straight from the (padded) input rows: a 3-channel first layer costs no im2col copy and
 //! wastes only the rounding of `kw * 3` up to 4.
 //!
-//! Padding: a task computing a band of output rows first copies the input rows it needs into a
-//! scratch buffer with `padding.1` zero-point pixels on both sides (rows above or below the
-//! input are all zero point), so every tap reads real memory and a padded tap holds `x_zp`
-//! exactly as in [`super::reference`]. Unpadded convolutions whose segments are whole 4-byte
+//! Padding: a task computing a band of output rows copies each input row it needs once into a
+//! ring of `kh` scratch rows with `padding.1` zero-point pixels on both sides (rows above or
+//! below the input are all zero point), so every tap reads real memory and a padded tap holds
+//! `x_zp` exactly as in [`super::reference`]. Unpadded convolutions whose segments are whole 4-byte
 //! groups read the input in place.
 //!
-//! Arithmetic: the kernel sums the raw products `x * w` (i32, exact: `K <= MAX_K`), then
-//! `acc - x_zp * sum w` is the reference's `sum (x - x_zp) * w` (symmetric weights only; other
-//! weight zero points take the GEMM path), followed by the shared requantization
+//! Deep layers: a band computes its rows for one block of output-channel panels (about 1 MB
+//! of packed weights) before the next block, so the weights a row needs come from L2 rather
+//! than from memory once per row (ResNet18's 512-channel layers hold 2.4 MB of weights).
+//!
+//! Arithmetic: the kernel sums the raw products `x * w` (i32, exact: `K <= MAX_K`) on top of
+//! `-x_zp * sum w`, which makes the reference's `sum (x - x_zp) * w` (symmetric weights only;
+//! other weight zero points take the GEMM path), followed by the shared requantization
 //! ([`super::requant`]). Bands are independent rayon tasks and each output value is computed by
 //! one register tile with the whole reduction, so results do not depend on the thread count.
 
@@ -32,8 +36,6 @@ pub(crate) const PANEL_ROW: usize = PANEL * 4;
 /// Bytes after the last scratch row, so a 4-byte read that starts inside a segment stays in
 /// the buffer.
 const SLACK: usize = 64;
-/// Most output rows one task computes (bounds the scratch copy to about `band + kh` rows).
-const MAX_BAND: usize = 16;
 
 /// Packed weight bytes of the panels one band computes together (about half of L2).
 const WEIGHT_BLOCK_BYTES: usize = 1 << 20;
@@ -177,14 +179,22 @@ impl DirectConv {
         let out_row = ow_n * g.c_out;
         let threads = rayon::current_num_threads();
         let tasks_per_image = (2 * threads).div_ceil(xs.n);
+        // One thread computes a whole image; more threads get about two bands each.
         let band = if threads > 1 {
             oh_n.div_ceil(tasks_per_image)
         } else {
             oh_n
         }
-        .clamp(1, MAX_BAND);
+        .max(1);
         let zp = x_zp as u8;
         let image = xs.h * in_row;
+        let groups_at = |row_base: &dyn Fn(usize) -> usize, offsets: &mut Vec<usize>| {
+            offsets.clear();
+            for s in &self.segments {
+                let at = row_base(s.row) + s.offset;
+                offsets.extend((0..s.groups).map(|i| at + 4 * i));
+            }
+        };
         y.par_chunks_mut(oh_n * out_row).enumerate().for_each(|(n, y_img)| {
             let x_img = &x[n * image..(n + 1) * image];
             y_img
@@ -192,47 +202,55 @@ impl DirectConv {
                 .enumerate()
                 .for_each(|(b, y_band)| {
                     let oh0 = b * band;
-                    let rows = y_band.len() / out_row;
-                    let scratch;
-                    // `src` row `i` is input row `first + i` (padded coordinates when copied).
-                    let (src, row_bytes, first) = if self.needs_copy {
-                        let need = (rows - 1) * sh + span;
-                        let mut buf = vec![zp; need * padded_row + SLACK];
-                        for (i, dst) in buf.chunks_exact_mut(padded_row).take(need).enumerate() {
-                            let ih = (oh0 * sh + i) as i64 - ph as i64;
-                            if ih >= 0 && (ih as usize) < xs.h {
-                                let at = ih as usize * in_row;
-                                dst[pw * c..pw * c + in_row].copy_from_slice(&x_img[at..at + in_row]);
-                            }
-                        }
-                        scratch = buf;
-                        (scratch.as_slice(), padded_row, 0)
+                    let mut offsets = Vec::with_capacity(self.groups_total);
+                    // Padded input rows live in a ring of `span` slots: padded row `pr` in slot
+                    // `pr % span`, copied once when an output row first needs it (the rows one
+                    // output row reads differ by less than `span`, so they never share a slot).
+                    // Padding columns keep the zero point from this fill.
+                    let mut ring = if self.needs_copy {
+                        vec![zp; span * padded_row + SLACK]
                     } else {
-                        (x_img, in_row, oh0 * sh)
+                        Vec::new()
                     };
-                    let offsets: Vec<usize> = self
-                        .segments
-                        .iter()
-                        .flat_map(|s| (0..s.groups).map(move |i| s.row * row_bytes + s.offset + 4 * i))
-                        .collect();
-                    let last = offsets.last().copied().unwrap_or(0) + (ow_n - 1) * sw * c;
+                    let mut tags = vec![usize::MAX; span];
                     for panels in self.panel_blocks() {
                         for (r, y_row) in y_band.chunks_exact_mut(out_row).enumerate() {
-                            let at = (first + r * sh) * row_bytes;
-                            assert!(at + last + 4 <= src.len() + 3 * usize::from(!self.needs_copy));
+                            let pr0 = (oh0 + r) * sh;
+                            let src: &[u8] = if self.needs_copy {
+                                for s in &self.segments {
+                                    let pr = pr0 + s.row;
+                                    let slot = pr % span;
+                                    if tags[slot] == pr {
+                                        continue;
+                                    }
+                                    tags[slot] = pr;
+                                    let dst = &mut ring[slot * padded_row + pw * c..][..in_row];
+                                    match pr.checked_sub(ph).filter(|&ih| ih < xs.h) {
+                                        Some(ih) => dst.copy_from_slice(&x_img[ih * in_row..][..in_row]),
+                                        None => dst.fill(zp),
+                                    }
+                                }
+                                groups_at(&|row| (pr0 + row) % span * padded_row, &mut offsets);
+                                &ring
+                            } else {
+                                groups_at(&|row| (pr0 + row) * in_row, &mut offsets);
+                                x_img
+                            };
+                            let last = offsets.iter().copied().max().unwrap_or(0) + (ow_n - 1) * sw * c;
+                            assert!(last + 4 <= src.len() + 3 * usize::from(!self.needs_copy));
                             let out = y_row[panels.start * PANEL..].as_mut_ptr();
                             #[cfg(target_arch = "x86_64")]
                             // SAFETY: `supported()` was checked by the caller; the assert above
-                            // keeps every 4-byte read inside `src` (the scratch has SLACK bytes
-                            // past its last row; in place, segments are whole groups so the last
-                            // read ends inside the input), and `y_row` holds `ow_n` pixels of
-                            // `c_out` bytes.
+                            // keeps every 4-byte read inside `src` (the ring has SLACK bytes past
+                            // its last slot; in place, segments are whole groups so the last read
+                            // ends inside the input), and `y_row` holds `ow_n` pixels of `c_out`
+                            // bytes.
                             unsafe {
                                 let (o, s) = (&offsets, sw * c);
                                 super::direct_avx512::row(
                                     self,
                                     &epi,
-                                    src[at..].as_ptr(),
+                                    src.as_ptr(),
                                     o,
                                     s,
                                     ow_n,
