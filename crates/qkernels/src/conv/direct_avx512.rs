@@ -6,7 +6,8 @@
 //! i32 lane). The tile is finished in registers: the shared requantization
 //! (`requant::avx512::requant16`, without its float clamp when the layer's bounds show it
 //! cannot act), clamp, and a 16-byte store per pixel and panel (masked on the last panel when
-//! `c_out` is not a multiple of 16).
+//! `c_out` is not a multiple of 16); with exactly 32 output channels two pixels are packed to
+//! bytes together and leave in one 64-byte store.
 
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -234,29 +235,58 @@ unsafe fn tile<const R: usize, const P: usize>(
     }
     let zp = _mm512_set1_epi32(epi.zero_point);
     let (lo, hi) = (_mm512_set1_epi32(epi.lo), _mm512_set1_epi32(epi.hi));
+    // Requantize every sum in place (zero point added, not yet clamped to `[lo, hi]`).
     unrolled!(P, Q => {
-        let q = Q;
-        let j = ch + q * PANEL;
+        let j = ch + Q * PANEL;
         // SAFETY: the epilogue vectors are padded to whole panels.
         let bias = _mm512_loadu_ps(epi.bias_term.as_ptr().add(j));
         let mul = _mm512_loadu_ps(epi.multiplier.as_ptr().add(j));
-        let mask = if q == P - 1 { last_mask } else { !0 };
         unrolled!(R, PIXEL => {
             // SAFETY: `PIXEL < R`.
-            let sum = acc.get_unchecked(PIXEL)[q];
-            let v = if epi.float_clamp {
-                requant16(sum, bias, mul, zp)
+            let sum = acc.get_unchecked_mut(PIXEL);
+            sum[Q] = if epi.float_clamp {
+                requant16(sum[Q], bias, mul, zp)
             } else {
-                requant16_in_range(sum, bias, mul, zp)
+                requant16_in_range(sum[Q], bias, mul, zp)
             };
-            let dst = out.add(PIXEL * ostride + q * PANEL).cast();
-            // SAFETY: the masked stores write the tile's channels of pixel `r` only.
-            if epi.hi == 255 {
-                // After the lower bound (>= 0) the unsigned saturating narrow is the upper one.
-                _mm512_mask_cvtusepi32_storeu_epi8(dst, mask, _mm512_max_epi32(v, lo));
-            } else {
-                let v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
-                _mm512_mask_cvtepi32_storeu_epi8(dst, mask, v);
+        });
+    });
+    // 32 output channels in consecutive 32-byte pixels: two pixels are one 64-byte store.
+    // `packs` / `packus` saturate to [0, 255] (the clamp every output gets anyway) and leave
+    // channels `4l..4l + 4` of (pixel, panel) `k` in dword `4l + k`; the permutation moves
+    // them to dword `4k + l`, channel order.
+    let pairs = P == 2 && ostride == 2 * PANEL && last_mask == !0;
+    if pairs {
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let (lo8, hi8) = (_mm512_set1_epi8(epi.lo as i8), _mm512_set1_epi8(epi.hi as i8));
+        unrolled!(R, PIXEL => {
+            if PIXEL.is_multiple_of(2) && PIXEL + 1 < R {
+                // SAFETY: `PIXEL + 1 < R` and `P == 2`.
+                let (a, b) = (acc.get_unchecked(PIXEL), acc.get_unchecked(PIXEL + 1));
+                let a16 = _mm512_packs_epi32(*a.get_unchecked(0), *a.get_unchecked(1));
+                let b16 = _mm512_packs_epi32(*b.get_unchecked(0), *b.get_unchecked(1));
+                let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(a16, b16));
+                let bytes = _mm512_min_epu8(_mm512_max_epu8(bytes, lo8), hi8);
+                // SAFETY: pixels `PIXEL` and `PIXEL + 1` are the 64 bytes from here.
+                _mm512_storeu_si512(out.add(PIXEL * ostride).cast(), bytes);
+            }
+        });
+    }
+    unrolled!(P, Q => {
+        let mask = if Q == P - 1 { last_mask } else { !0 };
+        unrolled!(R, PIXEL => {
+            if !pairs || (PIXEL.is_multiple_of(2) && PIXEL + 1 == R) {
+                // SAFETY: `PIXEL < R`.
+                let v = acc.get_unchecked(PIXEL)[Q];
+                let dst = out.add(PIXEL * ostride + Q * PANEL).cast();
+                // SAFETY: the masked stores write the tile's channels of pixel `PIXEL` only.
+                if epi.hi == 255 {
+                    // After the lower bound (>= 0) the unsigned saturating narrow is the upper one.
+                    _mm512_mask_cvtusepi32_storeu_epi8(dst, mask, _mm512_max_epi32(v, lo));
+                } else {
+                    let v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+                    _mm512_mask_cvtepi32_storeu_epi8(dst, mask, v);
+                }
             }
         });
     });

@@ -264,6 +264,7 @@ pub(crate) mod avx512 {
         bias_term
             .iter()
             .zip(multiplier)
-            .any(|(&b, &m)| !((acc_bound + b.abs() as f64) * m.abs() as f64 * 1.01 < CLAMP as f64))
+            .map(|(&b, &m)| (acc_bound + b.abs() as f64) * m.abs() as f64 * 1.01)
+            .any(|bound| !bound.is_finite() || bound >= CLAMP as f64)
     }
 }
