@@ -40,11 +40,11 @@ const SLACK: usize = 64;
 /// Packed weight bytes of the panels one band computes together (about half of L2).
 const WEIGHT_BLOCK_BYTES: usize = 1 << 20;
 
-/// Deepest reduction for which the direct kernel is the default (ResNet18's deepest layer,
-/// 512 x 3 x 3): with its weights blocked per [`WEIGHT_BLOCK_BYTES`] it beats the GEMM on every
-/// ResNet18 / UNet / MobileNetV2 layer measured (7x7 outputs included); deeper ones are untested
-/// and keep the GEMM.
-pub(crate) const MAX_PREFERRED_DEPTH: usize = 4608;
+/// Deepest reduction for which the direct kernel is the default (ResNet18's 256 x 3 x 3
+/// layers): with its weights blocked per [`WEIGHT_BLOCK_BYTES`] it beats the GEMM there, hot or
+/// cold. The 512 x 3 x 3 layers on 7x7 outputs (2.4 MB of weights, one 7-pixel tile per row)
+/// run faster on the GEMM inside a network, where their weights arrive from L3.
+pub(crate) const MAX_PREFERRED_DEPTH: usize = 2304;
 
 /// 64 packed weight bytes, 64-byte aligned so loads never split cache lines.
 #[derive(Clone, Copy)]
