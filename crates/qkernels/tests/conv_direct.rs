@@ -1,7 +1,7 @@
 //! Property test of the direct convolution kernel (one group, symmetric weights): rows wide
 //! enough for whole register tiles plus ragged ones, 1 to 5 panels of output channels with a
-//! partial last panel, channel counts that are not multiples of 4, every stride, padding and
-//! dilation mix, against the reference on 1 and 3 threads; and the same for the depthwise
+//! partial last panel (and often exactly 32, whose pixel pairs are stored as one vector),
+//! channel counts that are not multiples of 4, every stride, padding and dilation mix, against the reference on 1 and 3 threads; and the same for the depthwise
 //! row kernel.
 
 use proptest::prelude::*;
@@ -14,9 +14,10 @@ proptest! {
 
     #[test]
     fn direct_matches_reference(
-        c_in in 1usize..11, c_out in 1usize..80, kh in 1usize..6, kw in 1usize..8, stride in 1usize..4,
+        c_in in 1usize..11, c_out in prop_oneof![Just(32usize), 1usize..80], kh in 1usize..6, kw in 1usize..8, stride in 1usize..4,
         pad in 0usize..4, dil in 1usize..3, h in 1usize..12, w in 1usize..48, n in 1usize..3,
-        per_channel in any::<bool>(), xzp in 0i32..256, act in 0u8..3, seed in any::<u64>(),
+        per_channel in any::<bool>(), xzp in 0i32..256, act in 0u8..3, tiny_out in any::<bool>(),
+        seed in any::<u64>(),
     ) {
         let g = Conv2dGeometry::new(c_in, c_out, (kh, kw)).with_stride(stride, stride.div_ceil(2))
             .with_padding(pad.min(kh), pad).with_dilation(dil, dil);
@@ -35,7 +36,9 @@ proptest! {
         let activation = [FusedActivation::None, FusedActivation::Relu, FusedActivation::Relu6][act as usize];
         let xs = NhwcShape::new(n, h, w, c_in);
         let x: Vec<u8> = (0..xs.len()).map(|_| rnd() as u8).collect();
-        let (x_q, y_q) = (ActQuant::new(0.05, xzp).unwrap(), ActQuant::new(0.04, 100).unwrap());
+        // A tiny output scale gives multipliers near 1e4, so scaled sums reach the float clamp.
+        let y_scale = if tiny_out { 1e-9 } else { 0.04 };
+        let (x_q, y_q) = (ActQuant::new(0.05, xzp).unwrap(), ActQuant::new(y_scale, 100).unwrap());
         let ys = conv.output_shape(xs).unwrap();
         let mut expected = vec![0u8; ys.len()];
         conv.run_with(ConvPath::Reference, &x, xs, x_q, y_q, activation, &mut expected).unwrap();
@@ -85,6 +88,55 @@ proptest! {
                 pool.install(|| conv.run_with(path, &x, xs, x_q, y_q, activation, &mut y)).unwrap();
                 prop_assert_eq!(&y, &expected, "{:?} {:?} on {} threads", g, path, threads);
             }
+        }
+    }
+}
+
+/// Deep layers whose packed weights exceed one weight block (about 1 MB) run block by block:
+/// 31 panels (a three-panel tile and a ragged last panel in the final block) and 32 panels.
+#[test]
+fn direct_weight_blocks_match_reference() {
+    for (c_out, stride) in [(490, 1), (500, 2)] {
+        let c_in = 256;
+        let g = Conv2dGeometry::new(c_in, c_out, (3, 3))
+            .with_stride(stride, stride)
+            .with_padding(1, 1);
+        let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ c_out as u64;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let wts: Vec<i8> = (0..c_out * g.depth()).map(|_| rnd() as i8).collect();
+        let wq =
+            ConvWeightQuant::per_channel((0..c_out).map(|i| 1e-4 + i as f32 * 1e-7).collect(), vec![0; c_out]).unwrap();
+        let bias: Vec<f32> = (0..c_out).map(|i| (i as f32 - 30.0) * 0.01).collect();
+        let conv = PackedConv2d::new(g, &wts, wq, Some(bias)).unwrap();
+        if !conv.paths().contains(&ConvPath::Direct) {
+            return;
+        }
+        let xs = NhwcShape::new(1, 5, 6, c_in);
+        let x: Vec<u8> = (0..xs.len()).map(|_| rnd() as u8).collect();
+        let (x_q, y_q) = (ActQuant::new(0.05, 77).unwrap(), ActQuant::new(0.04, 100).unwrap());
+        let ys = conv.output_shape(xs).unwrap();
+        let mut expected = vec![0u8; ys.len()];
+        conv.run_with(
+            ConvPath::Reference,
+            &x,
+            xs,
+            x_q,
+            y_q,
+            FusedActivation::None,
+            &mut expected,
+        )
+        .unwrap();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut y = vec![0u8; ys.len()];
+            pool.install(|| conv.run_with(ConvPath::Direct, &x, xs, x_q, y_q, FusedActivation::None, &mut y))
+                .unwrap();
+            assert_eq!(y, expected, "{g:?} on {threads} threads");
         }
     }
 }

@@ -54,9 +54,13 @@ proptest! {
 
     #[test]
     fn conv_transpose_gemm_matches_reference(
-        c_in in 1usize..9, c_out in 1usize..9, k in 1usize..4, h in 1usize..6, w in 1usize..6,
+        ci in 0usize..6, co in 0usize..8, k in 1usize..4, h in 1usize..6, w in 1usize..6, n in 1usize..3,
         op in 0usize..2, per_channel in any::<bool>(), a in any::<u8>(), seed in any::<u64>(),
     ) {
+        // Channel counts include whole 4-byte groups and `k * c_out` in whole 16-channel panels,
+        // so the direct path's in-place spread (no output padding) is covered too.
+        let c_in = [1, 3, 4, 5, 8, 12][ci];
+        let c_out = [1, 2, 3, 5, 8, 16, 24, 32][co];
         let g = ConvTranspose2dGeometry::new(c_in, c_out, (k, k)).with_stride(k, k).with_output_padding(op.min(k - 1), op.min(k - 1));
         let mut s = seed | 1;
         let mut rnd = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
@@ -67,7 +71,7 @@ proptest! {
             ConvWeightQuant::per_tensor(0.003, (seed % 2) as i32).unwrap()
         };
         let t = PackedConvTranspose2d::new(g, &wts, wq, Some((0..c_out).map(|i| i as f32 * 0.1).collect())).unwrap();
-        let xs = NhwcShape::new(1, h, w, c_in);
+        let xs = NhwcShape::new(n, h, w, c_in);
         let x: Vec<u8> = (0..xs.len()).map(|_| rnd() as u8).collect();
         let (x_q, y_q) = (ActQuant::new(0.05, 120).unwrap(), ActQuant::new(0.04, 90).unwrap());
         let ys = t.output_shape(xs).unwrap();

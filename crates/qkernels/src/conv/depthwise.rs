@@ -25,9 +25,6 @@ use crate::{KernelError, Result};
 /// Taps are processed four at a time by the VNNI kernel (`vpdpbusd` sums 4 byte products).
 pub(crate) const TAP_GROUP: usize = 4;
 
-/// Target bytes of the row kernel's scratch copy per task.
-const SCRATCH_BYTES: usize = 48 * 1024;
-
 /// A depthwise kernel implementation. All give identical integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DepthwisePath {
@@ -222,9 +219,9 @@ impl PackedDepthwise {
         Ok(())
     }
 
-    /// The row kernel: a task computes a band of output rows. It copies the input rows the band
-    /// reads into a scratch buffer, each split into `stride.1` phase rows (phase `f` holds the
-    /// padded pixels `f, f + s, f + 2s, ...`) with zero-point pixels for the padding; rows
+    /// The row kernel: a task computes a band of output rows. It copies each input row the band
+    /// reads once into a ring of scratch rows, split into `stride.1` phase rows (phase `f` holds
+    /// the padded pixels `f, f + s, f + 2s, ...`) with zero-point pixels for the padding; rows
     /// above or below the input read a zero-point row. Then tap `(kh, kw)` of output pixel `ow`
     /// reads pixel `ow + (kw * dil) / s` of phase `(kw * dil) % s`, so for every tap the inputs of
     /// a whole output row are one contiguous byte run, and an output row is a flat loop over
@@ -247,14 +244,13 @@ impl PackedDepthwise {
         let taps_padded = g.taps().next_multiple_of(TAP_GROUP);
         let out_row = ow_n * c;
         let threads = rayon::current_num_threads();
-        // Bands small enough that their scratch rows stay in L1/L2 between the copy and the use.
-        let max_band = (SCRATCH_BYTES / input_row).saturating_sub(span) / sh + 1;
+        // One thread computes a whole image; more threads get about two bands each.
         let band = if threads > 1 {
             oh_n.div_ceil((2 * threads).div_ceil(xs.n))
         } else {
             oh_n
         }
-        .clamp(1, max_band.clamp(1, 16));
+        .max(1);
         let image = xs.h * xs.w * c;
         y.par_chunks_mut(oh_n * out_row).enumerate().for_each(|(n, y_img)| {
             let x_img = &x[n * image..(n + 1) * image];
@@ -263,41 +259,43 @@ impl PackedDepthwise {
                 .enumerate()
                 .for_each(|(b, y_band)| {
                     let oh0 = b * band;
-                    let rows = y_band.len() / out_row;
-                    // Input rows `first..first + need` (unpadded indices, possibly out of range).
-                    let first = (oh0 * sh) as i64 - ph as i64;
-                    let need = (rows - 1) * sh + span;
-                    let mut scratch = vec![zp; need * input_row];
-                    for (i, dst) in scratch.chunks_exact_mut(input_row).enumerate() {
-                        let ih = first + i as i64;
-                        if ih < 0 || ih >= xs.h as i64 {
-                            continue;
-                        }
-                        let src = &x_img[ih as usize * xs.w * c..][..xs.w * c];
-                        if sw == 1 {
-                            dst[pw * c..pw * c + xs.w * c].copy_from_slice(src);
-                        } else {
-                            // SAFETY: the row path is available (AVX-512 BW); `dst` is one input
-                            // row of `sw` phase rows holding `ceil(padded_w / sw)` pixels each.
-                            unsafe { super::depthwise_avx512::scatter_phases(src, dst, c, sw, pw, phase_len) }
-                        }
-                    }
+                    // A ring of `span` prepared input rows: input row `ih` lives in slot
+                    // `ih % span` and is copied (phase-split) once, when an output row first
+                    // needs it; consecutive output rows then share the rows they overlap on.
+                    // Padding pixels of every slot keep the zero point from this fill.
+                    let mut ring = vec![zp; span * input_row];
+                    let mut tags = vec![usize::MAX; span];
                     let mut taps: Vec<*const u8> = Vec::with_capacity(taps_padded);
                     for (r, out) in y_band.chunks_exact_mut(out_row).enumerate() {
+                        let oh = oh0 + r;
                         taps.clear();
                         for kh in 0..g.kernel.0 {
-                            let i = r * sh + kh * dh;
-                            let ih = first + i as i64;
-                            for kw in 0..g.kernel.1 {
-                                if ih < 0 || ih >= xs.h as i64 {
-                                    taps.push(zp_row.as_ptr());
+                            let ih = (oh * sh + kh * dh) as i64 - ph as i64;
+                            if ih < 0 || ih >= xs.h as i64 {
+                                taps.extend(std::iter::repeat_n(zp_row.as_ptr(), g.kernel.1));
+                                continue;
+                            }
+                            let ih = ih as usize;
+                            let slot = ih % span;
+                            let dst = &mut ring[slot * input_row..(slot + 1) * input_row];
+                            if tags[slot] != ih {
+                                tags[slot] = ih;
+                                let src = &x_img[ih * xs.w * c..][..xs.w * c];
+                                if sw == 1 {
+                                    dst[pw * c..pw * c + xs.w * c].copy_from_slice(src);
                                 } else {
-                                    let (phase, shift) = ((kw * dw) % sw, (kw * dw) / sw);
-                                    let at = i * input_row + phase * phase_len + shift * c;
-                                    // Output byte `j < ow_n * c` reads `at + j`, inside this phase row.
-                                    debug_assert!(shift * c + out_row <= phase_len);
-                                    taps.push(scratch[at..].as_ptr());
+                                    // SAFETY: the row path is available (AVX-512 BW); `dst` is
+                                    // one input row of `sw` phase rows holding
+                                    // `ceil(padded_w / sw)` pixels each.
+                                    unsafe { super::depthwise_avx512::scatter_phases(src, dst, c, sw, pw, phase_len) }
                                 }
+                            }
+                            for kw in 0..g.kernel.1 {
+                                let (phase, shift) = ((kw * dw) % sw, (kw * dw) / sw);
+                                let at = phase * phase_len + shift * c;
+                                // Output byte `j < ow_n * c` reads `at + j`, inside this phase row.
+                                debug_assert!(shift * c + out_row <= phase_len);
+                                taps.push(dst[at..].as_ptr());
                             }
                         }
                         while taps.len() < taps_padded {
@@ -306,8 +304,10 @@ impl PackedDepthwise {
                         // SAFETY: the row path is available (checked by `run`); every tap pointer
                         // has `ow_n * c` readable bytes (a phase row holds `ceil(padded_w / s)`
                         // pixels and the last output pixel reads pixel `ow_n - 1 + shift` of it; the
-                        // zero-point row holds a whole phase row); the weights and epilogue are this
-                        // convolution's row layout.
+                        // zero-point row holds a whole phase row); a row's slots hold the rows of
+                        // its taps until the next output row (the ring has one slot per kernel row
+                        // span, and rows are only replaced between output rows); the weights and
+                        // epilogue are this convolution's row layout.
                         unsafe { super::depthwise_avx512::row(self, &self.row_interleaved, &taps, &epi, out) }
                     }
                 });

@@ -13,6 +13,7 @@
 //! `requant::avx512::requant16`. Channels left after the 64-wide blocks run in
 //! 16-wide blocks with masked loads and stores.
 
+use std::arch::asm;
 use std::arch::x86_64::*;
 
 use super::depthwise::{PackedDepthwise, TAP_GROUP};
@@ -313,6 +314,28 @@ impl Epilogue {
 /// `epi` its `for_rows`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn row(p: &PackedDepthwise, weights: &[i8], taps: &[*const u8], epi: &Epilogue, out: &mut [u8]) {
+    // The arithmetic flags become constants of the loop (no tests inside it).
+    match (p.saturating_pairs, p.symmetric) {
+        (true, true) => row_with::<true, true>(p, weights, taps, epi, out),
+        (true, false) => row_with::<true, false>(p, weights, taps, epi, out),
+        (false, true) => row_with::<false, true>(p, weights, taps, epi, out),
+        (false, false) => row_with::<false, false>(p, weights, taps, epi, out),
+    }
+}
+
+/// [`row`] for fixed `saturating_pairs` (`SAT`) and `symmetric` (`SYM`) flags of `p`.
+///
+/// # Safety
+/// As [`row`], with `SAT == p.saturating_pairs` and `SYM == p.symmetric`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row_with<const SAT: bool, const SYM: bool>(
+    p: &PackedDepthwise,
+    weights: &[i8],
+    taps: &[*const u8],
+    epi: &Epilogue,
+    out: &mut [u8],
+) {
     let len = out.len();
     let groups = taps.len() / TAP_GROUP;
     let patterns = row_patterns(p.geometry.c_out);
@@ -343,17 +366,17 @@ pub unsafe fn row(p: &PackedDepthwise, weights: &[i8], taps: &[*const u8], epi: 
             let wg = w.add((q * groups + g) * WIDE_GROUP_BYTES);
             for r in 0..4 {
                 let wr = _mm512_loadu_si512(wg.add(r * 64).cast());
-                acc[r] = if p.saturating_pairs {
+                acc[r] = if SAT {
                     _mm512_dpwssd_epi32(acc[r], _mm512_maddubs_epi16(a[r], wr), _mm512_set1_epi16(1))
                 } else {
                     _mm512_dpbusd_epi32(acc[r], a[r], wr)
                 };
-                if !p.symmetric {
+                if !SYM {
                     xsum[r] = _mm512_dpbusd_epi32(xsum[r], a[r], _mm512_set1_epi8(1));
                 }
             }
         }
-        let v: [__m512i; 4] = std::array::from_fn(|r| requant16(acc[r], xsum[r], epi, q * WIDE + r * 16, p.symmetric));
+        let v: [__m512i; 4] = std::array::from_fn(|r| requant16(acc[r], xsum[r], epi, q * WIDE + r * 16, SYM));
         let packed = _mm512_packus_epi16(_mm512_packs_epi32(v[0], v[1]), _mm512_packs_epi32(v[2], v[3]));
         let clamped = _mm512_min_epu8(_mm512_max_epu8(packed, lo), hi);
         // SAFETY: the masked store writes only the `valid` bytes inside `out`.
@@ -365,33 +388,60 @@ pub unsafe fn row(p: &PackedDepthwise, weights: &[i8], taps: &[*const u8], epi: 
 
 /// Copies the pixels of one input row (`src`, `c` bytes each) into its `s` phase rows of
 /// `dst`: padded pixel `iw + pad` goes to phase `(iw + pad) % s`, slot `(iw + pad) / s`.
-/// Pixels move as 64-byte masked vectors (a byte-slice copy would call `memcpy` per pixel).
+/// Pixels move as whole 64/32/16-byte vectors plus one masked tail (a byte-slice copy would
+/// call `memcpy` per pixel).
 ///
 /// # Safety
 /// The CPU supports AVX-512 F/BW; `src.len()` is a multiple of `c`; `dst` holds `s` phase rows
 /// of `phase_len` bytes, each with room for slot `(src.len() / c - 1 + pad) / s`.
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn scatter_phases(src: &[u8], dst: &mut [u8], c: usize, s: usize, pad: usize, phase_len: usize) {
     let pixels = src.len() / c;
     debug_assert!(dst.len() >= (s - 1) * phase_len + ((pixels - 1 + pad) / s + 1) * c);
-    let tail = c % WIDE;
-    let tail_mask: __mmask64 = if tail == 0 { 0 } else { (1u64 << tail) - 1 };
+    // Full 64-, 32- and 16-byte moves, then one masked move for the last `c % 16` bytes.
+    let (c64, c32, c16) = (c / 64 * 64, c / 32 * 32, c / 16 * 16);
+    let (has32, has16) = (c32 > c64, c16 > c32);
+    let tail = c - c16;
+    let tail_mask: __mmask16 = if tail == 0 { 0 } else { (1u16 << tail) - 1 };
     for iw in 0..pixels {
         let p = iw + pad;
         let from = src.as_ptr().add(iw * c);
         let to = dst.as_mut_ptr().add((p % s) * phase_len + (p / s) * c);
+        // SAFETY: every move reads and writes bytes inside one `c`-byte pixel. The moves are
+        // asm so the compiler cannot turn them back into a `memcpy` call per pixel.
         let mut b = 0;
-        // SAFETY: each step reads and writes bytes `b..b + 64` (or the masked tail) of one
-        // `c`-byte pixel.
-        while b + WIDE <= c {
-            _mm512_storeu_si512(to.add(b).cast(), _mm512_loadu_si512(from.add(b).cast()));
-            b += WIDE;
+        while b < c64 {
+            asm!(
+                "vmovdqu64 {v}, zmmword ptr [{from}]",
+                "vmovdqu64 zmmword ptr [{to}], {v}",
+                from = in(reg) from.add(b), to = in(reg) to.add(b), v = out(zmm_reg) _,
+                options(nostack, preserves_flags),
+            );
+            b += 64;
+        }
+        if has32 {
+            asm!(
+                "vmovdqu {v}, ymmword ptr [{from}]",
+                "vmovdqu ymmword ptr [{to}], {v}",
+                from = in(reg) from.add(b), to = in(reg) to.add(b), v = out(ymm_reg) _,
+                options(nostack, preserves_flags),
+            );
+            b += 32;
+        }
+        if has16 {
+            asm!(
+                "vmovdqu {v}, xmmword ptr [{from}]",
+                "vmovdqu xmmword ptr [{to}], {v}",
+                from = in(reg) from.add(b), to = in(reg) to.add(b), v = out(xmm_reg) _,
+                options(nostack, preserves_flags),
+            );
+            b += 16;
         }
         if tail != 0 {
-            _mm512_mask_storeu_epi8(
+            _mm_mask_storeu_epi8(
                 to.add(b).cast(),
                 tail_mask,
-                _mm512_maskz_loadu_epi8(tail_mask, from.add(b).cast()),
+                _mm_maskz_loadu_epi8(tail_mask, from.add(b).cast()),
             );
         }
     }

@@ -6,15 +6,19 @@
 //! straight from the (padded) input rows: a 3-channel first layer costs no im2col copy and
 //! wastes only the rounding of `kw * 3` up to 4.
 //!
-//! Padding: a task computing a band of output rows first copies the input rows it needs into a
-//! scratch buffer with `padding.1` zero-point pixels on both sides (rows above or below the
-//! input are all zero point), so every tap reads real memory and a padded tap holds `x_zp`
-//! exactly as in [`super::reference`]. Unpadded convolutions whose segments are whole 4-byte
+//! Padding: a task computing a band of output rows copies each input row it needs once into a
+//! ring of `kh` scratch rows with `padding.1` zero-point pixels on both sides (rows above or
+//! below the input are all zero point), so every tap reads real memory and a padded tap holds
+//! `x_zp` exactly as in [`super::reference`]. Unpadded convolutions whose segments are whole 4-byte
 //! groups read the input in place.
 //!
-//! Arithmetic: the kernel sums the raw products `x * w` (i32, exact: `K <= MAX_K`), then
-//! `acc - x_zp * sum w` is the reference's `sum (x - x_zp) * w` (symmetric weights only; other
-//! weight zero points take the GEMM path), followed by the shared requantization
+//! Deep layers: a band computes its rows for one block of output-channel panels (about 1 MB
+//! of packed weights) before the next block, so the weights a row needs come from L2 rather
+//! than from memory once per row (ResNet18's 512-channel layers hold 2.4 MB of weights).
+//!
+//! Arithmetic: the kernel sums the raw products `x * w` (i32, exact: `K <= MAX_K`) on top of
+//! `-x_zp * sum w`, which makes the reference's `sum (x - x_zp) * w` (symmetric weights only;
+//! other weight zero points take the GEMM path), followed by the shared requantization
 //! ([`super::requant`]). Bands are independent rayon tasks and each output value is computed by
 //! one register tile with the whole reduction, so results do not depend on the thread count.
 
@@ -32,13 +36,15 @@ pub(crate) const PANEL_ROW: usize = PANEL * 4;
 /// Bytes after the last scratch row, so a 4-byte read that starts inside a segment stays in
 /// the buffer.
 const SLACK: usize = 64;
-/// Most output rows one task computes (bounds the scratch copy to about `band + kh` rows).
-const MAX_BAND: usize = 16;
 
-/// Deepest reduction for which the direct kernel is the default: the weights of a two-panel
-/// column tile (`depth / 4 * 128` bytes) then stay in L1 while a row streams past them. Deeper
-/// convolutions (ResNet's 256- and 512-channel 3x3 layers) run faster on the cache-blocked GEMM.
-pub(crate) const MAX_PREFERRED_DEPTH: usize = 1280;
+/// Packed weight bytes of the panels one band computes together (about half of L2).
+const WEIGHT_BLOCK_BYTES: usize = 1 << 20;
+
+/// Deepest reduction for which the direct kernel is the default (ResNet18's 256 x 3 x 3
+/// layers): with its weights blocked per [`WEIGHT_BLOCK_BYTES`] it beats the GEMM there, hot or
+/// cold. The 512 x 3 x 3 layers on 7x7 outputs (2.4 MB of weights, one 7-pixel tile per row)
+/// run faster on the GEMM inside a network, where their weights arrive from L3.
+pub(crate) const MAX_PREFERRED_DEPTH: usize = 2304;
 
 /// 64 packed weight bytes, 64-byte aligned so loads never split cache lines.
 #[derive(Clone, Copy)]
@@ -173,14 +179,22 @@ impl DirectConv {
         let out_row = ow_n * g.c_out;
         let threads = rayon::current_num_threads();
         let tasks_per_image = (2 * threads).div_ceil(xs.n);
+        // One thread computes a whole image; more threads get about two bands each.
         let band = if threads > 1 {
             oh_n.div_ceil(tasks_per_image)
         } else {
             oh_n
         }
-        .clamp(1, MAX_BAND);
+        .max(1);
         let zp = x_zp as u8;
         let image = xs.h * in_row;
+        let groups_at = |row_base: &dyn Fn(usize) -> usize, offsets: &mut Vec<usize>| {
+            offsets.clear();
+            for s in &self.segments {
+                let at = row_base(s.row) + s.offset;
+                offsets.extend((0..s.groups).map(|i| at + 4 * i));
+            }
+        };
         y.par_chunks_mut(oh_n * out_row).enumerate().for_each(|(n, y_img)| {
             let x_img = &x[n * image..(n + 1) * image];
             y_img
@@ -188,43 +202,66 @@ impl DirectConv {
                 .enumerate()
                 .for_each(|(b, y_band)| {
                     let oh0 = b * band;
-                    let rows = y_band.len() / out_row;
-                    let scratch;
-                    // `src` row `i` is input row `first + i` (padded coordinates when copied).
-                    let (src, row_bytes, first) = if self.needs_copy {
-                        let need = (rows - 1) * sh + span;
-                        let mut buf = vec![zp; need * padded_row + SLACK];
-                        for (i, dst) in buf.chunks_exact_mut(padded_row).take(need).enumerate() {
-                            let ih = (oh0 * sh + i) as i64 - ph as i64;
-                            if ih >= 0 && (ih as usize) < xs.h {
-                                let at = ih as usize * in_row;
-                                dst[pw * c..pw * c + in_row].copy_from_slice(&x_img[at..at + in_row]);
-                            }
-                        }
-                        scratch = buf;
-                        (scratch.as_slice(), padded_row, 0)
+                    let mut offsets = Vec::with_capacity(self.groups_total);
+                    // Padded input rows live in a ring of `span` slots: padded row `pr` in slot
+                    // `pr % span`, copied once when an output row first needs it (the rows one
+                    // output row reads differ by less than `span`, so they never share a slot).
+                    // Padding columns keep the zero point from this fill.
+                    let mut ring = if self.needs_copy {
+                        vec![zp; span * padded_row + SLACK]
                     } else {
-                        (x_img, in_row, oh0 * sh)
+                        Vec::new()
                     };
-                    let offsets: Vec<usize> = self
-                        .segments
-                        .iter()
-                        .flat_map(|s| (0..s.groups).map(move |i| s.row * row_bytes + s.offset + 4 * i))
-                        .collect();
-                    let last = offsets.last().copied().unwrap_or(0) + (ow_n - 1) * sw * c;
-                    for (r, y_row) in y_band.chunks_exact_mut(out_row).enumerate() {
-                        let at = (first + r * sh) * row_bytes;
-                        assert!(at + last + 4 <= src.len() + 3 * usize::from(!self.needs_copy));
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: `supported()` was checked by the caller; the assert above keeps
-                        // every 4-byte read inside `src` (the scratch has SLACK bytes past its last
-                        // row; in place, segments are whole groups so the last read ends inside the
-                        // input), and `y_row` holds `ow_n * c_out` bytes.
-                        unsafe {
-                            super::direct_avx512::row(self, &epi, src[at..].as_ptr(), &offsets, sw * c, ow_n, y_row)
+                    let mut tags = vec![usize::MAX; span];
+                    for panels in self.panel_blocks() {
+                        for (r, y_row) in y_band.chunks_exact_mut(out_row).enumerate() {
+                            let pr0 = (oh0 + r) * sh;
+                            let src: &[u8] = if self.needs_copy {
+                                for s in &self.segments {
+                                    let pr = pr0 + s.row;
+                                    let slot = pr % span;
+                                    if tags[slot] == pr {
+                                        continue;
+                                    }
+                                    tags[slot] = pr;
+                                    let dst = &mut ring[slot * padded_row + pw * c..][..in_row];
+                                    match pr.checked_sub(ph).filter(|&ih| ih < xs.h) {
+                                        Some(ih) => dst.copy_from_slice(&x_img[ih * in_row..][..in_row]),
+                                        None => dst.fill(zp),
+                                    }
+                                }
+                                groups_at(&|row| (pr0 + row) % span * padded_row, &mut offsets);
+                                &ring
+                            } else {
+                                groups_at(&|row| (pr0 + row) * in_row, &mut offsets);
+                                x_img
+                            };
+                            let last = offsets.iter().copied().max().unwrap_or(0) + (ow_n - 1) * sw * c;
+                            assert!(last + 4 <= src.len() + 3 * usize::from(!self.needs_copy));
+                            let out = y_row[panels.start * PANEL..].as_mut_ptr();
+                            #[cfg(target_arch = "x86_64")]
+                            // SAFETY: `supported()` was checked by the caller; the assert above
+                            // keeps every 4-byte read inside `src` (the ring has SLACK bytes past
+                            // its last slot; in place, segments are whole groups so the last read
+                            // ends inside the input), and `y_row` holds `ow_n` pixels of `c_out`
+                            // bytes.
+                            unsafe {
+                                let (o, s) = (&offsets, sw * c);
+                                super::direct_avx512::row(
+                                    self,
+                                    &epi,
+                                    src.as_ptr(),
+                                    o,
+                                    s,
+                                    ow_n,
+                                    panels.clone(),
+                                    out,
+                                    g.c_out,
+                                )
+                            }
+                            #[cfg(not(target_arch = "x86_64"))]
+                            unreachable!("the direct path exists on x86_64 only: {out:?}");
                         }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        unreachable!("the direct path exists on x86_64 only: {y_row:?}");
                     }
                 });
         });
@@ -233,6 +270,72 @@ impl DirectConv {
 
     pub(crate) fn c_out(&self) -> usize {
         self.geometry.c_out
+    }
+
+    /// Whether [`DirectConv::run_spread`] applies: a 1x1 unpadded stride-1 kernel over whole
+    /// 4-byte groups whose `c_out` columns split into `kh` runs of whole panels.
+    pub(crate) fn can_spread(&self, kh: usize) -> bool {
+        let g = &self.geometry;
+        g.kernel == (1, 1)
+            && g.stride == (1, 1)
+            && !self.needs_copy
+            && g.c_out.is_multiple_of(kh)
+            && (g.c_out / kh).is_multiple_of(PANEL)
+    }
+
+    /// A 1x1 product whose `c_out` columns are `kh` runs of `kw * c` (a non-overlapping
+    /// `ConvTranspose2d` with kernel = stride = `(kh, kw)`), written straight to the transposed
+    /// convolution's NHWC output `[n, h * kh, w * kw, c]`: run `t` of input pixel `(i, j)` is
+    /// output pixels `j * kw ..` of output row `i * kh + t`, one contiguous run of bytes.
+    /// Requires [`DirectConv::can_spread`]; the caller has checked `y` holds
+    /// `n * h * w * c_out` bytes and that the CPU runs the kernel ([`supported`]).
+    pub(crate) fn run_spread(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        x_zp: i32,
+        rq: &ConvRequant,
+        kh: usize,
+        y: &mut [u8],
+    ) -> Result<()> {
+        let c = self.geometry.c_in;
+        debug_assert!(self.can_spread(kh) && xs.c == c && y.len() == xs.n * xs.h * xs.w * self.geometry.c_out);
+        let epi = Epilogue::new(self, x_zp, rq);
+        let run = self.geometry.c_out / kh;
+        let panels_per_run = run / PANEL;
+        // One segment of whole groups: group `i` reads bytes `4i..4i + 4` of each pixel.
+        let offsets: Vec<usize> = (0..self.groups_total).map(|i| 4 * i).collect();
+        let out_row = xs.w * run;
+        y.par_chunks_mut(kh * out_row)
+            .zip(x.par_chunks(xs.w * c))
+            .for_each(|(y_rows, x_row)| {
+                for (t, y_row) in y_rows.chunks_exact_mut(out_row).enumerate() {
+                    let panels = t * panels_per_run..(t + 1) * panels_per_run;
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `supported()` was checked by the caller; the last group of the last
+                    // pixel ends at byte `c` of it (`c` is a multiple of 4: no copy needed), and
+                    // `y_row` holds `w` pixels of `run` bytes, the columns of `panels`.
+                    unsafe {
+                        let out = y_row.as_mut_ptr();
+                        super::direct_avx512::row(self, &epi, x_row.as_ptr(), &offsets, c, xs.w, panels, out, run)
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("the direct path exists on x86_64 only: {panels:?} {y_row:?}");
+                }
+            });
+        Ok(())
+    }
+
+    /// Panel ranges whose packed weights fit [`WEIGHT_BLOCK_BYTES`] (at least two panels, one
+    /// register tile wide): a band computes every row of one range before the next, so deep
+    /// layers reuse the range's weights from L2 instead of streaming all of them per row.
+    fn panel_blocks(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let per_panel = self.groups_total * PANEL_ROW;
+        let size = (WEIGHT_BLOCK_BYTES / per_panel).max(2).min(self.panels);
+        // Whole register tiles (pairs of panels) per block, except for the very last one.
+        let size = if size < self.panels { size & !1 } else { size };
+        let panels = self.panels;
+        (0..panels.div_ceil(size)).map(move |b| b * size..((b + 1) * size).min(panels))
     }
 }
 
@@ -245,6 +348,8 @@ pub(crate) struct Epilogue {
     pub(crate) zero_point: i32,
     pub(crate) lo: i32,
     pub(crate) hi: i32,
+    /// Whether the requantization needs its float clamp (only for huge sums or multipliers).
+    pub(crate) float_clamp: bool,
 }
 
 impl Epilogue {
@@ -252,7 +357,14 @@ impl Epilogue {
         let padded = p.panels * PANEL;
         let c = p.geometry.c_out;
         let pad = |v: &[f32]| (0..padded).map(|j| if j < c { v[j] } else { 0.0 }).collect();
+        // |sum (x - x_zp) * w| <= depth * 255 * 128.
+        let acc_bound = (p.geometry.depth() * 255 * 128) as f64;
+        #[cfg(target_arch = "x86_64")]
+        let float_clamp = super::requant::avx512::float_clamp_needed(acc_bound, &rq.bias_term, &rq.multiplier);
+        #[cfg(not(target_arch = "x86_64"))]
+        let float_clamp = acc_bound.is_finite();
         Epilogue {
+            float_clamp,
             offset: p.weight_sums.iter().map(|&s| s.wrapping_mul(-x_zp)).collect(),
             bias_term: pad(&rq.bias_term),
             multiplier: pad(&rq.multiplier),

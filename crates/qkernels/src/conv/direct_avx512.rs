@@ -1,16 +1,20 @@
 //! AVX-512 VNNI kernel of the direct convolution (`direct.rs`): one output row at a time, cut
 //! into register tiles of `R` consecutive output pixels x `P` panels of 16 output channels
-//! (`R * P <= 28` zmm accumulators). Per packed weight row it loads `P` weight vectors and, per
-//! pixel, broadcasts 4 input bytes and issues `P` `vpdpbusd` (u8 x s8, four exact products per
-//! i32 lane). The tile is finished in registers: zero-point offset, then the shared
-//! requantization (`requant::avx512::requant16`), clamp, and a 16-byte store per pixel and
-//! panel (masked on the last panel when `c_out` is not a multiple of 16).
+//! (`R * P <= 28` zmm accumulators, which start at the zero-point offset). Per packed weight
+//! row it loads `P` weight vectors and, per pixel, broadcasts 4 input bytes (one base +
+//! scaled-index address per pixel) and issues `P` `vpdpbusd` (u8 x s8, four exact products per
+//! i32 lane). The tile is finished in registers: the shared requantization
+//! (`requant::avx512::requant16`, without its float clamp when the layer's bounds show it
+//! cannot act), clamp, and a 16-byte store per pixel and panel (masked on the last panel when
+//! `c_out` is not a multiple of 16); with exactly 32 output channels two pixels are packed to
+//! bytes together and leave in one 64-byte store.
 
 use std::arch::asm;
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use super::direct::{DirectConv, Epilogue, PANEL, PANEL_ROW};
-use super::requant::avx512::requant16;
+use super::requant::avx512::{requant16, requant16_in_range};
 
 /// Panels per column tile and the most pixels a tile of that width holds.
 fn tile_shape(panels_left: usize) -> (usize, usize) {
@@ -21,13 +25,17 @@ fn tile_shape(panels_left: usize) -> (usize, usize) {
     }
 }
 
-/// Computes one output row: packed group `g` of pixel 0 reads the 4 bytes at
-/// `base + offsets[g]`, consecutive pixels `pixel_stride` bytes apart; `out` holds
-/// `pixels * c_out` bytes.
+/// Computes panels `panels` of one output row: packed group `g` of pixel 0 reads the 4 bytes
+/// at `base + offsets[g]`, consecutive pixels `pixel_stride` bytes apart; channel
+/// `16 * panels.start` of pixel `i` is written at `out + i * ostride`, the row's other channels
+/// after it.
 ///
 /// # Safety
 /// The CPU supports AVX-512 F/BW/VL/VNNI; `base + offsets[g] + (pixels - 1) * pixel_stride`
-/// has 4 readable bytes for every group; `offsets` has one entry per packed group of `p`.
+/// has 4 readable bytes for every group; `offsets` has one entry per packed group of `p`;
+/// `panels` lies in `0..p.panels`; `out + i * ostride` has room for the channels of `panels`
+/// (up to `c_out` on the last panel) for every pixel `i < pixels`.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(crate) unsafe fn row(
     p: &DirectConv,
@@ -36,14 +44,15 @@ pub(crate) unsafe fn row(
     offsets: &[usize],
     pixel_stride: usize,
     pixels: usize,
-    out: &mut [u8],
+    panels: Range<usize>,
+    out: *mut u8,
+    ostride: usize,
 ) {
     let c_out = p.c_out();
-    debug_assert_eq!(out.len(), pixels * c_out);
     let wstride = p.groups_total * PANEL_ROW;
-    let mut panel = 0;
-    while panel < p.panels {
-        let (pp, r_max) = tile_shape(p.panels - panel);
+    let mut panel = panels.start;
+    while panel < panels.end {
+        let (pp, r_max) = tile_shape(panels.end - panel);
         let last = panel + pp == p.panels;
         let tail = c_out - (p.panels - 1) * PANEL;
         let last_mask: __mmask16 = if last && tail < PANEL { (1u16 << tail) - 1 } else { !0 };
@@ -55,12 +64,12 @@ pub(crate) unsafe fn row(
         for t in 0..tiles {
             let r = even + usize::from(t < extra);
             let a = base.add(px * pixel_stride);
-            let dst = out.as_mut_ptr().add(px * c_out + panel * PANEL);
+            let dst = out.add(px * ostride + (panel - panels.start) * PANEL);
             let ch = panel * PANEL;
             macro_rules! go {
                 ($P:literal; $($R:literal),*) => {
                     match r {
-                        $($R => tile::<$R, $P>(a, offsets, pixel_stride, w, wstride, epi, ch, dst, c_out, last_mask),)*
+                        $($R => tile::<$R, $P>(a, offsets, pixel_stride, w, wstride, epi, ch, dst, ostride, last_mask),)*
                         _ => unreachable!("tile of {r} pixels"),
                     }
                 };
@@ -77,38 +86,40 @@ pub(crate) unsafe fn row(
     }
 }
 
-/// `acc[q] += dot4(bytes at p, w[q])` per lane for `P` panels. One asm block per pixel keeps
-/// the compiler from hoisting every broadcast of a tile ahead of the products (which would
-/// need `R` more registers than the tile has and spill the accumulators).
+/// `acc[q] += dot4(4 bytes at $addr, w[q])` per lane for `P` panels: one broadcast and `P`
+/// `vpdpbusd` in one asm block, which keeps the compiler from hoisting every broadcast of a
+/// tile ahead of the products (that would need `R` more registers than the tile has and spill
+/// the accumulators). `$bcast` is the broadcast with its address operand written as a base +
+/// scaled index form, so no pixel needs its own address computation.
 ///
-/// Used inside functions with AVX-512 VNNI enabled; `$p` must have 4 readable bytes.
+/// Used inside functions with AVX-512 VNNI enabled; the address must have 4 readable bytes.
 macro_rules! broadcast_dot {
-    ($P:expr, $acc:expr, $p:expr, $w:expr) => {{
-    let (acc, p, w) = ($acc, $p, $w);
+    ($P:expr, $acc:expr, $w:expr, $bcast:literal, $($regs:tt)*) => {{
+    let (acc, w) = ($acc, $w);
     let _tmp: __m512i;
     match $P {
         1 => asm!(
-            "vpbroadcastd {t}, dword ptr [{p}]",
+            $bcast,
             "vpdpbusd {a0}, {t}, {w0}",
-            p = in(reg) p, t = out(zmm_reg) _tmp,
+            $($regs)* t = out(zmm_reg) _tmp,
             a0 = inout(zmm_reg) acc[0], w0 = in(zmm_reg) w[0],
             options(nostack, preserves_flags, readonly),
         ),
         2 => asm!(
-            "vpbroadcastd {t}, dword ptr [{p}]",
+            $bcast,
             "vpdpbusd {a0}, {t}, {w0}",
             "vpdpbusd {a1}, {t}, {w1}",
-            p = in(reg) p, t = out(zmm_reg) _tmp,
+            $($regs)* t = out(zmm_reg) _tmp,
             a0 = inout(zmm_reg) acc[0], w0 = in(zmm_reg) w[0],
             a1 = inout(zmm_reg) acc[1], w1 = in(zmm_reg) w[1],
             options(nostack, preserves_flags, readonly),
         ),
         3 => asm!(
-            "vpbroadcastd {t}, dword ptr [{p}]",
+            $bcast,
             "vpdpbusd {a0}, {t}, {w0}",
             "vpdpbusd {a1}, {t}, {w1}",
             "vpdpbusd {a2}, {t}, {w2}",
-            p = in(reg) p, t = out(zmm_reg) _tmp,
+            $($regs)* t = out(zmm_reg) _tmp,
             a0 = inout(zmm_reg) acc[0], w0 = in(zmm_reg) w[0],
             a1 = inout(zmm_reg) acc[1], w1 = in(zmm_reg) w[1],
             a2 = inout(zmm_reg) acc[2], w2 = in(zmm_reg) w[2],
@@ -117,6 +128,63 @@ macro_rules! broadcast_dot {
         _ => unreachable!("tiles have 1 to 3 panels"),
     }
     }};
+}
+
+/// Pixel addresses of a tile: pixel `r` reads at `a + r * s`. With `b = a + 7 s` and the
+/// strides `s, 3s, 5s, 7s` in registers, every pixel up to 15 is one base + scaled-index
+/// operand, so a K group costs one address computation (`b`) instead of one per pixel.
+#[derive(Clone, Copy)]
+struct PixelAddresses {
+    a: *const u8,
+    b: *const u8,
+    s: usize,
+    s3: usize,
+    s5: usize,
+    s7: usize,
+}
+
+/// [`broadcast_dot!`] for pixel `$r` (a constant once the pixel loop is unrolled).
+macro_rules! pixel_dot {
+    ($P:expr, $r:expr, $acc:expr, $w:expr, $pa:expr) => {{
+        let PixelAddresses { a, b, s, s3, s5, s7 } = $pa;
+        let (acc, w) = ($acc, $w);
+        match $r {
+            0 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a}]", a = in(reg) a,),
+            1 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a} + {s}]", a = in(reg) a, s = in(reg) s,),
+            2 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a} + {s}*2]", a = in(reg) a, s = in(reg) s,),
+            3 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a} + {s3}]", a = in(reg) a, s3 = in(reg) s3,),
+            4 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a} + {s}*4]", a = in(reg) a, s = in(reg) s,),
+            5 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a} + {s5}]", a = in(reg) a, s5 = in(reg) s5,),
+            6 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a} + {s3}*2]", a = in(reg) a, s3 = in(reg) s3,),
+            7 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b}]", b = in(reg) b,),
+            8 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s}]", b = in(reg) b, s = in(reg) s,),
+            9 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s}*2]", b = in(reg) b, s = in(reg) s,),
+            10 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s3}]", b = in(reg) b, s3 = in(reg) s3,),
+            11 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s}*4]", b = in(reg) b, s = in(reg) s,),
+            12 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s5}]", b = in(reg) b, s5 = in(reg) s5,),
+            13 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s3}*2]", b = in(reg) b, s3 = in(reg) s3,),
+            14 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s7}]", b = in(reg) b, s7 = in(reg) s7,),
+            15 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s}*8]", b = in(reg) b, s = in(reg) s,),
+            _ => unreachable!("tiles have at most 16 pixels"),
+        }
+    }};
+}
+
+/// Runs `$body` with `$r` bound to each constant `0..R` (up to 16), unrolled in the source so
+/// every accumulator stays a register (a loop the compiler declines to unroll would keep the
+/// tile in memory) and [`pixel_dot!`] picks its address form statically.
+macro_rules! unrolled {
+    ($R:expr, $r:ident => $body:block) => {
+        unrolled!(@ $R, $r, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    };
+    (@ $R:expr, $r:ident, $body:block, $($n:literal)*) => {
+        $(
+            if $n < $R {
+                const $r: usize = $n;
+                $body
+            }
+        )*
+    };
 }
 
 /// One register tile: `R` pixels x `P` panels starting at channel `ch`.
@@ -138,32 +206,88 @@ unsafe fn tile<const R: usize, const P: usize>(
     ostride: usize,
     last_mask: __mmask16,
 ) {
-    let mut acc = [[_mm512_setzero_si512(); P]; R];
+    // The sums start at the zero-point offset `-x_zp * sum w` (wrapping i32 addition is
+    // associative, so the final value is the reference's exact sum).
+    // SAFETY: the epilogue vectors are padded to whole panels.
+    let offset: [__m512i; P] =
+        std::array::from_fn(|q| _mm512_loadu_si512(epi.offset.as_ptr().add(ch + q * PANEL).cast()));
+    let mut acc = [offset; R];
+    let s = pixel_stride;
     let mut wp = w;
     for &off in offsets {
         let a = a.add(off);
+        let pa = PixelAddresses {
+            a,
+            b: a.wrapping_add(7 * s),
+            s,
+            s3: 3 * s,
+            s5: 5 * s,
+            s7: 7 * s,
+        };
         // SAFETY: the packed weights hold one 64-byte aligned row per group and panel.
         let wv: [__m512i; P] = std::array::from_fn(|q| _mm512_load_si512(wp.add(q * wstride).cast()));
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            // SAFETY: 4 readable bytes per pixel and group (see `row`).
-            broadcast_dot!(P, acc_r, a.add(r * pixel_stride), &wv);
-        }
+        unrolled!(R, PIXEL => {
+            // SAFETY: `PIXEL < R` indexes the tile; 4 readable bytes per pixel and group (see
+            // `row`); pixel `r` reads at `a + r * s`, which is what the operand of arm `r` computes.
+            pixel_dot!(P, PIXEL, acc.get_unchecked_mut(PIXEL), &wv, pa);
+        });
         wp = wp.add(PANEL_ROW);
     }
     let zp = _mm512_set1_epi32(epi.zero_point);
     let (lo, hi) = (_mm512_set1_epi32(epi.lo), _mm512_set1_epi32(epi.hi));
-    for q in 0..P {
-        let j = ch + q * PANEL;
+    // Requantize every sum in place (zero point added, not yet clamped to `[lo, hi]`).
+    unrolled!(P, Q => {
+        let j = ch + Q * PANEL;
         // SAFETY: the epilogue vectors are padded to whole panels.
-        let offset = _mm512_loadu_si512(epi.offset.as_ptr().add(j).cast());
         let bias = _mm512_loadu_ps(epi.bias_term.as_ptr().add(j));
         let mul = _mm512_loadu_ps(epi.multiplier.as_ptr().add(j));
-        let mask = if q == P - 1 { last_mask } else { !0 };
-        for (r, acc_r) in acc.iter().enumerate() {
-            let v = requant16(_mm512_add_epi32(acc_r[q], offset), bias, mul, zp);
-            let v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
-            // SAFETY: the masked store writes the tile's channels of pixel `r` only.
-            _mm512_mask_cvtepi32_storeu_epi8(out.add(r * ostride + q * PANEL).cast(), mask, v);
-        }
+        unrolled!(R, PIXEL => {
+            // SAFETY: `PIXEL < R`.
+            let sum = acc.get_unchecked_mut(PIXEL);
+            sum[Q] = if epi.float_clamp {
+                requant16(sum[Q], bias, mul, zp)
+            } else {
+                requant16_in_range(sum[Q], bias, mul, zp)
+            };
+        });
+    });
+    // 32 output channels in consecutive 32-byte pixels: two pixels are one 64-byte store.
+    // `packs` / `packus` saturate to [0, 255] (the clamp every output gets anyway) and leave
+    // channels `4l..4l + 4` of (pixel, panel) `k` in dword `4l + k`; the permutation moves
+    // them to dword `4k + l`, channel order.
+    let pairs = P == 2 && ostride == 2 * PANEL && last_mask == !0;
+    if pairs {
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let (lo8, hi8) = (_mm512_set1_epi8(epi.lo as i8), _mm512_set1_epi8(epi.hi as i8));
+        unrolled!(R, PIXEL => {
+            if PIXEL.is_multiple_of(2) && PIXEL + 1 < R {
+                // SAFETY: `PIXEL + 1 < R` and `P == 2`.
+                let (a, b) = (acc.get_unchecked(PIXEL), acc.get_unchecked(PIXEL + 1));
+                let a16 = _mm512_packs_epi32(*a.get_unchecked(0), *a.get_unchecked(1));
+                let b16 = _mm512_packs_epi32(*b.get_unchecked(0), *b.get_unchecked(1));
+                let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(a16, b16));
+                let bytes = _mm512_min_epu8(_mm512_max_epu8(bytes, lo8), hi8);
+                // SAFETY: pixels `PIXEL` and `PIXEL + 1` are the 64 bytes from here.
+                _mm512_storeu_si512(out.add(PIXEL * ostride).cast(), bytes);
+            }
+        });
     }
+    unrolled!(P, Q => {
+        let mask = if Q == P - 1 { last_mask } else { !0 };
+        unrolled!(R, PIXEL => {
+            if !pairs || (PIXEL.is_multiple_of(2) && PIXEL + 1 == R) {
+                // SAFETY: `PIXEL < R`.
+                let v = acc.get_unchecked(PIXEL)[Q];
+                let dst = out.add(PIXEL * ostride + Q * PANEL).cast();
+                // SAFETY: the masked stores write the tile's channels of pixel `PIXEL` only.
+                if epi.hi == 255 {
+                    // After the lower bound (>= 0) the unsigned saturating narrow is the upper one.
+                    _mm512_mask_cvtusepi32_storeu_epi8(dst, mask, _mm512_max_epi32(v, lo));
+                } else {
+                    let v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+                    _mm512_mask_cvtepi32_storeu_epi8(dst, mask, v);
+                }
+            }
+        });
+    });
 }

@@ -2,7 +2,7 @@
 //! `Conv2d` (any stride, padding, dilation and groups; padding holds the input zero point),
 //! depthwise convolutions through a direct kernel (whole output rows at a time), one-group
 //! convolutions with symmetric weights through a direct implicit-GEMM kernel (`direct.rs`: no
-//! im2col matrix; the default up to a 1280-deep reduction), the others through the shared GEMM,
+//! im2col matrix; the default up to a 2304-deep reduction), the others through the shared GEMM,
 //! and `ConvTranspose2d` with per-tensor or per-channel weights.
 //!
 //! Every path produces the integers of [`reference`], which follows PyTorch fbgemm's

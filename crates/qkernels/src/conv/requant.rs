@@ -238,4 +238,33 @@ pub(crate) mod avx512 {
         let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
         _mm512_add_epi32(r, zero_point)
     }
+
+    /// [`requant16`] when `|(f32(acc) + bias_term) * multiplier| <= 2^30` is known for every
+    /// lane (see [`float_clamp_needed`]): its float clamp cannot act, so it is left out.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn requant16_in_range(
+        acc: __m512i,
+        bias_term: __m512,
+        multiplier: __m512,
+        zero_point: __m512i,
+    ) -> __m512i {
+        let f = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(acc), bias_term), multiplier);
+        let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
+        _mm512_add_epi32(r, zero_point)
+    }
+
+    /// Whether `requant16`'s float clamp can act for sums bounded by `|acc| <= acc_bound`:
+    /// false when `(acc_bound + |bias_term|) * |multiplier|`, with a margin far above the f32
+    /// rounding of the three operations, stays below the clamp for every channel.
+    pub(crate) fn float_clamp_needed(acc_bound: f64, bias_term: &[f32], multiplier: &[f32]) -> bool {
+        bias_term
+            .iter()
+            .zip(multiplier)
+            .map(|(&b, &m)| (acc_bound + b.abs() as f64) * m.abs() as f64 * 1.01)
+            .any(|bound| !bound.is_finite() || bound >= CLAMP as f64)
+    }
 }

@@ -7,7 +7,9 @@
 //! stride-2 upsampling) run on the shared GEMM: every input pixel contributes to exactly one
 //! tap of `kh * kw` output pixels, so `[n*h*w, c_in] x [kh*kw*c_out, c_in]^T` with the fused
 //! requantization gives every output value, which is then scattered to its pixel; output
-//! padding rows and columns receive no contribution and hold the requantized bias.
+//! padding rows and columns receive no contribution and hold the requantized bias. On the
+//! direct kernel, layers without output padding whose `kw * c_out` is a multiple of 16 write
+//! each tap run straight to its output pixels instead.
 
 use rayon::prelude::*;
 
@@ -179,14 +181,13 @@ impl PackedConvTranspose2d {
             y_q,
             activation,
         )?;
+        let (kh, kw) = self.geometry.kernel;
+        if ys.h == xs.h * kh && ys.w == xs.w * kw && direct.can_spread(kh) {
+            // No output padding: every output pixel is one tap of one input pixel.
+            return direct.run_spread(x, xs, x_q.zero_point, &column_rq, kh, y);
+        }
         let mut tmp = vec![0u8; xs.n * xs.h * xs.w * cols];
-        direct.run(
-            x,
-            NhwcShape::new(xs.n, xs.h, xs.w, xs.c),
-            x_q.zero_point,
-            &column_rq,
-            &mut tmp,
-        )?;
+        direct.run(x, xs, x_q.zero_point, &column_rq, &mut tmp)?;
         self.scatter(&tmp, xs, ys, &rq, y);
         Ok(())
     }
