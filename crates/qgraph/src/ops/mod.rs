@@ -12,6 +12,7 @@ pub mod linear;
 pub mod norm;
 pub mod pool;
 pub mod recurrent;
+pub mod small_matmul;
 pub mod vmath;
 
 use qtensor::Tensor;

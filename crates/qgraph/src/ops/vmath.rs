@@ -63,32 +63,41 @@ pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Applies `f` to every element, in a loop compiled for AVX-512 or AVX2 when the CPU has them.
+/// Runs `f` compiled for AVX-512 or AVX2 when the CPU has them (`f` is inlined into a copy of
+/// this function built for that instruction set: callers mark the closure `#[inline(always)]`), or as built otherwise. None of these enable
+/// fused multiply-add, so the bits do not depend on the path taken.
 #[inline(always)]
-fn map_inplace<F: Fn(f32) -> f32 + Copy>(x: &mut [f32], f: F) {
+fn with_simd<R, F: FnOnce() -> R>(f: F) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
-        unsafe fn map_avx512<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
-            x.iter_mut().for_each(|v| *v = f(*v));
+        unsafe fn run_avx512<R, F: FnOnce() -> R>(f: F) -> R {
+            f()
         }
         #[target_feature(enable = "avx2")]
-        unsafe fn map_avx2<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
-            x.iter_mut().for_each(|v| *v = f(*v));
+        unsafe fn run_avx2<R, F: FnOnce() -> R>(f: F) -> R {
+            f()
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F (checked just above); the function only enables
             // those instructions, it has no other precondition.
-            unsafe { map_avx512(x, f) };
-            return;
+            return unsafe { run_avx512(f) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: as above, for AVX2.
-            unsafe { map_avx2(x, f) };
-            return;
+            return unsafe { run_avx2(f) };
         }
     }
-    x.iter_mut().for_each(|v| *v = f(*v));
+    f()
+}
+
+/// Applies `f` to every element, in a loop compiled for AVX-512 or AVX2 when the CPU has them.
+#[inline(always)]
+fn map_inplace<F: Fn(f32) -> f32 + Copy>(x: &mut [f32], f: F) {
+    with_simd(
+        #[inline(always)]
+        || x.iter_mut().for_each(|v| *v = f(*v)),
+    );
 }
 
 /// `x[i] = exp(x[i])` for every element.
@@ -104,6 +113,32 @@ pub fn gelu_erf_inplace(x: &mut [f32]) {
 /// Softmax of one contiguous row in place: `exp(x - max) / sum`, as PyTorch's CPU kernel
 /// (subtract the max, exponentiate, multiply by the reciprocal of the sum).
 pub fn softmax_row(row: &mut [f32]) {
+    with_simd(
+        #[inline(always)]
+        || softmax_row_body(row),
+    );
+}
+
+/// Attention probabilities: each `n`-wide row of `scores` becomes
+/// `softmax(x * scale + bias)` (`bias` one value per column, the key mask), as
+/// [`softmax_row`] after that affine step.
+pub fn scaled_softmax_rows(scores: &mut [f32], n: usize, scale: f32, bias: &[f32]) {
+    assert_eq!(bias.len(), n, "one bias per column");
+    with_simd(
+        #[inline(always)]
+        || {
+            for row in scores.chunks_exact_mut(n) {
+                for (x, &b) in row.iter_mut().zip(bias) {
+                    *x = *x * scale + b;
+                }
+                softmax_row_body(row);
+            }
+        },
+    );
+}
+
+#[inline(always)]
+fn softmax_row_body(row: &mut [f32]) {
     const LANES: usize = 16;
     let mut m = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
@@ -116,8 +151,7 @@ pub fn softmax_row(row: &mut [f32]) {
         }
     }
     let max = m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    row.iter_mut().for_each(|v| *v -= max);
-    exp_inplace(row);
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
     let mut s = [0.0f32; LANES];
     let chunks = row.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -164,6 +198,26 @@ mod tests {
         let scalar: Vec<f32> = v.iter().map(|&x| gelu_erf(x)).collect();
         gelu_erf_inplace(&mut v);
         assert_eq!(v, scalar);
+    }
+
+    #[test]
+    fn scaled_softmax_matches_the_portable_path() {
+        let n = 37;
+        let scores: Vec<f32> = (0..5 * n).map(|i| ((i * 7919) % 1000) as f32 / 60.0 - 8.0).collect();
+        let bias: Vec<f32> = (0..n).map(|j| if j % 5 == 4 { f32::MIN } else { 0.0 }).collect();
+        let mut want = scores.clone();
+        for row in want.chunks_exact_mut(n) {
+            for (x, &b) in row.iter_mut().zip(&bias) {
+                *x = *x * 0.17 + b;
+            }
+            softmax_row_body(row);
+        }
+        let mut got = scores;
+        scaled_softmax_rows(&mut got, n, 0.17, &bias);
+        assert_eq!(got, want);
+        assert!(got
+            .chunks_exact(n)
+            .all(|r| r[4] == 0.0 && (r.iter().sum::<f32>() - 1.0).abs() < 1e-5));
     }
 
     #[test]
