@@ -45,13 +45,16 @@ pub fn gelu_tanh(x: f32) -> f32 {
 }
 
 pub fn gelu(x: &Tensor, approx: GeluApprox) -> Tensor {
+    let mut y = x.clone();
+    gelu_inplace(y.data_mut(), approx);
+    y
+}
+
+/// [`gelu`] overwriting its input.
+pub fn gelu_inplace(x: &mut [f32], approx: GeluApprox) {
     match approx {
-        GeluApprox::Erf => {
-            let mut y = x.clone();
-            super::vmath::gelu_erf_inplace(y.data_mut());
-            y
-        }
-        GeluApprox::Tanh => map(x, gelu_tanh),
+        GeluApprox::Erf => super::vmath::gelu_erf_inplace(x),
+        GeluApprox::Tanh => x.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
     }
 }
 

@@ -73,13 +73,19 @@ pub fn layer_norm_shape(node: &str, a: &LayerNormAttrs, x: &[usize]) -> Result<V
 }
 
 pub fn layer_norm(node: &Node, a: &LayerNormAttrs, x: &Tensor) -> Result<Tensor> {
+    let mut y = x.clone();
+    layer_norm_inplace(node, a, &mut y)?;
+    Ok(y)
+}
+
+/// [`layer_norm`] overwriting its input.
+pub fn layer_norm_inplace(node: &Node, a: &LayerNormAttrs, y: &mut Tensor) -> Result<()> {
     let d: usize = a.normalized_shape.iter().product();
     let (w, b) = if a.affine {
         (Some(node.param("weight")?.data()), Some(node.param("bias")?.data()))
     } else {
         (None, None)
     };
-    let mut y = x.clone();
     for row in y.data_mut().chunks_exact_mut(d) {
         let mean = lane_sum(row, |v| v) / d as f32;
         let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
@@ -93,7 +99,7 @@ pub fn layer_norm(node: &Node, a: &LayerNormAttrs, x: &Tensor) -> Result<Tensor>
             _ => row.iter_mut().for_each(|v| *v = (*v - mean) * inv),
         }
     }
-    Ok(y)
+    Ok(())
 }
 
 /// `sum f(x_i)` in 16 independent f32 partial sums (vectorizes without reassociation flags and
