@@ -1,7 +1,8 @@
 //! Vectorized f32 `exp` and erf-GELU for the transformer hot loops (softmax, GELU), written so
 //! the compiler turns each loop into SIMD code: no branches, no library calls, integer tricks for
-//! `2^n`. Every path (AVX-512, AVX2 or baseline build) runs the same scalar formula with plain
-//! multiplies and adds (no fused multiply-add), so both give identical bits.
+//! `2^n`. Polynomials are evaluated with fused multiply-adds (`f32::mul_add`, one rounding per
+//! step): the AVX-512 and AVX2 builds use the FMA instruction, a baseline build the correctly
+//! rounded library `fma`, so every path gives identical bits.
 //!
 //! `exp(x)`: 0 below -87, otherwise `x` is clamped to `[-87, 88]` (so `2^n` stays normal), split as
 //! `x = n ln 2 + r` with `|r| <= ln 2 / 2`, `exp(r)` by the degree-7 minimax polynomial of
@@ -27,14 +28,14 @@ pub fn exp(x: f32) -> f32 {
     let z = x * LOG2E + ROUND;
     let n = z - ROUND;
     let ni = (z.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let e = (p * r).mul_add(r, r + 1.0);
     let pow2 = f32::from_bits(((ni + 127) << 23) as u32);
     if underflow {
         0.0
@@ -47,13 +48,13 @@ pub fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let t = 1.0 / 0.327_591_1f32.mul_add(a, 1.0);
     let mut p = 1.061_405_4f32;
-    p = p * t - 1.453_152;
-    p = p * t + 1.421_413_7;
-    p = p * t - 0.284_496_72;
-    p = p * t + 0.254_829_6;
-    let y = 1.0 - p * t * exp(-a * a);
+    p = p.mul_add(t, -1.453_152);
+    p = p.mul_add(t, 1.421_413_7);
+    p = p.mul_add(t, -0.284_496_72);
+    p = p.mul_add(t, 0.254_829_6);
+    let y = (-(p * t)).mul_add(exp(-a * a), 1.0);
     y.copysign(x)
 }
 
@@ -63,28 +64,29 @@ pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Runs `f` compiled for AVX-512 or AVX2 when the CPU has them (`f` is inlined into a copy of
-/// this function built for that instruction set: callers mark the closure `#[inline(always)]`), or as built otherwise. None of these enable
-/// fused multiply-add, so the bits do not depend on the path taken.
+/// Runs `f` compiled for AVX-512 or AVX2 (each with FMA) when the CPU has them, or as built
+/// otherwise: `f` is inlined into a copy of this function built for that instruction set, so
+/// callers mark the closure `#[inline(always)]`.
 #[inline(always)]
 fn with_simd<R, F: FnOnce() -> R>(f: F) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f")]
+        #[target_feature(enable = "avx512f,fma")]
         unsafe fn run_avx512<R, F: FnOnce() -> R>(f: F) -> R {
             f()
         }
-        #[target_feature(enable = "avx2")]
+        #[target_feature(enable = "avx2,fma")]
         unsafe fn run_avx2<R, F: FnOnce() -> R>(f: F) -> R {
             f()
         }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above); the function only enables
-            // those instructions, it has no other precondition.
+        let fma = std::arch::is_x86_feature_detected!("fma");
+        if fma && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F and FMA (checked just above); the function only
+            // enables those instructions, it has no other precondition.
             return unsafe { run_avx512(f) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above, for AVX2.
+        if fma && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above, for AVX2 and FMA.
             return unsafe { run_avx2(f) };
         }
     }
