@@ -37,7 +37,14 @@ fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
 /// `a[i] = f(a[i], b[i])` for operands of one shape (the output of [`binary`] when the shapes
 /// are equal, written over `a`).
 pub fn binary_same_shape_inplace(a: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
-    a.iter_mut().zip(b).for_each(|(x, &y)| *x = f(*x, y));
+    super::vmath::with_simd(
+        #[inline(always)]
+        || {
+            for (x, &y) in a.iter_mut().zip(b) {
+                *x = f(*x, y);
+            }
+        },
+    );
 }
 
 pub fn binary(a: &Tensor, b: &Tensor, out_shape: Vec<usize>, f: impl Fn(f32, f32) -> f32) -> Tensor {

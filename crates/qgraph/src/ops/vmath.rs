@@ -66,9 +66,10 @@ pub fn gelu_erf(x: f32) -> f32 {
 
 /// Runs `f` compiled for AVX-512 or AVX2 (each with FMA) when the CPU has them, or as built
 /// otherwise: `f` is inlined into a copy of this function built for that instruction set, so
-/// callers mark the closure `#[inline(always)]`.
+/// callers mark the closure `#[inline(always)]`. The compiler never fuses a separate multiply
+/// and add on its own, so code without `mul_add` gives the same bits on every path too.
 #[inline(always)]
-fn with_simd<R, F: FnOnce() -> R>(f: F) -> R {
+pub(crate) fn with_simd<R, F: FnOnce() -> R>(f: F) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,fma")]
