@@ -1,5 +1,5 @@
 //! Time per op kind of MiniLM (or a random model of its shape) at batch 1, sequence 128, in
-//! fp32 and dynamic int8: `cargo run --release -p qapi --example profile_minilm [reps]`.
+//! fp32 and dynamic int8: `cargo run --release -p qapi --example profile_minilm [reps] [threads]` (one thread unless told).
 //! The time of a node is measured from the previous node's end to its own end; each kind is
 //! shown as its mean per run and as the sum of its nodes' fastest times.
 
@@ -13,6 +13,7 @@ use qgraph::{Graph, Op, OpKind};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reps: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let threads: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1);
     let root = std::env::var("QFORGE_MODELS").unwrap_or_else(|_| "target/models".into());
     let (graph, config) = match load_bert(format!("{root}/all-MiniLM-L6-v2")) {
         Ok(loaded) => loaded,
@@ -34,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         token_type_ids: vec![0; seq],
     };
     let (int8, _) = qapi::quantize_dynamic(&graph, &[OpKind::Linear, OpKind::Embedding], DynamicConfig::qforge())?;
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     for (mode, g) in [("fp32", &graph), ("int8", &int8)] {
         pool.install(|| profile(mode, g, &enc, reps))?;
     }
