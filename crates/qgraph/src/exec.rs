@@ -1,5 +1,6 @@
-//! Graph execution: runs the nodes in order, frees each value after its last reader, and lets a
-//! caller see every node output (the hook that calibration uses to feed observers).
+//! Graph execution: runs the nodes in order, frees each value after its last reader (or hands it
+//! to that reader to overwrite, for element-wise ops), and lets a caller see every node output
+//! (the hook that calibration uses to feed observers).
 
 use crate::graph::{Graph, Node};
 use crate::op::Op;
@@ -46,12 +47,33 @@ impl Graph {
                 }
                 _ => {
                     let _span = tracing::debug_span!("op", node = %node.name, kind = ?node.op.kind()).entered();
-                    let args: Vec<&Value> = node
-                        .inputs
+                    // An element-wise op that is the last reader of its first input takes that
+                    // buffer and writes its result over it.
+                    let owned = match node.inputs.first() {
+                        Some(first) if reads[first.0] == 1 && ops::reuses_first_input(&node.op) => {
+                            match values[first.0].take() {
+                                Some(Value::F32(t)) => Some(t),
+                                other => {
+                                    values[first.0] = other;
+                                    None
+                                }
+                            }
+                        }
+                        _ => None,
+                    };
+                    let rest = if owned.is_some() {
+                        &node.inputs[1..]
+                    } else {
+                        &node.inputs[..]
+                    };
+                    let args: Vec<&Value> = rest
                         .iter()
                         .map(|id| values[id.0].as_ref().expect("inputs precede their readers"))
                         .collect();
-                    let out = ops::forward(node, &args)?;
+                    let out = match owned {
+                        Some(x) => ops::forward_inplace(node, x, &args)?,
+                        None => ops::forward(node, &args)?,
+                    };
                     hook(node, &out)?;
                     out
                 }

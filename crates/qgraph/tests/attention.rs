@@ -169,3 +169,42 @@ fn position_ids_count_along_the_sequence() {
         &[0., 1., 2., 3., 4., 5., 0., 1., 2., 3., 4., 5.]
     );
 }
+
+#[test]
+fn attention_matches_the_reference_at_tiled_sizes_for_every_thread_count() {
+    // Head sizes 32 (one full column tile) and 20 (a 16-wide tile plus single columns); 37
+    // tokens leave partial row blocks; batch item 1 has padding.
+    for (hidden, heads) in [(96, 3), (40, 2)] {
+        let (b, s) = (2, 37);
+        let n = b * s * hidden;
+        let (qd, kd, vd) = (pseudo(n, 4), pseudo(n, 5), pseudo(n, 6));
+        let mask: Vec<i64> = (0..b * s).map(|i| i64::from(i < s || i % s < 30)).collect();
+        let mut g = GraphBuilder::new();
+        let ins = ["q", "k", "v"].map(|name| g.input(name, &[b, s, hidden]));
+        let m = g.input_ids("mask", &[b, s]);
+        let y = g.attention("attn", [ins[0], ins[1], ins[2], m], heads, hidden);
+        g.output(y);
+        let graph = g.build().unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let f = |d: &[f32]| Value::F32(Tensor::new([b, s, hidden], d.to_vec()).unwrap());
+                let mask = Value::I64(IdTensor::new([b, s], mask.clone()).unwrap());
+                graph.run(vec![f(&qd), f(&kd), f(&vd), mask]).unwrap().remove(0)
+            })
+        };
+        let one = run(1);
+        let got = one.as_f32().unwrap();
+        for threads in [2, 3] {
+            assert_eq!(
+                run(threads).as_f32().unwrap(),
+                got,
+                "{threads} threads, hidden {hidden}"
+            );
+        }
+        let want = naive(&qd, &kd, &vd, &mask, (b, s, hidden, heads));
+        for (i, (a, w)) in got.data().iter().zip(&want).enumerate() {
+            assert!((a - w).abs() < 1e-5, "hidden {hidden}, element {i}: {a} vs {w}");
+        }
+    }
+}

@@ -64,7 +64,24 @@ impl ElementPath {
 
     /// The fastest path this CPU can run.
     pub fn best() -> ElementPath {
-        *Self::available().last().expect("portable path is always available")
+        [ElementPath::Avx512, ElementPath::Avx2]
+            .into_iter()
+            .find(|p| p.is_available())
+            .unwrap_or(ElementPath::Portable)
+    }
+
+    /// Whether this CPU can run the path (without building the list of [`Self::available`]:
+    /// per-row quantization asks on every row).
+    pub fn is_available(self) -> bool {
+        match self {
+            ElementPath::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            ElementPath::Avx2 => crate::simd::has_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            ElementPath::Avx512 => crate::simd::has_avx512(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
     }
 }
 
@@ -247,7 +264,7 @@ fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
 }
 
 fn check_path(path: ElementPath) -> Result<()> {
-    if ElementPath::available().contains(&path) {
+    if path.is_available() {
         Ok(())
     } else {
         Err(QError::Unsupported(format!(

@@ -45,13 +45,25 @@ pub fn gelu_tanh(x: f32) -> f32 {
 }
 
 pub fn gelu(x: &Tensor, approx: GeluApprox) -> Tensor {
+    let mut y = x.clone();
+    gelu_inplace(y.data_mut(), approx);
+    y
+}
+
+/// Elements above which [`gelu_inplace`] splits its input over rayon tasks (each element is
+/// computed alone, so the split does not change any value).
+const PARALLEL_ELEMENTS: usize = 1 << 16;
+
+/// [`gelu`] overwriting its input.
+pub fn gelu_inplace(x: &mut [f32], approx: GeluApprox) {
     match approx {
-        GeluApprox::Erf => {
-            let mut y = x.clone();
-            super::vmath::gelu_erf_inplace(y.data_mut());
-            y
+        GeluApprox::Erf if x.len() >= PARALLEL_ELEMENTS => {
+            use rayon::prelude::*;
+            x.par_chunks_mut(PARALLEL_ELEMENTS / 4)
+                .for_each(super::vmath::gelu_erf_inplace)
         }
-        GeluApprox::Tanh => map(x, gelu_tanh),
+        GeluApprox::Erf => super::vmath::gelu_erf_inplace(x),
+        GeluApprox::Tanh => x.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
     }
 }
 
@@ -83,4 +95,23 @@ pub fn softmax(x: &Tensor, dim: usize) -> Tensor {
         }
     }
     y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_gelu_gives_the_same_bits_on_any_thread_count() {
+        let x: Vec<f32> = (0..3 * PARALLEL_ELEMENTS + 5)
+            .map(|i| ((i * 7919) % 2001) as f32 / 250.0 - 4.0)
+            .collect();
+        let want: Vec<f32> = x.iter().map(|&v| super::super::vmath::gelu_erf(v)).collect();
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut y = x.clone();
+            pool.install(|| gelu_inplace(&mut y, GeluApprox::Erf));
+            assert_eq!(y, want, "{threads} threads");
+        }
+    }
 }

@@ -5,15 +5,15 @@
 //! `scores = q_h k_h^T * (1 / sqrt(head_dim)) + bias`, `bias_j = (1 - mask_j) * f32::MIN`
 //! (`torch.finfo(float32).min`, HF's extended attention mask), `probs = softmax(scores)` along
 //! the keys, `out_h = probs v_h`, heads written back side by side. Heads are read in place from
-//! the `[B, S, hidden]` projections through strided matrix views, so no permute copies are made;
-//! (batch, head) pairs run as independent rayon tasks, each computing exactly what a sequential
+//! the `[B, S, hidden]` projections through strided views (only each head's keys are copied, to
+//! `[head_dim, S]`), and both products use [`super::small_matmul`]; (batch, head) pairs run as independent rayon tasks, each computing exactly what a sequential
 //! loop would, so the result does not depend on the thread count.
 
 use qtensor::Tensor;
 use rayon::prelude::*;
 
-use super::gemm::{sgemm, MatRef};
-use super::vmath::softmax_row;
+use super::small_matmul::{matmul, RowMajor};
+use super::vmath::scaled_softmax_rows;
 use crate::error::shape_err;
 use crate::op::AttentionAttrs;
 use crate::value::{IdTensor, Value};
@@ -127,54 +127,51 @@ pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews
     let dh = hidden / heads;
     let scale = 1.0 / (dh as f32).sqrt();
     let stride = qkv.row_stride;
-    let mut y = vec![0.0f32; b * s * hidden];
-    // Each (batch, head) task owns a disjoint set of column blocks of `y`; they are collected
-    // and written back afterwards so the tasks never share a mutable slice.
-    let per_head: Vec<Vec<f32>> = (0..b * heads)
-        .into_par_iter()
-        .map_init(
-            || vec![0.0f32; s * s],
-            |scores, task| {
-                let (bi, h) = (task / heads, task % heads);
-                let view = |(data, offset): (&'a [f32], usize), transposed: bool| {
-                    let data = &data[bi * s * stride + offset + h * dh..];
-                    if transposed {
-                        MatRef {
-                            data,
-                            rows: dh,
-                            cols: s,
-                            row_stride: 1,
-                            col_stride: stride,
-                        }
-                    } else {
-                        MatRef {
-                            data,
-                            rows: s,
-                            cols: dh,
-                            row_stride: stride,
-                            col_stride: 1,
-                        }
-                    }
-                };
-                sgemm(view(qkv.q, false), view(qkv.k, true), scores, false);
-                let key_bias = &bias[bi * s..(bi + 1) * s];
-                for row in scores.chunks_exact_mut(s) {
-                    for (x, &kb) in row.iter_mut().zip(key_bias) {
-                        *x = *x * scale + kb;
-                    }
-                    softmax_row(row);
+    // Each (batch, head) task writes its `[S, dh]` result to its own block of `per_head`; the
+    // blocks are interleaved into `[B, S, hidden]` afterwards.
+    let mut per_head = vec![0.0f32; b * heads * s * dh];
+    per_head.par_chunks_mut(s * dh).enumerate().for_each_init(
+        || (vec![0.0f32; s * s], vec![0.0f32; dh * s]),
+        |(scores, k_t), (task, out)| {
+            let (bi, h) = (task / heads, task % heads);
+            let view = |(data, offset): (&'a [f32], usize)| RowMajor {
+                data: &data[bi * s * stride + offset + h * dh..],
+                rows: s,
+                cols: dh,
+                stride,
+            };
+            // K^T of this head, [dh, S], so that each step of the product streams a contiguous
+            // row of keys.
+            let k = view(qkv.k);
+            for (j, key) in k.data.chunks(stride).take(s).enumerate() {
+                for (d, &x) in key[..dh].iter().enumerate() {
+                    k_t[d * s + j] = x;
                 }
-                let mut out = vec![0.0f32; s * dh];
-                sgemm(MatRef::row_major(scores, s, s), view(qkv.v, false), &mut out, false);
-                out
-            },
-        )
-        .collect();
-    for (task, out) in per_head.iter().enumerate() {
-        let (bi, h) = (task / heads, task % heads);
-        for (i, row) in out.chunks_exact(dh).enumerate() {
-            let at = (bi * s + i) * hidden + h * dh;
-            y[at..at + dh].copy_from_slice(row);
+            }
+            let k_t = RowMajor {
+                data: k_t,
+                rows: dh,
+                cols: s,
+                stride: s,
+            };
+            matmul(view(qkv.q), k_t, scores);
+            scaled_softmax_rows(scores, s, scale, &bias[bi * s..(bi + 1) * s]);
+            let probs = RowMajor {
+                data: scores,
+                rows: s,
+                cols: s,
+                stride: s,
+            };
+            matmul(probs, view(qkv.v), out);
+        },
+    );
+    let mut y = Vec::with_capacity(b * s * hidden);
+    for bi in 0..b {
+        for i in 0..s {
+            for h in 0..heads {
+                let at = ((bi * heads + h) * s + i) * dh;
+                y.extend_from_slice(&per_head[at..at + dh]);
+            }
         }
     }
     Tensor::new([b, s, hidden], y).expect("shape from attention_shape")

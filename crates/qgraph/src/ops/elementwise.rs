@@ -34,6 +34,19 @@ fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
         .collect()
 }
 
+/// `a[i] = f(a[i], b[i])` for operands of one shape (the output of [`binary`] when the shapes
+/// are equal, written over `a`).
+pub fn binary_same_shape_inplace(a: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    super::vmath::with_simd(
+        #[inline(always)]
+        || {
+            for (x, &y) in a.iter_mut().zip(b) {
+                *x = f(*x, y);
+            }
+        },
+    );
+}
+
 pub fn binary(a: &Tensor, b: &Tensor, out_shape: Vec<usize>, f: impl Fn(f32, f32) -> f32) -> Tensor {
     if a.shape() == b.shape() {
         let y = a.data().iter().zip(b.data()).map(|(&x, &y)| f(x, y)).collect();

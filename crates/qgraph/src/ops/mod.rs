@@ -12,6 +12,7 @@ pub mod linear;
 pub mod norm;
 pub mod pool;
 pub mod recurrent;
+pub mod small_matmul;
 pub mod vmath;
 
 use qtensor::Tensor;
@@ -119,6 +120,68 @@ pub fn infer_shape(node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>> {
         }
         Op::Custom(c) => c.infer_shape(ins).map_err(|m| shape_err(name, m)),
     }
+}
+
+/// Whether [`forward_inplace`] can reuse the buffer of the first input of an op of this kind.
+pub fn reuses_first_input(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Gelu(_)
+            | Op::Relu
+            | Op::Relu6
+            | Op::Silu
+            | Op::Hardswish
+            | Op::Sigmoid
+            | Op::Tanh
+            | Op::LayerNorm(_)
+            | Op::Add
+            | Op::Mul
+            | Op::Dropout { .. }
+            | Op::Identity
+            | Op::Flatten { .. }
+            | Op::Reshape { .. }
+    )
+}
+
+/// [`forward`] for an op of a kind [`reuses_first_input`] accepts, given its first input by
+/// value (`x`, which no one else reads) and the others by reference: element-wise ops write
+/// their result over `x`, which saves allocating (and first touching) a new buffer. The values
+/// are those [`forward`] computes.
+pub fn forward_inplace(node: &Node, x: Tensor, rest: &[&Value]) -> Result<Value> {
+    let mut shapes: Vec<&[usize]> = vec![x.shape()];
+    shapes.extend(rest.iter().map(|v| v.shape()));
+    let out_shape = infer_shape(node, &shapes)?;
+    let mut y = x;
+    let same_shape_operand = match rest {
+        [Value::F32(b)] if b.shape() == y.shape() => Some(b),
+        _ => None,
+    };
+    match &node.op {
+        Op::Gelu(approx) => activation::gelu_inplace(y.data_mut(), *approx),
+        Op::Relu => y.data_mut().iter_mut().for_each(|v| *v = activation::relu(*v)),
+        Op::Relu6 => y.data_mut().iter_mut().for_each(|v| *v = activation::relu6(*v)),
+        Op::Silu => y.data_mut().iter_mut().for_each(|v| *v = activation::silu(*v)),
+        Op::Hardswish => y.data_mut().iter_mut().for_each(|v| *v = activation::hardswish(*v)),
+        Op::Sigmoid => y.data_mut().iter_mut().for_each(|v| *v = activation::sigmoid(*v)),
+        Op::Tanh => y.data_mut().iter_mut().for_each(|v| *v = v.tanh()),
+        Op::LayerNorm(a) => norm::layer_norm_inplace(node, a, &mut y)?,
+        Op::Add | Op::Mul if same_shape_operand.is_some() => {
+            let b = same_shape_operand.expect("checked by the guard").data();
+            match node.op {
+                Op::Add => elementwise::binary_same_shape_inplace(y.data_mut(), b, |a, b| a + b),
+                _ => elementwise::binary_same_shape_inplace(y.data_mut(), b, |a, b| a * b),
+            }
+        }
+        Op::Dropout { .. } | Op::Identity => {}
+        Op::Flatten { .. } | Op::Reshape { .. } => y = y.reshape(out_shape)?,
+        _ => {
+            let first = Value::F32(y);
+            let mut args = vec![&first];
+            args.extend_from_slice(rest);
+            return forward(node, &args);
+        }
+    }
+    Ok(Value::F32(y))
 }
 
 /// Runs `node` on fp32 inputs (token ids for `Embedding`).

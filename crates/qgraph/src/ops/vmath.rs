@@ -1,7 +1,8 @@
 //! Vectorized f32 `exp` and erf-GELU for the transformer hot loops (softmax, GELU), written so
 //! the compiler turns each loop into SIMD code: no branches, no library calls, integer tricks for
-//! `2^n`. Every path (AVX-512, AVX2 or baseline build) runs the same scalar formula with plain
-//! multiplies and adds (no fused multiply-add), so both give identical bits.
+//! `2^n`. Polynomials are evaluated with fused multiply-adds (`f32::mul_add`, one rounding per
+//! step): the AVX-512 and AVX2 builds use the FMA instruction, a baseline build the correctly
+//! rounded library `fma`, so every path gives identical bits.
 //!
 //! `exp(x)`: 0 below -87, otherwise `x` is clamped to `[-87, 88]` (so `2^n` stays normal), split as
 //! `x = n ln 2 + r` with `|r| <= ln 2 / 2`, `exp(r)` by the degree-7 minimax polynomial of
@@ -27,14 +28,14 @@ pub fn exp(x: f32) -> f32 {
     let z = x * LOG2E + ROUND;
     let n = z - ROUND;
     let ni = (z.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let e = (p * r).mul_add(r, r + 1.0);
     let pow2 = f32::from_bits(((ni + 127) << 23) as u32);
     if underflow {
         0.0
@@ -47,13 +48,13 @@ pub fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let t = 1.0 / 0.327_591_1f32.mul_add(a, 1.0);
     let mut p = 1.061_405_4f32;
-    p = p * t - 1.453_152;
-    p = p * t + 1.421_413_7;
-    p = p * t - 0.284_496_72;
-    p = p * t + 0.254_829_6;
-    let y = 1.0 - p * t * exp(-a * a);
+    p = p.mul_add(t, -1.453_152);
+    p = p.mul_add(t, 1.421_413_7);
+    p = p.mul_add(t, -0.284_496_72);
+    p = p.mul_add(t, 0.254_829_6);
+    let y = (-(p * t)).mul_add(exp(-a * a), 1.0);
     y.copysign(x)
 }
 
@@ -63,32 +64,43 @@ pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// Runs `f` compiled for AVX-512 or AVX2 (each with FMA) when the CPU has them, or as built
+/// otherwise: `f` is inlined into a copy of this function built for that instruction set, so
+/// callers mark the closure `#[inline(always)]`. The compiler never fuses a separate multiply
+/// and add on its own, so code without `mul_add` gives the same bits on every path too.
+#[inline(always)]
+pub(crate) fn with_simd<R, F: FnOnce() -> R>(f: F) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,fma")]
+        unsafe fn run_avx512<R, F: FnOnce() -> R>(f: F) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run_avx2<R, F: FnOnce() -> R>(f: F) -> R {
+            f()
+        }
+        let fma = std::arch::is_x86_feature_detected!("fma");
+        if fma && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F and FMA (checked just above); the function only
+            // enables those instructions, it has no other precondition.
+            return unsafe { run_avx512(f) };
+        }
+        if fma && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above, for AVX2 and FMA.
+            return unsafe { run_avx2(f) };
+        }
+    }
+    f()
+}
+
 /// Applies `f` to every element, in a loop compiled for AVX-512 or AVX2 when the CPU has them.
 #[inline(always)]
 fn map_inplace<F: Fn(f32) -> f32 + Copy>(x: &mut [f32], f: F) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn map_avx512<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
-            x.iter_mut().for_each(|v| *v = f(*v));
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn map_avx2<F: Fn(f32) -> f32>(x: &mut [f32], f: F) {
-            x.iter_mut().for_each(|v| *v = f(*v));
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above); the function only enables
-            // those instructions, it has no other precondition.
-            unsafe { map_avx512(x, f) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above, for AVX2.
-            unsafe { map_avx2(x, f) };
-            return;
-        }
-    }
-    x.iter_mut().for_each(|v| *v = f(*v));
+    with_simd(
+        #[inline(always)]
+        || x.iter_mut().for_each(|v| *v = f(*v)),
+    );
 }
 
 /// `x[i] = exp(x[i])` for every element.
@@ -104,6 +116,32 @@ pub fn gelu_erf_inplace(x: &mut [f32]) {
 /// Softmax of one contiguous row in place: `exp(x - max) / sum`, as PyTorch's CPU kernel
 /// (subtract the max, exponentiate, multiply by the reciprocal of the sum).
 pub fn softmax_row(row: &mut [f32]) {
+    with_simd(
+        #[inline(always)]
+        || softmax_row_body(row),
+    );
+}
+
+/// Attention probabilities: each `n`-wide row of `scores` becomes
+/// `softmax(x * scale + bias)` (`bias` one value per column, the key mask), as
+/// [`softmax_row`] after that affine step.
+pub fn scaled_softmax_rows(scores: &mut [f32], n: usize, scale: f32, bias: &[f32]) {
+    assert_eq!(bias.len(), n, "one bias per column");
+    with_simd(
+        #[inline(always)]
+        || {
+            for row in scores.chunks_exact_mut(n) {
+                for (x, &b) in row.iter_mut().zip(bias) {
+                    *x = *x * scale + b;
+                }
+                softmax_row_body(row);
+            }
+        },
+    );
+}
+
+#[inline(always)]
+fn softmax_row_body(row: &mut [f32]) {
     const LANES: usize = 16;
     let mut m = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
@@ -116,8 +154,7 @@ pub fn softmax_row(row: &mut [f32]) {
         }
     }
     let max = m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    row.iter_mut().for_each(|v| *v -= max);
-    exp_inplace(row);
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
     let mut s = [0.0f32; LANES];
     let chunks = row.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -164,6 +201,26 @@ mod tests {
         let scalar: Vec<f32> = v.iter().map(|&x| gelu_erf(x)).collect();
         gelu_erf_inplace(&mut v);
         assert_eq!(v, scalar);
+    }
+
+    #[test]
+    fn scaled_softmax_matches_the_portable_path() {
+        let n = 37;
+        let scores: Vec<f32> = (0..5 * n).map(|i| ((i * 7919) % 1000) as f32 / 60.0 - 8.0).collect();
+        let bias: Vec<f32> = (0..n).map(|j| if j % 5 == 4 { f32::MIN } else { 0.0 }).collect();
+        let mut want = scores.clone();
+        for row in want.chunks_exact_mut(n) {
+            for (x, &b) in row.iter_mut().zip(&bias) {
+                *x = *x * 0.17 + b;
+            }
+            softmax_row_body(row);
+        }
+        let mut got = scores;
+        scaled_softmax_rows(&mut got, n, 0.17, &bias);
+        assert_eq!(got, want);
+        assert!(got
+            .chunks_exact(n)
+            .all(|r| r[4] == 0.0 && (r.iter().sum::<f32>() - 1.0).abs() < 1e-5));
     }
 
     #[test]
