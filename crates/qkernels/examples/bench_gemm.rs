@@ -111,7 +111,11 @@ fn main() {
     };
     let thread_counts: Vec<usize> = match values("--threads") {
         v if v.is_empty() => vec![1, 2],
-        v => v.iter().flat_map(|t| t.split(',')).map(|t| t.parse().expect("--threads T[,T...]")).collect(),
+        v => v
+            .iter()
+            .flat_map(|t| t.split(','))
+            .map(|t| t.parse().expect("--threads T[,T...]"))
+            .collect(),
     };
     let mut rng = Lcg(42);
     for &threads in &thread_counts {

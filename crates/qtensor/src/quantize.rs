@@ -49,6 +49,7 @@ pub enum ElementPath {
 impl ElementPath {
     /// The paths this CPU can run, slowest first.
     pub fn available() -> Vec<ElementPath> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut paths = vec![ElementPath::Portable];
         #[cfg(target_arch = "x86_64")]
         {
