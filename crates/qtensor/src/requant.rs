@@ -120,7 +120,8 @@ impl FixedPointRequant {
     }
 }
 
-/// `round(a * b / 2^31)` with ties away from zero, saturating the single overflow case.
+/// `round(a * b / 2^31)` to nearest (a positive tie rounds up, a negative one toward zero, as
+/// gemmlowp defines it), saturating the single overflow case.
 #[inline]
 pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
     if a == i32::MIN && b == i32::MIN {
@@ -128,7 +129,9 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
     }
     let ab = a as i64 * b as i64;
     let nudge = if ab >= 0 { 1i64 << 30 } else { 1 - (1i64 << 30) };
-    ((ab + nudge) >> 31) as i32
+    // Division truncates toward zero (gemmlowp's definition); an arithmetic shift would floor
+    // negative products and land one below the rounded value.
+    ((ab + nudge) / (1i64 << 31)) as i32
 }
 
 /// `x / 2^exponent` rounded to nearest, ties away from zero.

@@ -169,6 +169,9 @@ fn float_requant_matches_fbgemm_formula() {
 fn fixed_point_primitives() {
     assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
     assert_eq!(saturating_rounding_doubling_high_mul(1 << 30, 1 << 30), 1 << 29);
+    // -1.25 rounds to -1 (a floor-based shift gave -2).
+    assert_eq!(saturating_rounding_doubling_high_mul(-5, 1 << 29), -1);
+    assert_eq!(saturating_rounding_doubling_high_mul(-7, 1 << 29), -2);
     assert_eq!(rounding_divide_by_pot(5, 1), 3);
     assert_eq!(rounding_divide_by_pot(-5, 1), -3);
     assert_eq!(rounding_divide_by_pot(4, 1), 2);
