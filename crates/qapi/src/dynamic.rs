@@ -12,12 +12,8 @@
 //!   activations), chosen by fbgemm's `ChooseQuantizationParams`. Reproduces PyTorch's outputs.
 
 use qgraph::ops::gemm::{sgemm, MatRef};
-use qkernels::gemm::{
-    finite_min_max, gemm_u8s8, ActivationQuant, Dequantize, Epilogue, GemmConfig, GemmOutput, PackedWeights,
-};
-use qtensor::quantize::{quantize_into, Affine};
-use qtensor::{choose_dynamic_qparams, DType, QParams, QTensor, QuantSpec, Scheme, Tensor};
-use rayon::prelude::*;
+use qkernels::gemm::{gemm_f32_dynamic, Dequantize, DynamicGranularity, DynamicScratch, GemmConfig, PackedWeights};
+use qtensor::{DType, QParams, QTensor, QuantSpec, Scheme, Tensor};
 
 use crate::{ApiError, Result};
 
@@ -321,61 +317,31 @@ impl DynamicLinear {
         Ok(Tensor::new(out_shape, y)?)
     }
 
-    /// Per call: activations quantized to u8 (per tensor, or per row in one cache-resident pass
-    /// over each row: vectorized finite min/max, fbgemm `ChooseQuantizationParams`, quantize),
-    /// then the int8 GEMM with a dequantizing epilogue. Rows are independent, so splitting them
-    /// over rayon tasks gives the same bits for every thread count.
+    /// Per call: activations quantized to u8 (per tensor, or per row: vectorized finite
+    /// min/max, fbgemm `ChooseQuantizationParams`, quantize), then the int8 GEMM with a
+    /// dequantizing epilogue, all in [`gemm_f32_dynamic`], which splits the range scan and the
+    /// quantization over the GEMM's threads with the same bits for every thread count.
     fn forward_int8(&self, x: &[f32], m: usize, packed: &PackedWeights, relu: bool, y: &mut [f32]) -> Result<()> {
-        let k = self.in_features;
-        let qmax = 255;
-        let reduce_range = self.config.reduce_range;
-        let mut xq = vec![0u8; x.len()];
-        let epilogue = Epilogue::Dequantize(Dequantize {
+        let granularity = match self.config.activations {
+            ActivationGranularity::PerTensor => DynamicGranularity::PerTensor,
+            ActivationGranularity::PerRow => DynamicGranularity::PerRow,
+        };
+        let epilogue = Dequantize {
             bias: self.bias.as_deref(),
             relu,
-        });
-        let config = GemmConfig::default();
-        match self.config.activations {
-            ActivationGranularity::PerTensor => {
-                let (lo, hi) = finite_min_max(x).map_err(|e| input_error(e, 0, k))?;
-                let (scale, zero_point) = choose_dynamic_qparams(lo, hi, 0, qmax, reduce_range)?;
-                quantize_into(x, &mut xq, &Affine::new(scale, zero_point, DType::QUInt8)?)?;
-                let act = ActivationQuant::PerTensor { scale, zero_point };
-                gemm_u8s8(&xq, m, &act, packed, &epilogue, GemmOutput::F32(y), &config)?;
-            }
-            ActivationGranularity::PerRow => {
-                let mut scales = vec![0f32; m];
-                let mut zero_points = vec![0i32; m];
-                let quantize_row = |r: usize, row: &[f32], qrow: &mut [u8], s: &mut f32, z: &mut i32| -> Result<()> {
-                    let (lo, hi) = finite_min_max(row).map_err(|e| input_error(e, r, k))?;
-                    let (scale, zero_point) = choose_dynamic_qparams(lo, hi, 0, qmax, reduce_range)?;
-                    quantize_into(row, qrow, &Affine::new(scale, zero_point, DType::QUInt8)?)?;
-                    (*s, *z) = (scale, zero_point);
-                    Ok(())
-                };
-                if m * k >= PARALLEL_ELEMENTS {
-                    x.par_chunks(k)
-                        .zip(xq.par_chunks_mut(k))
-                        .zip(scales.par_iter_mut().zip(zero_points.par_iter_mut()))
-                        .enumerate()
-                        .try_for_each(|(r, ((row, qrow), (s, z)))| quantize_row(r, row, qrow, s, z))?;
-                } else {
-                    for (r, ((row, qrow), (s, z))) in x
-                        .chunks(k)
-                        .zip(xq.chunks_mut(k))
-                        .zip(scales.iter_mut().zip(zero_points.iter_mut()))
-                        .enumerate()
-                    {
-                        quantize_row(r, row, qrow, s, z)?;
-                    }
-                }
-                let act = ActivationQuant::PerRow {
-                    scales: &scales,
-                    zero_points: &zero_points,
-                };
-                gemm_u8s8(&xq, m, &act, packed, &epilogue, GemmOutput::F32(y), &config)?;
-            }
-        }
+        };
+        gemm_f32_dynamic(
+            x,
+            m,
+            granularity,
+            self.config.reduce_range,
+            packed,
+            &epilogue,
+            y,
+            &mut DynamicScratch::new(),
+            &GemmConfig::default(),
+        )
+        .map_err(input_error)?;
         Ok(())
     }
 
@@ -400,15 +366,12 @@ impl DynamicLinear {
     }
 }
 
-/// Rows x columns above which per-row activation quantization is split over rayon tasks.
-const PARALLEL_ELEMENTS: usize = 1 << 15;
-
-/// A kernel error about the activations, with the index made absolute (row `r` of width `k`).
-fn input_error(e: qkernels::KernelError, r: usize, k: usize) -> ApiError {
+/// A kernel error about the activations, named as the dynamic Linear's input.
+fn input_error(e: qkernels::KernelError) -> ApiError {
     match e {
         qkernels::KernelError::Quant(qtensor::QError::NonFinite { index, value, .. }) => qtensor::QError::NonFinite {
             what: "dynamic Linear input",
-            index: r * k + index,
+            index,
             value,
         }
         .into(),

@@ -230,15 +230,7 @@ pub fn prepare_qat_with(graph: &Graph, map: &QConfigMap, options: QatOptions) ->
 impl QatModel {
     /// PyTorch `freeze_bn_stats` on every ConvBn module.
     pub fn freeze_bn_stats(&mut self) {
-        for n in &mut self.model.nodes {
-            if let Some(c) = n
-                .layer
-                .as_mut()
-                .and_then(|l| l.as_any_mut().downcast_mut::<QatConv2d>())
-            {
-                c.freeze_bn_stats();
-            }
-        }
+        freeze_bn_stats(&mut self.model);
     }
 
     /// PyTorch `disable_observer` on every fake-quant module (weights and activations).

@@ -12,8 +12,6 @@
 //! times more) moves the trained network away from its optimum, float or quantized alike, and
 //! with frozen statistics costs several points.
 
-use std::time::Instant;
-
 use qgraph::train::{evaluate, fit, Adam, Dataset, FitConfig, Loss, Optimizer, Rng, Sgd, Targets, TrainModel};
 use qgraph::{Graph, Value};
 use qtensor::Tensor;
@@ -251,23 +249,10 @@ fn parameter_count(graph: &Graph) -> usize {
 
 /// Median time of one forward of `x`, on one thread.
 fn median_latency_ms(graph: &Graph, x: &Tensor) -> Result<f64> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .map_err(|e| crate::ApiError::Config {
-            detail: format!("cannot start a one-thread pool for timing: {e}"),
-        })?;
-    pool.install(|| {
-        graph.run(vec![Value::F32(x.clone())])?;
-        let mut times = Vec::new();
-        for _ in 0..15 {
-            let start = Instant::now();
-            graph.run(vec![Value::F32(x.clone())])?;
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[times.len() / 2])
-    })
+    let run = || graph.run(vec![Value::F32(x.clone())]).map(|_| ());
+    Ok(crate::benchmark::with_threads(1, || {
+        crate::benchmark::median_ms(run, 1, 15)
+    })??)
 }
 
 /// Runs the whole demonstration (see the module docs).

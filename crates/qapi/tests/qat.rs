@@ -8,7 +8,7 @@ use qapi::qat::{convert, convert_int8, prepare_qat, simulate_quantized, Simulate
 use qapi::{QConfig, QConfigMap};
 use qgraph::op::Conv2dAttrs;
 use qgraph::train::qat_modules::QatConv2d;
-use qgraph::train::{fit, FakeQuantize, FitConfig, Loss, Mode, Rng, Sgd, Targets};
+use qgraph::train::{fit, FitConfig, Loss, Mode, Rng, Sgd, Targets};
 use qgraph::{Graph, GraphBuilder, NodeId, Op, OpKind};
 use qtensor::Tensor;
 
@@ -125,10 +125,7 @@ fn qat_trains_and_converts_to_the_simulated_int8_graph() {
             .unwrap();
         l.bn.as_ref().unwrap().running_mean.clone()
     };
-    let history = fit(&mut qat.model, &mut sgd, &dataset, &cfg, |epoch, _, _| {
-        let _ = epoch;
-    })
-    .unwrap();
+    let history = fit(&mut qat.model, &mut sgd, &dataset, &cfg, |_, _, _| {}).unwrap();
     assert_eq!(history.len(), 3);
     assert!(history.iter().all(|h| h.train.loss.is_finite()));
     let l = qat
@@ -203,7 +200,6 @@ fn qat_trains_and_converts_to_the_simulated_int8_graph() {
     for (a, b) in float.data().iter().zip(out.data()) {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
     }
-    let _ = std::any::type_name::<FakeQuantize>();
 }
 
 /// Trains `graph` briefly under QAT on random data and returns the converted float graph, its

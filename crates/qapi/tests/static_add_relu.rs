@@ -74,8 +74,8 @@ fn add_then_relu_becomes_add_relu_with_post_relu_parameters() {
         matches!(&report.node("relu").unwrap().status, NodeStatus::Quantized { detail } if detail.contains("add_relu"))
     );
 
-    // The fused node's bytes are the add_relu kernel's, and equal an add with the same output
-    // parameters followed by a clamp at the zero point.
+    // The fused node's bytes are the add_relu kernel's (with the zero point at 0 the clamp is
+    // the u8 range itself; the kernel's ReLU at other zero points is checked in qkernels).
     let mut seen: HashMap<String, Value> = HashMap::new();
     q.run_with(batch(42), |node, v| {
         seen.insert(node.name.clone(), v.clone());
@@ -88,9 +88,4 @@ fn add_then_relu_becomes_add_relu_with_post_relu_parameters() {
     let mut fused = vec![0u8; a.len()];
     eltwise::add(&a, aq, &bb, bq, yq, true, FloatRule::Vectorized, &mut fused).unwrap();
     assert_eq!(y, fused);
-    let mut plain = vec![0u8; a.len()];
-    eltwise::add(&a, aq, &bb, bq, yq, false, FloatRule::Vectorized, &mut plain).unwrap();
-    let clamped: Vec<u8> = plain.iter().map(|&v| v.max(yq.zero_point as u8)).collect();
-    assert_eq!(y, clamped);
-    assert!(plain.iter().any(|&v| v < yq.zero_point as u8) || yq.zero_point == 0);
 }

@@ -105,23 +105,29 @@ pub enum RnnWeight {
 }
 
 pub fn lstm(node: &Node, a: &RnnAttrs, x: &Tensor) -> Result<Tensor> {
+    let params = all_layer_params(node, a)?;
     lstm_with(a, x, |l, w, rows_data, rows| {
-        fp32_projection(node, a, l, w, rows_data, rows)
+        Ok(fp32_projection(&params[l], w, rows_data, rows))
     })
 }
 
 pub fn gru(node: &Node, a: &RnnAttrs, x: &Tensor) -> Result<Tensor> {
+    let params = all_layer_params(node, a)?;
     gru_with(a, x, |l, w, rows_data, rows| {
-        fp32_projection(node, a, l, w, rows_data, rows)
+        Ok(fp32_projection(&params[l], w, rows_data, rows))
     })
 }
 
-fn fp32_projection(node: &Node, a: &RnnAttrs, l: usize, w: RnnWeight, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-    let p = layer_params(node, a, l)?;
-    Ok(match w {
+/// Every layer's parameters, looked up once per call rather than once per time step.
+fn all_layer_params<'a>(node: &'a Node, a: &RnnAttrs) -> Result<Vec<LayerParams<'a>>> {
+    (0..a.num_layers).map(|l| layer_params(node, a, l)).collect()
+}
+
+fn fp32_projection(p: &LayerParams<'_>, w: RnnWeight, x: &[f32], rows: usize) -> Vec<f32> {
+    match w {
         RnnWeight::InputHidden => project(x, rows, p.w_ih, p.b_ih),
         RnnWeight::HiddenHidden => project(x, rows, p.w_hh, p.b_hh),
-    })
+    }
 }
 
 /// LSTM gate math with the projections supplied by `project(layer, weight, rows, n_rows)`,

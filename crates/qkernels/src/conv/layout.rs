@@ -4,15 +4,16 @@
 //! (PyTorch fbgemm `Quantize`): `q = clamp(zp + round_half_even(x * (1 / scale)), 0, 255)`;
 //! dequantize is `(q - zp) as f32 * scale`.
 //!
-//! Both work on cache-sized tiles of pixels: the values of one tile are (de)quantized plane by
-//! plane with qtensor's vector code (identical to its scalar rule on every path), and the
-//! bytes are transposed between the tile buffer and the channels-last data while both are in
-//! L1. Tiles run on rayon threads; every output value depends on one input value, so the thread
+//! Both work on cache-sized tiles of pixels. On the way in, the values of one tile are
+//! quantized plane by plane with qtensor's vector code (identical to its scalar rule on every
+//! path) and the bytes are transposed from the tile buffer into the channels-last data while both
+//! are in L1; on the way out, each output plane reads its channel with a stride (an AVX-512
+//! gather where available, the scalar rule otherwise). Tiles run on rayon threads; every output value depends on one input value, so the thread
 //! count never changes a result.
 
 use rayon::prelude::*;
 
-use qtensor::quantize::{dequantize_into_with, quantize_into_with, Affine, ElementPath};
+use qtensor::quantize::{dequantize_into_with, dequantize_one, quantize_into_with, Affine, ElementPath};
 use qtensor::DType;
 
 use super::{ActQuant, NhwcShape};
@@ -52,18 +53,18 @@ pub fn nchw_f32_to_nhwc_u8(x: &[f32], xs: NhwcShape, q: ActQuant) -> Result<Vec<
     y.par_chunks_mut(plane * c)
         .zip(x.par_chunks(plane * c))
         .try_for_each(|(image_out, image)| {
-            image_out
-                .par_chunks_mut(tile * c)
-                .enumerate()
-                .try_for_each(|(t, out)| -> Result<()> {
+            image_out.par_chunks_mut(tile * c).enumerate().try_for_each_init(
+                || vec![0u8; tile * c],
+                |planar, (t, out)| -> Result<()> {
                     let (p0, len) = (t * tile, out.len() / c);
-                    let mut planar = vec![0u8; len * c];
+                    let planar = &mut planar[..len * c];
                     for (ch, dst) in planar.chunks_exact_mut(len).enumerate() {
                         quantize_into_with(path, &image[ch * plane + p0..][..len], dst, &affine)?;
                     }
-                    interleave(&planar, len, c, out);
+                    interleave(planar, len, c, out);
                     Ok(())
-                })
+                },
+            )
         })?;
     Ok(y)
 }
@@ -115,13 +116,10 @@ pub fn nhwc_u8_to_nchw_f32(x: &[u8], xs: NhwcShape, q: ActQuant) -> Result<Vec<f
                     // SAFETY: AVX-512 F is present and the image is shorter than i32::MAX.
                     done = unsafe { dequantize_strided_avx512(image, c, ch, p0, out, q) };
                 }
-                let gathered: Vec<u8> = image[(p0 + done) * c + ch..]
-                    .iter()
-                    .step_by(c)
-                    .take(out.len() - done)
-                    .copied()
-                    .collect();
-                dequantize_into_with(path, &gathered, &mut out[done..], q.scale, q.zero_point)?;
+                let strided = image[(p0 + done) * c + ch..].iter().step_by(c);
+                for (o, &v) in out[done..].iter_mut().zip(strided) {
+                    *o = dequantize_one(v as i32, q.scale, q.zero_point);
+                }
                 Ok(())
             })
     })?;
