@@ -270,7 +270,7 @@ impl Layer for QatConv2d {
         let mut bn_saved = None;
         let mut bn_input = Vec::new();
         let mut y = match &mut self.bn {
-            None => pre.clone(),
+            None => pre,
             Some(bn) if ctx.training() && !bn.frozen => {
                 let (y, s) = norm::batch_norm_train(
                     &pre,
@@ -297,7 +297,7 @@ impl Layer for QatConv2d {
                     }
                 }
                 if ctx.training() {
-                    bn_input = pre.clone();
+                    bn_input = pre;
                 }
                 y
             }
