@@ -2,7 +2,9 @@
 //! accumulators). Per 4-element K group it loads three 64-byte packed weight rows (16 columns
 //! x 4 bytes each), broadcasts 4 activation bytes per row and issues `vpdpbusd` (u8 x s8 ->
 //! i32, 4 products per lane, non-saturating). The epilogue runs 16 lanes at a time with masks
-//! for ragged edges, performing the reference epilogue's f32 operations in the same order.
+//! for ragged edges, performing the reference epilogue's f32 operations in the same order; the
+//! dequantizing epilogue (dynamic Linear) finishes a tile straight from its accumulator
+//! registers when the whole reduction fits one pass, so its sums never go through memory.
 
 use super::driver::BlockKernel;
 use super::epilogue::{EpiloguePlan, OutKind, Stage, ROUND_LIMIT};
@@ -45,15 +47,35 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
     let stride = w.panel_stride();
     let a0 = a.as_ptr();
     if k_blocks == 1 {
-        // Whole K at once: finish each register tile straight away.
+        // Whole K at once: finish each register tile straight away, in registers when the
+        // epilogue dequantizes (the sums never go through memory), else through `tile`.
         let mut tile = Tile([[0; NR]; MR]);
         for j0 in cols.clone().step_by(NR) {
             let nc = NR.min(cols.end - j0);
             let b = w.panel_ptr(j0 / PANEL_COLS);
             for i0 in rows.clone().step_by(MR) {
                 let mr = MR.min(rows.end - i0);
+                let a_tile = a0.add(i0 * k);
+                if let Stage::Dequantize { w_scales, bias, relu } = &plan.stage {
+                    let sink = Sink::Dequantize(DequantizeTile {
+                        plan,
+                        w_scales,
+                        bias,
+                        relu: *relu,
+                        i0,
+                        j0,
+                        nc,
+                    });
+                    tile_kernel(mr, nc, a_tile, k, 0, groups, b, stride, sink);
+                    continue;
+                }
                 let c = tile.0.as_mut_ptr() as *mut i32;
-                tile_kernel(mr, nc, a0.add(i0 * k), k, 0, groups, b, stride, c, NR, false);
+                let sink = Sink::Sums {
+                    c,
+                    ldc: NR,
+                    accumulate: false,
+                };
+                tile_kernel(mr, nc, a_tile, k, 0, groups, b, stride, sink);
                 for r in 0..mr {
                     finish_row_avx512(plan, i0 + r, j0, &tile.0[r][..nc]);
                 }
@@ -72,7 +94,12 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
             for i0 in rows.clone().step_by(MR) {
                 let mr = MR.min(rows.end - i0);
                 let c = sums.as_mut_ptr().add((i0 - rows.start) * ldc + (j0 - cols.start));
-                tile_kernel(mr, nc, a0.add(i0 * k), k, g0, g1, b, stride, c, ldc, kb > 0);
+                let sink = Sink::Sums {
+                    c,
+                    ldc,
+                    accumulate: kb > 0,
+                };
+                tile_kernel(mr, nc, a0.add(i0 * k), k, g0, g1, b, stride, sink);
             }
         }
     }
@@ -84,7 +111,7 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
 
 /// Runs the register tile of `mr` rows x `nc` columns (rounded up to whole panels).
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 #[inline]
 unsafe fn tile_kernel(
     mr: usize,
@@ -95,18 +122,16 @@ unsafe fn tile_kernel(
     g1: usize,
     b: *const i8,
     stride: usize,
-    c: *mut i32,
-    ldc: usize,
-    accumulate: bool,
+    sink: Sink<'_>,
 ) {
     let panels = nc.div_ceil(PANEL_COLS);
     macro_rules! dispatch {
         ($($r:literal),*) => {
             match (mr, panels) {
                 $(
-                    ($r, 1) => microkernel::<$r, 1>(a, k, g0, g1, b, stride, c, ldc, accumulate),
-                    ($r, 2) => microkernel::<$r, 2>(a, k, g0, g1, b, stride, c, ldc, accumulate),
-                    ($r, 3) => microkernel::<$r, 3>(a, k, g0, g1, b, stride, c, ldc, accumulate),
+                    ($r, 1) => microkernel::<$r, 1>(a, k, g0, g1, b, stride, sink),
+                    ($r, 2) => microkernel::<$r, 2>(a, k, g0, g1, b, stride, sink),
+                    ($r, 3) => microkernel::<$r, 3>(a, k, g0, g1, b, stride, sink),
                 )*
                 _ => unreachable!("tile of {mr} rows x {panels} panels"),
             }
@@ -131,13 +156,37 @@ unsafe fn group_bytes(row: *const u8, k: usize, g: usize) -> i32 {
     }
 }
 
-/// `c[r][col] (+)= sum over K groups g0..g1 of a[r][4g..4g+4] . w[col][4g..4g+4]` for `R` rows
-/// (stride `k`) and `P` panels.
+/// Where a register tile's sums go.
+#[derive(Clone, Copy)]
+enum Sink<'a> {
+    /// Stored as i32 rows `ldc` apart at `c` (added to what is there when `accumulate`).
+    Sums { c: *mut i32, ldc: usize, accumulate: bool },
+    /// Finished in registers by the dequantizing epilogue and written to the output.
+    Dequantize(DequantizeTile<'a>),
+}
+
+/// A register tile finished by [`Stage::Dequantize`]: output rows `i0..i0 + R`, columns
+/// `j0..j0 + nc`.
+#[derive(Clone, Copy)]
+struct DequantizeTile<'a> {
+    plan: &'a EpiloguePlan<'a>,
+    w_scales: &'a [f32],
+    bias: &'a [f32],
+    relu: bool,
+    i0: usize,
+    j0: usize,
+    nc: usize,
+}
+
+/// `sum over K groups g0..g1 of a[r][4g..4g+4] . w[col][4g..4g+4]` for `R` rows (stride `k`)
+/// and `P` panels, handed to `sink`.
 ///
 /// Safety: `a` points at `R` rows of `k` bytes; `b` at `P` panels `stride` bytes apart, each
-/// of `ceil(k / 4)` 64-byte aligned rows; `c` at `R` rows of `P * 16` i32, `ldc` apart.
+/// of `ceil(k / 4)` 64-byte aligned rows; a [`Sink::Sums`] `c` points at `R` rows of `P * 16`
+/// i32, `ldc` apart; a [`Sink::Dequantize`] tile lies inside the output, `P = ceil(nc / 16)`,
+/// and no other task writes it.
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 #[inline]
 unsafe fn microkernel<const R: usize, const P: usize>(
     a: *const u8,
@@ -146,12 +195,15 @@ unsafe fn microkernel<const R: usize, const P: usize>(
     g1: usize,
     b: *const i8,
     stride: usize,
-    c: *mut i32,
-    ldc: usize,
-    accumulate: bool,
+    sink: Sink<'_>,
 ) {
     let mut acc = [[_mm512_setzero_si512(); P]; R];
-    if accumulate {
+    if let Sink::Sums {
+        c,
+        ldc,
+        accumulate: true,
+    } = sink
+    {
         for (r, acc_r) in acc.iter_mut().enumerate() {
             for (p, v) in acc_r.iter_mut().enumerate() {
                 *v = _mm512_loadu_si512(c.add(r * ldc + p * PANEL_COLS) as *const __m512i);
@@ -182,9 +234,66 @@ unsafe fn microkernel<const R: usize, const P: usize>(
             }
         }
     }
+    match sink {
+        Sink::Sums { c, ldc, .. } => {
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (p, v) in acc_r.iter().enumerate() {
+                    _mm512_storeu_si512(c.add(r * ldc + p * PANEL_COLS) as *mut __m512i, *v);
+                }
+            }
+        }
+        Sink::Dequantize(t) => dequantize_tile::<R, P>(&acc, &t),
+    }
+}
+
+/// [`finish_row_avx512`]'s dequantizing stage applied to a tile still in registers: the same
+/// integer and f32 operations in the same order per element, with the per-column constants
+/// loaded once per tile instead of once per row.
+///
+/// Safety: as [`microkernel`] for a [`Sink::Dequantize`] tile.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+#[inline]
+unsafe fn dequantize_tile<const R: usize, const P: usize>(acc: &[[__m512i; P]; R], t: &DequantizeTile<'_>) {
+    let plan = t.plan;
+    let has_row_sums = !plan.row_sums.is_empty();
+    let mut masks = [0 as __mmask16; P];
+    let mut col_offsets = [_mm512_setzero_si512(); P];
+    let mut w_zps = [_mm512_setzero_si512(); P];
+    let mut w_scales = [_mm512_setzero_ps(); P];
+    let mut bias = [_mm512_setzero_ps(); P];
+    for p in 0..P {
+        // P = ceil(nc / 16), so every panel has at least one live lane; masked loads never
+        // touch columns past the tile.
+        let lanes = (t.nc - p * PANEL_COLS).min(16);
+        let mask: __mmask16 = if lanes == 16 { 0xffff } else { (1u16 << lanes) - 1 };
+        let j = t.j0 + p * PANEL_COLS;
+        masks[p] = mask;
+        col_offsets[p] = _mm512_maskz_loadu_epi32(mask, plan.col_offsets.as_ptr().add(j));
+        if has_row_sums {
+            w_zps[p] = _mm512_maskz_loadu_epi32(mask, plan.w_zps.as_ptr().add(j));
+        }
+        w_scales[p] = _mm512_maskz_loadu_ps(mask, t.w_scales.as_ptr().add(j));
+        bias[p] = _mm512_maskz_loadu_ps(mask, t.bias.as_ptr().add(j));
+    }
     for (r, acc_r) in acc.iter().enumerate() {
-        for (p, v) in acc_r.iter().enumerate() {
-            _mm512_storeu_si512(c.add(r * ldc + p * PANEL_COLS) as *mut __m512i, *v);
+        let i = t.i0 + r;
+        let a_zp = _mm512_set1_epi32(plan.a_zp.get(i));
+        let row_sum = _mm512_set1_epi32(plan.row_sum(i));
+        let a_scale = _mm512_set1_ps(plan.a_scale.get(i));
+        for p in 0..P {
+            let mut c = acc_r[p];
+            if plan.has_a_zp {
+                c = _mm512_sub_epi32(c, _mm512_mullo_epi32(a_zp, col_offsets[p]));
+            }
+            if has_row_sums {
+                c = _mm512_sub_epi32(c, _mm512_mullo_epi32(row_sum, w_zps[p]));
+            }
+            let scale = _mm512_mul_ps(a_scale, w_scales[p]);
+            let mut y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), scale, bias[p]);
+            if t.relu {
+                y = _mm512_max_ps(y, _mm512_setzero_ps());
+            }
+            _mm512_mask_storeu_ps(plan.out.at(i, t.j0 + p * PANEL_COLS) as *mut f32, masks[p], y);
         }
     }
 }
