@@ -12,8 +12,9 @@
 //!   activations), chosen by fbgemm's `ChooseQuantizationParams`. Reproduces PyTorch's outputs.
 
 use qgraph::ops::gemm::{sgemm, MatRef};
-use qkernels::gemm::{gemm_f32_dynamic, Dequantize, DynamicGranularity, DynamicScratch, GemmConfig, PackedWeights};
+use qkernels::gemm::{gemm_f32_dynamic_vec, Dequantize, DynamicGranularity, DynamicScratch, GemmConfig, PackedWeights};
 use qtensor::{DType, QParams, QTensor, QuantSpec, Scheme, Tensor};
+use std::cell::RefCell;
 
 use crate::{ApiError, Result};
 
@@ -118,6 +119,12 @@ pub fn quantize_weight(weight: &Tensor, granularity: WeightGranularity) -> Resul
         }
     };
     Ok(QTensor::quantize(weight, DType::QInt8, qparams)?)
+}
+
+thread_local! {
+    /// The quantized activations of the last dynamic Linear run on this thread, kept so the
+    /// next call reuses the buffer.
+    static SCRATCH: RefCell<DynamicScratch> = RefCell::new(DynamicScratch::new());
 }
 
 /// A dynamically quantized `Linear`: `y = dequant(quant(x) x W_q^T) + b`, f32 in and out.
@@ -304,24 +311,26 @@ impl DynamicLinear {
         let m = x.numel() / k;
         let mut out_shape = shape.to_vec();
         *out_shape.last_mut().expect("rank >= 1") = self.out_features;
-        let mut y = vec![0f32; m * self.out_features];
-        if m > 0 {
-            match &self.weights {
-                LinearWeights::Int8 { packed, .. } => self.forward_int8(x.data(), m, packed, relu, &mut y)?,
-                LinearWeights::Float16 { weight } => {
-                    x.check_finite("dynamic Linear input")?;
-                    self.forward_f16(x.data(), m, weight, relu, &mut y)
-                }
+        let y = match &self.weights {
+            LinearWeights::Int8 { packed, .. } if m > 0 => self.forward_int8(x.data(), m, packed, relu)?,
+            LinearWeights::Float16 { weight } if m > 0 => {
+                x.check_finite("dynamic Linear input")?;
+                let mut y = vec![0f32; m * self.out_features];
+                self.forward_f16(x.data(), m, weight, relu, &mut y);
+                y
             }
-        }
+            _ => Vec::new(),
+        };
         Ok(Tensor::new(out_shape, y)?)
     }
 
     /// Per call: activations quantized to u8 (per tensor, or per row: vectorized finite
     /// min/max, fbgemm `ChooseQuantizationParams`, quantize), then the int8 GEMM with a
-    /// dequantizing epilogue, all in [`gemm_f32_dynamic`], which splits the range scan and the
-    /// quantization over the GEMM's threads with the same bits for every thread count.
-    fn forward_int8(&self, x: &[f32], m: usize, packed: &PackedWeights, relu: bool, y: &mut [f32]) -> Result<()> {
+    /// dequantizing epilogue, all in [`gemm_f32_dynamic_vec`], which splits the range scan and
+    /// the quantization over the GEMM's threads with the same bits for every thread count. The
+    /// quantized activations go to a buffer kept per thread, so repeated calls do not allocate
+    /// it again.
+    fn forward_int8(&self, x: &[f32], m: usize, packed: &PackedWeights, relu: bool) -> Result<Vec<f32>> {
         let granularity = match self.config.activations {
             ActivationGranularity::PerTensor => DynamicGranularity::PerTensor,
             ActivationGranularity::PerRow => DynamicGranularity::PerRow,
@@ -330,19 +339,26 @@ impl DynamicLinear {
             bias: self.bias.as_deref(),
             relu,
         };
-        gemm_f32_dynamic(
-            x,
-            m,
-            granularity,
-            self.config.reduce_range,
-            packed,
-            &epilogue,
-            y,
-            &mut DynamicScratch::new(),
-            &GemmConfig::default(),
-        )
-        .map_err(input_error)?;
-        Ok(())
+        let run = |scratch: &mut DynamicScratch| {
+            gemm_f32_dynamic_vec(
+                x,
+                m,
+                granularity,
+                self.config.reduce_range,
+                packed,
+                &epilogue,
+                scratch,
+                &GemmConfig::default(),
+            )
+        };
+        let result = SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => run(&mut scratch),
+            // A nested call on this thread (a rayon task run while waiting inside the GEMM)
+            // while the buffer is in use: it gets its own.
+            Err(_) => run(&mut DynamicScratch::new()),
+        });
+        let (y, _path) = result.map_err(input_error)?;
+        Ok(y)
     }
 
     /// Weight-only float16: the weight is widened to f32 on each call (it stays 2 bytes per

@@ -77,6 +77,64 @@ pub fn gemm_f32_dynamic(
     scratch: &mut DynamicScratch,
     config: &GemmConfig,
 ) -> Result<KernelPath> {
+    dynamic_into(
+        x,
+        m,
+        granularity,
+        reduce_range,
+        weights,
+        epilogue,
+        GemmOutput::F32(out),
+        scratch,
+        config,
+    )
+}
+
+/// [`gemm_f32_dynamic`] into a new `[m, N]` vector, which is never zeroed first (the GEMM
+/// writes every element once). The values are those [`gemm_f32_dynamic`] writes.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_dynamic_vec(
+    x: &[f32],
+    m: usize,
+    granularity: DynamicGranularity,
+    reduce_range: bool,
+    weights: &PackedWeights,
+    epilogue: &Dequantize<'_>,
+    scratch: &mut DynamicScratch,
+    config: &GemmConfig,
+) -> Result<(Vec<f32>, KernelPath)> {
+    let len = m * weights.n();
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let path = dynamic_into(
+        x,
+        m,
+        granularity,
+        reduce_range,
+        weights,
+        epilogue,
+        GemmOutput::F32Uninit(&mut out.spare_capacity_mut()[..len]),
+        scratch,
+        config,
+    )?;
+    // SAFETY: the call succeeded, and a successful GEMM writes every one of the `len` = M x N
+    // output elements (each is finished by exactly one tile of the grid, which covers the whole
+    // output; the reference path visits every element).
+    unsafe { out.set_len(len) };
+    Ok((out, path))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dynamic_into(
+    x: &[f32],
+    m: usize,
+    granularity: DynamicGranularity,
+    reduce_range: bool,
+    weights: &PackedWeights,
+    epilogue: &Dequantize<'_>,
+    out: GemmOutput<'_>,
+    scratch: &mut DynamicScratch,
+    config: &GemmConfig,
+) -> Result<KernelPath> {
     let k = weights.k();
     if m == 0 || x.len() != m * k {
         return Err(KernelError::Shape {
@@ -149,7 +207,7 @@ pub fn gemm_f32_dynamic(
         &act,
         weights,
         &Epilogue::Dequantize(*epilogue),
-        GemmOutput::F32(out),
+        out,
         config,
     )
 }

@@ -63,7 +63,7 @@ pub enum Epilogue<'a> {
     I32,
     /// Requantized 8-bit output, written to [`GemmOutput::U8`] or [`GemmOutput::I8`].
     Requantize(Requantize<'a>),
-    /// f32 output, written to [`GemmOutput::F32`].
+    /// f32 output, written to [`GemmOutput::F32`] or [`GemmOutput::F32Uninit`].
     Dequantize(Dequantize<'a>),
 }
 
@@ -74,6 +74,10 @@ pub enum GemmOutput<'a> {
     I8(&'a mut [i8]),
     F32(&'a mut [f32]),
     I32(&'a mut [i32]),
+    /// f32 output that need not be initialized: every element is written exactly once (each
+    /// is finished by one tile), so after a successful call all of it is initialized. Saves the
+    /// caller zeroing a buffer that is overwritten anyway.
+    F32Uninit(&'a mut [std::mem::MaybeUninit<f32>]),
 }
 
 impl GemmOutput<'_> {
@@ -83,6 +87,7 @@ impl GemmOutput<'_> {
             GemmOutput::I8(o) => o.len(),
             GemmOutput::F32(o) => o.len(),
             GemmOutput::I32(o) => o.len(),
+            GemmOutput::F32Uninit(o) => o.len(),
         }
     }
 }
@@ -252,6 +257,7 @@ impl<'a> EpiloguePlan<'a> {
             GemmOutput::I8(o) => (OutKind::I8, o.as_mut_ptr() as *mut u8),
             GemmOutput::F32(o) => (OutKind::F32, o.as_mut_ptr() as *mut u8),
             GemmOutput::I32(o) => (OutKind::I32, o.as_mut_ptr() as *mut u8),
+            GemmOutput::F32Uninit(o) => (OutKind::F32, o.as_mut_ptr() as *mut u8),
         };
         let stage = match (epilogue, kind) {
             (Epilogue::I32, OutKind::I32) => Stage::I32,

@@ -54,7 +54,7 @@ mod avxvnni;
 
 pub use dispatch::{available_paths, best_path, KernelPath};
 pub use dynamic::{finite_min_max, quantize_dynamic_per_tensor};
-pub use dynamic_gemm::{gemm_f32_dynamic, DynamicGranularity, DynamicScratch};
+pub use dynamic_gemm::{gemm_f32_dynamic, gemm_f32_dynamic_vec, DynamicGranularity, DynamicScratch};
 pub use epilogue::{ActivationQuant, Dequantize, Epilogue, GemmOutput, Requantize};
 pub use pack::{PackedWeights, WeightQuant, K_GROUP, PANEL_COLS};
 
