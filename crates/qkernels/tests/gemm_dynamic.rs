@@ -5,9 +5,9 @@
 
 use proptest::prelude::*;
 use qkernels::gemm::{
-    available_paths, finite_min_max, gemm_f32_dynamic, gemm_u8s8, quantize_dynamic_per_tensor, ActivationQuant,
-    Dequantize, DynamicGranularity, DynamicScratch, Epilogue, GemmConfig, GemmOutput, KernelPath, PackedWeights,
-    WeightQuant,
+    available_paths, finite_min_max, gemm_f32_dynamic, gemm_f32_dynamic_vec, gemm_u8s8, quantize_dynamic_per_tensor,
+    ActivationQuant, Dequantize, DynamicGranularity, DynamicScratch, Epilogue, GemmConfig, GemmOutput, KernelPath,
+    PackedWeights, WeightQuant,
 };
 use qkernels::KernelError;
 use qtensor::quantize::{quantize_into, Affine};
@@ -144,7 +144,7 @@ fn run(c: &Case, packed: &PackedWeights, path: KernelPath, threads: usize, scrat
         path: Some(path),
         threads: Some(threads),
     };
-    pool.install(|| {
+    let fresh = pool.install(|| {
         gemm_f32_dynamic(
             &c.x,
             c.m,
@@ -156,9 +156,15 @@ fn run(c: &Case, packed: &PackedWeights, path: KernelPath, threads: usize, scrat
             scratch,
             &config,
         )
-        .unwrap()
+        .unwrap();
+        gemm_f32_dynamic_vec(&c.x, c.m, granularity, c.reduce_range, packed, &epi, scratch, &config)
+            .unwrap()
+            .0
     });
-    out.iter().map(|v| v.to_bits()).collect()
+    let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+    // The vector returned without zeroing holds the same values as the overwritten buffer.
+    assert_eq!(fresh.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), bits);
+    bits
 }
 
 proptest! {
