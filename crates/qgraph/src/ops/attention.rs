@@ -131,8 +131,8 @@ pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews
     // blocks are interleaved into `[B, S, hidden]` afterwards.
     let mut per_head = vec![0.0f32; b * heads * s * dh];
     per_head.par_chunks_mut(s * dh).enumerate().for_each_init(
-        || (vec![0.0f32; s * s], vec![0.0f32; dh * s]),
-        |(scores, k_t), (task, out)| {
+        || (vec![0.0f32; s * s], vec![0.0f32; dh * s], vec![0.0f32; s * dh]),
+        |(scores, k_t, v_c), (task, out)| {
             let (bi, h) = (task / heads, task % heads);
             let view = |(data, offset): (&'a [f32], usize)| RowMajor {
                 data: &data[bi * s * stride + offset + h * dh..],
@@ -141,12 +141,17 @@ pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews
                 stride,
             };
             // K^T of this head, [dh, S], so that each step of the product streams a contiguous
-            // row of keys.
+            // row of keys; and V of this head as a dense [S, dh] block: read in place, its rows
+            // (a whole token row apart) would fall into a few L1 sets and evict each other.
             let k = view(qkv.k);
             for (j, key) in k.data.chunks(stride).take(s).enumerate() {
                 for (d, &x) in key[..dh].iter().enumerate() {
                     k_t[d * s + j] = x;
                 }
+            }
+            let v = view(qkv.v);
+            for (dst, src) in v_c.chunks_exact_mut(dh).zip(v.data.chunks(stride)) {
+                dst.copy_from_slice(&src[..dh]);
             }
             let k_t = RowMajor {
                 data: k_t,
@@ -162,7 +167,13 @@ pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews
                 cols: s,
                 stride: s,
             };
-            matmul(probs, view(qkv.v), out);
+            let v_c = RowMajor {
+                data: v_c,
+                rows: s,
+                cols: dh,
+                stride: dh,
+            };
+            matmul(probs, v_c, out);
         },
     );
     let mut y = Vec::with_capacity(b * s * hidden);
