@@ -125,24 +125,43 @@ pub fn softmax_row(row: &mut [f32]) {
 /// Attention probabilities: each `n`-wide row of `scores` becomes
 /// `softmax(x * scale + bias)` (`bias` one value per column, the key mask), as
 /// [`softmax_row`] after that affine step.
+///
+/// Rows go eight at a time through each step in turn (affine step and maximum, then
+/// exponentials and sum, then scaling): each row's arithmetic is that of [`softmax_row`], but the
+/// serial folds of one row (lane maxima, lane sums) are followed by the independent work of the
+/// next row instead of by work waiting on them, so the CPU overlaps them.
 pub fn scaled_softmax_rows(scores: &mut [f32], n: usize, scale: f32, bias: &[f32]) {
+    const ROWS: usize = 8;
     assert_eq!(bias.len(), n, "one bias per column");
     with_simd(
         #[inline(always)]
         || {
-            for row in scores.chunks_exact_mut(n) {
-                for (x, &b) in row.iter_mut().zip(bias) {
-                    *x = *x * scale + b;
+            for block in scores.chunks_mut(ROWS * n) {
+                let mut max = [0.0f32; ROWS];
+                for (row, max) in block.chunks_exact_mut(n).zip(&mut max) {
+                    for (x, &b) in row.iter_mut().zip(bias) {
+                        *x = *x * scale + b;
+                    }
+                    *max = row_max(row);
                 }
-                softmax_row_body(row);
+                let mut inv = [0.0f32; ROWS];
+                for ((row, inv), &max) in block.chunks_exact_mut(n).zip(&mut inv).zip(&max) {
+                    row.iter_mut().for_each(|v| *v = exp(*v - max));
+                    *inv = 1.0 / row_sum(row);
+                }
+                for (row, &inv) in block.chunks_exact_mut(n).zip(&inv) {
+                    row.iter_mut().for_each(|v| *v *= inv);
+                }
             }
         },
     );
 }
 
+const LANES: usize = 16;
+
+/// The largest value of `row` (16 lane maxima, the tail into lane 0 first, then folded).
 #[inline(always)]
-fn softmax_row_body(row: &mut [f32]) {
-    const LANES: usize = 16;
+fn row_max(row: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
     for &v in chunks.remainder() {
@@ -153,8 +172,12 @@ fn softmax_row_body(row: &mut [f32]) {
             m[l] = if c[l] > m[l] { c[l] } else { m[l] };
         }
     }
-    let max = m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+/// The sum of `row`: 16 lane sums added in lane order, then the tail's sum.
+#[inline(always)]
+fn row_sum(row: &[f32]) -> f32 {
     let mut s = [0.0f32; LANES];
     let chunks = row.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -163,7 +186,14 @@ fn softmax_row_body(row: &mut [f32]) {
             s[l] += c[l];
         }
     }
-    let inv = 1.0 / (s.iter().sum::<f32>() + tail);
+    s.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn softmax_row_body(row: &mut [f32]) {
+    let max = row_max(row);
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    let inv = 1.0 / row_sum(row);
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
@@ -206,7 +236,7 @@ mod tests {
     #[test]
     fn scaled_softmax_matches_the_portable_path() {
         let n = 37;
-        let scores: Vec<f32> = (0..5 * n).map(|i| ((i * 7919) % 1000) as f32 / 60.0 - 8.0).collect();
+        let scores: Vec<f32> = (0..13 * n).map(|i| ((i * 7919) % 1000) as f32 / 60.0 - 8.0).collect();
         let bias: Vec<f32> = (0..n).map(|j| if j % 5 == 4 { f32::MIN } else { 0.0 }).collect();
         let mut want = scores.clone();
         for row in want.chunks_exact_mut(n) {
