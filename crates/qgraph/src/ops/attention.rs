@@ -13,7 +13,7 @@ use qtensor::Tensor;
 use rayon::prelude::*;
 
 use super::small_matmul::{matmul, RowMajor};
-use super::vmath::scaled_softmax_rows;
+use super::vmath::{scaled_softmax_rows, with_simd};
 use crate::error::shape_err;
 use crate::op::AttentionAttrs;
 use crate::value::{IdTensor, Value};
@@ -143,12 +143,7 @@ pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews
             // K^T of this head, [dh, S], so that each step of the product streams a contiguous
             // row of keys; and V of this head as a dense [S, dh] block: read in place, its rows
             // (a whole token row apart) would fall into a few L1 sets and evict each other.
-            let k = view(qkv.k);
-            for (j, key) in k.data.chunks(stride).take(s).enumerate() {
-                for (d, &x) in key[..dh].iter().enumerate() {
-                    k_t[d * s + j] = x;
-                }
-            }
+            transpose_head(view(qkv.k), k_t);
             let v = view(qkv.v);
             for (dst, src) in v_c.chunks_exact_mut(dh).zip(v.data.chunks(stride)) {
                 dst.copy_from_slice(&src[..dh]);
@@ -186,6 +181,34 @@ pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews
         }
     }
     Tensor::new([b, s, hidden], y).expect("shape from attention_shape")
+}
+
+/// `k_t[d][j] = k[j][d]` for the `[S, dh]` view `k` into the dense `[dh, S]` `k_t`, sixteen keys
+/// at a time so that each store is a whole vector (about a third faster than key by key).
+fn transpose_head(k: RowMajor<'_>, k_t: &mut [f32]) {
+    const KEYS: usize = 16;
+    let (s, dh) = (k.rows, k.cols);
+    with_simd(
+        #[inline(always)]
+        || {
+            let mut j0 = 0;
+            while j0 + KEYS <= s {
+                let rows: [&[f32]; KEYS] = std::array::from_fn(|l| &k.data[(j0 + l) * k.stride..][..dh]);
+                for d in 0..dh {
+                    let dst: &mut [f32; KEYS] = (&mut k_t[d * s + j0..][..KEYS]).try_into().expect("KEYS values");
+                    for (x, row) in dst.iter_mut().zip(&rows) {
+                        *x = row[d];
+                    }
+                }
+                j0 += KEYS;
+            }
+            for j in j0..s {
+                for d in 0..dh {
+                    k_t[d * s + j] = k.data[j * k.stride + d];
+                }
+            }
+        },
+    );
 }
 
 /// `0, 1, .., S-1` along the last dimension of `shape`, repeated over the leading ones.
