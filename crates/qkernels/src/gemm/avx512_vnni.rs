@@ -50,10 +50,30 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
         // Whole K at once: finish each register tile straight away, in registers when the
         // epilogue dequantizes (the sums never go through memory), else through `tile`.
         let mut tile = Tile([[0; NR]; MR]);
+        let row_tiles = rows.len().div_ceil(MR);
         for j0 in cols.clone().step_by(NR) {
             let nc = NR.min(cols.end - j0);
             let b = w.panel_ptr(j0 / PANEL_COLS);
-            for i0 in rows.clone().step_by(MR) {
+            // The next column tile's panels (contiguous, after this tile's) are requested into
+            // L2 a slice per row tile, so their first pass does not wait on L3 (or memory),
+            // where a layer's weights live between calls.
+            let next = if j0 + NR < cols.end {
+                let panels = (cols.end - j0 - NR).div_ceil(PANEL_COLS).min(PANELS);
+                Some((w.panel_ptr((j0 + NR) / PANEL_COLS), panels * stride))
+            } else {
+                None
+            };
+            let slice = next.map_or(0, |(_, bytes)| bytes.div_ceil(row_tiles).next_multiple_of(64));
+            for (t, i0) in rows.clone().step_by(MR).enumerate() {
+                if let Some((next_b, bytes)) = next {
+                    let mut off = t * slice;
+                    while off < bytes.min((t + 1) * slice) {
+                        // A hint only: the address lies inside the packed weights and is never
+                        // dereferenced.
+                        _mm_prefetch::<_MM_HINT_T1>(next_b.add(off));
+                        off += 64;
+                    }
+                }
                 let mr = MR.min(rows.end - i0);
                 let a_tile = a0.add(i0 * k);
                 if let Stage::Dequantize { w_scales, bias, relu } = &plan.stage {
