@@ -55,25 +55,22 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
             let nc = NR.min(cols.end - j0);
             let b = w.panel_ptr(j0 / PANEL_COLS);
             // The next column tile's panels (contiguous, after this tile's) are requested into
-            // L2 a slice per row tile, so their first pass does not wait on L3 (or memory),
-            // where a layer's weights live between calls.
-            let next = if j0 + NR < cols.end {
+            // L2 a slice per row tile, one line per K group inside the dot-product loop, so their
+            // first pass does not wait on L3 (or memory), where a layer's weights live between
+            // calls, and the requests never queue up in a burst.
+            let (next_b, next_bytes) = if j0 + NR < cols.end {
                 let panels = (cols.end - j0 - NR).div_ceil(PANEL_COLS).min(PANELS);
-                Some((w.panel_ptr((j0 + NR) / PANEL_COLS), panels * stride))
+                (w.panel_ptr((j0 + NR) / PANEL_COLS), panels * stride)
             } else {
-                None
+                (b, 0)
             };
-            let slice = next.map_or(0, |(_, bytes)| bytes.div_ceil(row_tiles).next_multiple_of(64));
+            let slice = next_bytes.div_ceil(row_tiles).next_multiple_of(64);
             for (t, i0) in rows.clone().step_by(MR).enumerate() {
-                if let Some((next_b, bytes)) = next {
-                    let mut off = t * slice;
-                    while off < bytes.min((t + 1) * slice) {
-                        // A hint only: the address lies inside the packed weights and is never
-                        // dereferenced.
-                        _mm_prefetch::<_MM_HINT_T1>(next_b.add(off));
-                        off += 64;
-                    }
-                }
+                let start = (t * slice).min(next_bytes);
+                let prefetch = Prefetch {
+                    at: next_b.wrapping_add(start),
+                    lines: ((t + 1) * slice).min(next_bytes).saturating_sub(start) / 64,
+                };
                 let mr = MR.min(rows.end - i0);
                 let a_tile = a0.add(i0 * k);
                 if let Stage::Dequantize { w_scales, bias, relu } = &plan.stage {
@@ -86,7 +83,7 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
                         j0,
                         nc,
                     });
-                    tile_kernel(mr, nc, a_tile, k, 0, groups, b, stride, sink);
+                    tile_kernel(mr, nc, a_tile, k, 0, groups, b, stride, sink, prefetch);
                     continue;
                 }
                 let c = tile.0.as_mut_ptr() as *mut i32;
@@ -95,7 +92,7 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
                     ldc: NR,
                     accumulate: false,
                 };
-                tile_kernel(mr, nc, a_tile, k, 0, groups, b, stride, sink);
+                tile_kernel(mr, nc, a_tile, k, 0, groups, b, stride, sink, prefetch);
                 for r in 0..mr {
                     finish_row_avx512(plan, i0 + r, j0, &tile.0[r][..nc]);
                 }
@@ -119,7 +116,7 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
                     ldc,
                     accumulate: kb > 0,
                 };
-                tile_kernel(mr, nc, a0.add(i0 * k), k, g0, g1, b, stride, sink);
+                tile_kernel(mr, nc, a0.add(i0 * k), k, g0, g1, b, stride, sink, Prefetch::NONE);
             }
         }
     }
@@ -143,15 +140,16 @@ unsafe fn tile_kernel(
     b: *const i8,
     stride: usize,
     sink: Sink<'_>,
+    prefetch: Prefetch,
 ) {
     let panels = nc.div_ceil(PANEL_COLS);
     macro_rules! dispatch {
         ($($r:literal),*) => {
             match (mr, panels) {
                 $(
-                    ($r, 1) => microkernel::<$r, 1>(a, k, g0, g1, b, stride, sink),
-                    ($r, 2) => microkernel::<$r, 2>(a, k, g0, g1, b, stride, sink),
-                    ($r, 3) => microkernel::<$r, 3>(a, k, g0, g1, b, stride, sink),
+                    ($r, 1) => microkernel::<$r, 1>(a, k, g0, g1, b, stride, sink, prefetch),
+                    ($r, 2) => microkernel::<$r, 2>(a, k, g0, g1, b, stride, sink, prefetch),
+                    ($r, 3) => microkernel::<$r, 3>(a, k, g0, g1, b, stride, sink, prefetch),
                 )*
                 _ => unreachable!("tile of {mr} rows x {panels} panels"),
             }
@@ -174,6 +172,21 @@ unsafe fn group_bytes(row: *const u8, k: usize, g: usize) -> i32 {
         }
         v as i32
     }
+}
+
+/// Cache lines to request into L2 while a tile runs: `lines` lines from `at`, one per K group
+/// (the rest after the loop when there are more lines than groups).
+#[derive(Clone, Copy)]
+struct Prefetch {
+    at: *const i8,
+    lines: usize,
+}
+
+impl Prefetch {
+    const NONE: Prefetch = Prefetch {
+        at: std::ptr::null(),
+        lines: 0,
+    };
 }
 
 /// Where a register tile's sums go.
@@ -216,6 +229,7 @@ unsafe fn microkernel<const R: usize, const P: usize>(
     b: *const i8,
     stride: usize,
     sink: Sink<'_>,
+    prefetch: Prefetch,
 ) {
     let mut acc = [[_mm512_setzero_si512(); P]; R];
     if let Sink::Sums {
@@ -233,6 +247,11 @@ unsafe fn microkernel<const R: usize, const P: usize>(
     let full_end = g1.min(k / K_GROUP);
     let mut bp = b.add(g0 * PANEL_ROW_BYTES);
     for g in g0..full_end {
+        let line = g - g0;
+        if line < prefetch.lines {
+            // A hint only, never dereferenced: the line lies inside the packed weights.
+            _mm_prefetch::<_MM_HINT_T1>(prefetch.at.wrapping_add(64 * line));
+        }
         let mut wv = [_mm512_setzero_si512(); P];
         for (p, v) in wv.iter_mut().enumerate() {
             *v = _mm512_load_si512(bp.add(p * stride) as *const __m512i);
@@ -253,6 +272,9 @@ unsafe fn microkernel<const R: usize, const P: usize>(
                 *acc_rp = _mm512_dpbusd_epi32(*acc_rp, av, wv);
             }
         }
+    }
+    for line in (full_end - g0.min(full_end))..prefetch.lines {
+        _mm_prefetch::<_MM_HINT_T1>(prefetch.at.wrapping_add(64 * line));
     }
     match sink {
         Sink::Sums { c, ldc, .. } => {
