@@ -170,12 +170,32 @@ fn dynamic_into(
         DynamicGranularity::PerRow => {
             scratch.scales.resize(m, 0.0);
             scratch.zero_points.resize(m, 0);
+            // Eight rows at a time through each step (ranges, parameters, quantization): every
+            // row gets the same values as on its own, but one row's serial steps (the range
+            // reductions, the parameter arithmetic) overlap with the next rows' work.
+            const ROWS: usize = 8;
             let quantize_rows = |src: &[f32], dst: &mut [u8], scales: &mut [f32], zps: &mut [i32]| -> Result<()> {
-                for (((row, qrow), s), z) in src.chunks_exact(k).zip(dst.chunks_exact_mut(k)).zip(scales).zip(zps) {
-                    let (lo, hi) = finite_min_max(row)?;
-                    let (scale, zero_point) = qtensor::choose_dynamic_qparams(lo, hi, 0, 255, reduce_range)?;
-                    quantize_into(row, qrow, &Affine::new(scale, zero_point, DType::QUInt8)?)?;
-                    (*s, *z) = (scale, zero_point);
+                let blocks = src
+                    .chunks(ROWS * k)
+                    .zip(dst.chunks_mut(ROWS * k))
+                    .zip(scales.chunks_mut(ROWS))
+                    .zip(zps.chunks_mut(ROWS));
+                for (((src, dst), scales), zps) in blocks {
+                    let mut ranges = [(0.0f32, 0.0f32); ROWS];
+                    for (row, range) in src.chunks_exact(k).zip(&mut ranges) {
+                        *range = finite_min_max(row)?;
+                    }
+                    for ((&(lo, hi), s), z) in ranges.iter().zip(scales.iter_mut()).zip(zps.iter_mut()) {
+                        (*s, *z) = qtensor::choose_dynamic_qparams(lo, hi, 0, 255, reduce_range)?;
+                    }
+                    for (((row, qrow), &s), &z) in src
+                        .chunks_exact(k)
+                        .zip(dst.chunks_exact_mut(k))
+                        .zip(&*scales)
+                        .zip(&*zps)
+                    {
+                        quantize_into(row, qrow, &Affine::new(s, z, DType::QUInt8)?)?;
+                    }
                 }
                 Ok(())
             };
