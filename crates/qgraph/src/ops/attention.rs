@@ -131,8 +131,15 @@ pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews
     // blocks are interleaved into `[B, S, hidden]` afterwards.
     let mut per_head = vec![0.0f32; b * heads * s * dh];
     per_head.par_chunks_mut(s * dh).enumerate().for_each_init(
-        || (vec![0.0f32; s * s], vec![0.0f32; dh * s], vec![0.0f32; s * dh]),
-        |(scores, k_t, v_c), (task, out)| {
+        || {
+            (
+                vec![0.0f32; s * s],
+                vec![0.0f32; dh * s],
+                vec![0.0f32; s * dh],
+                vec![0.0f32; s * dh],
+            )
+        },
+        |(scores, k_t, q_c, v_c), (task, out)| {
             let (bi, h) = (task / heads, task % heads);
             let view = |(data, offset): (&'a [f32], usize)| RowMajor {
                 data: &data[bi * s * stride + offset + h * dh..],
@@ -141,20 +148,29 @@ pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews
                 stride,
             };
             // K^T of this head, [dh, S], so that each step of the product streams a contiguous
-            // row of keys; and V of this head as a dense [S, dh] block: read in place, its rows
-            // (a whole token row apart) would fall into a few L1 sets and evict each other.
+            // row of keys; and Q and V of this head as dense [S, dh] blocks: read in place, their
+            // rows (a whole token row apart) would fall into a few L1 sets and evict each other.
             transpose_head(view(qkv.k), k_t);
-            let v = view(qkv.v);
-            for (dst, src) in v_c.chunks_exact_mut(dh).zip(v.data.chunks(stride)) {
-                dst.copy_from_slice(&src[..dh]);
-            }
+            let dense = |view: RowMajor<'_>, to: &mut [f32]| {
+                for (dst, src) in to.chunks_exact_mut(dh).zip(view.data.chunks(stride)) {
+                    dst.copy_from_slice(&src[..dh]);
+                }
+            };
+            dense(view(qkv.q), q_c);
+            dense(view(qkv.v), v_c);
+            let q_c = RowMajor {
+                data: q_c,
+                rows: s,
+                cols: dh,
+                stride: dh,
+            };
             let k_t = RowMajor {
                 data: k_t,
                 rows: dh,
                 cols: s,
                 stride: s,
             };
-            matmul(view(qkv.q), k_t, scores);
+            matmul(q_c, k_t, scores);
             scaled_softmax_rows(scores, s, scale, &bias[bi * s..(bi + 1) * s]);
             let probs = RowMajor {
                 data: scores,
