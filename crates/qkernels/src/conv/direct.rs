@@ -232,7 +232,9 @@ impl DirectConv {
                         Vec::new()
                     };
                     let mut tags = vec![usize::MAX; span];
-                    for panels in self.panel_blocks() {
+                    let blocks: Vec<_> = self.panel_blocks().collect();
+                    let rows = y_band.len() / out_row;
+                    for (bi, panels) in blocks.iter().cloned().enumerate() {
                         for (r, y_row) in y_band.chunks_exact_mut(out_row).enumerate() {
                             let pr0 = (oh0 + r) * sh;
                             let src: &[u8] = if self.needs_copy {
@@ -281,6 +283,7 @@ impl DirectConv {
                                     panels.clone(),
                                     out,
                                     g.c_out,
+                                    self.row_prefetch(&blocks, bi, r, rows),
                                 )
                             }
                             #[cfg(not(target_arch = "x86_64"))]
@@ -290,6 +293,37 @@ impl DirectConv {
                 });
         });
         Ok(())
+    }
+
+    /// What row `r` of `rows` prefetches while computing weight block `blocks[bi]`: the first
+    /// row of the first block meets its weights cold and pulls each next tile's in as it goes;
+    /// every row of a block pulls in its share of the next block, so that block starts warm.
+    #[cfg(target_arch = "x86_64")]
+    fn row_prefetch(
+        &self,
+        blocks: &[std::ops::Range<usize>],
+        bi: usize,
+        r: usize,
+        rows: usize,
+    ) -> super::direct_avx512::RowPrefetch {
+        use super::direct_avx512::RowPrefetch;
+        if bi == 0 && r == 0 {
+            return RowPrefetch::NextTiles;
+        }
+        let Some(next) = blocks.get(bi + 1) else {
+            return RowPrefetch::None;
+        };
+        // The first block's first row is busy with its own weights.
+        let (part, parts) = if bi == 0 { (r - 1, rows - 1) } else { (r, rows) };
+        let bytes = next.len() * self.groups_total * PANEL_ROW;
+        let (from, to) = (part * bytes / parts / 64 * 64, (part + 1) * bytes / parts / 64 * 64);
+        RowPrefetch::Region {
+            ptr: self.weights[next.start * self.groups_total..]
+                .as_ptr()
+                .cast::<i8>()
+                .wrapping_add(from),
+            bytes: to - from,
+        }
     }
 
     /// Whether [`DirectConv::run`] copies its input rows (so it can take them from a
@@ -347,7 +381,18 @@ impl DirectConv {
                     // `y_row` holds `w` pixels of `run` bytes, the columns of `panels`.
                     unsafe {
                         let out = y_row.as_mut_ptr();
-                        super::direct_avx512::row(self, &epi, x_row.as_ptr(), &offsets, c, xs.w, panels, out, run)
+                        super::direct_avx512::row(
+                            self,
+                            &epi,
+                            x_row.as_ptr(),
+                            &offsets,
+                            c,
+                            xs.w,
+                            panels,
+                            out,
+                            run,
+                            super::direct_avx512::RowPrefetch::None,
+                        )
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("the direct path exists on x86_64 only: {panels:?} {y_row:?}");

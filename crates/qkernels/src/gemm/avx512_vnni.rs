@@ -7,6 +7,7 @@
 use super::driver::BlockKernel;
 use super::epilogue::{EpiloguePlan, OutKind, Stage, ROUND_LIMIT};
 use super::pack::{PackedWeights, K_GROUP, PANEL_COLS, PANEL_ROW_BYTES};
+use crate::prefetch::Prefetch;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -29,12 +30,12 @@ impl BlockKernel for Avx512Vnni {
     }
 }
 
-/// K groups per cache block. Up to 1024 groups (K = 4096) the whole reduction runs in one
-/// pass: the 48-column weight micro-panel (at most 192 KiB) streams from L2 at 192 bytes per
+/// K groups per cache block. Up to 2048 groups (K = 8192) the whole reduction runs in one
+/// pass: the 48-column weight micro-panel (at most 384 KiB) streams from L2 at 192 bytes per
 /// 24 `vpdpbusd` (12 cycles), well within L2 bandwidth, and each register tile is finished
 /// straight from its sums. Measured on Sapphire Rapids this beats L1-sized K blocks (128
 /// groups) by 5-15 %, which pay for partial sums stored and reloaded between blocks.
-const KC_GROUPS: usize = 1024;
+const KC_GROUPS: usize = 2048;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: Range<usize>, cols: Range<usize>) {
@@ -47,13 +48,20 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
     if k_blocks == 1 {
         // Whole K at once: finish each register tile straight away.
         let mut tile = Tile([[0; NR]; MR]);
+        let tiles = (rows.end - rows.start).div_ceil(MR);
         for j0 in cols.clone().step_by(NR) {
             let nc = NR.min(cols.end - j0);
             let b = w.panel_ptr(j0 / PANEL_COLS);
-            for i0 in rows.clone().step_by(MR) {
+            // The next micro-panel (panels are contiguous, `stride` apart), in this block or
+            // the first of the next column block, which this thread usually runs next.
+            let next_cols = (w.n().saturating_sub(j0 + NR)).min(NR);
+            let next_bytes = next_cols.div_ceil(PANEL_COLS) * stride;
+            let next = b.wrapping_add(nc.div_ceil(PANEL_COLS) * stride);
+            for (t, i0) in rows.clone().step_by(MR).enumerate() {
                 let mr = MR.min(rows.end - i0);
                 let c = tile.0.as_mut_ptr() as *mut i32;
-                tile_kernel(mr, nc, a0.add(i0 * k), k, 0, groups, b, stride, c, NR, false);
+                let pf = Prefetch::share(next, next_bytes, t, tiles, groups);
+                tile_kernel(mr, nc, a0.add(i0 * k), k, 0, groups, b, stride, c, NR, false, pf);
                 for r in 0..mr {
                     finish_row_avx512(plan, i0 + r, j0, &tile.0[r][..nc]);
                 }
@@ -72,7 +80,20 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
             for i0 in rows.clone().step_by(MR) {
                 let mr = MR.min(rows.end - i0);
                 let c = sums.as_mut_ptr().add((i0 - rows.start) * ldc + (j0 - cols.start));
-                tile_kernel(mr, nc, a0.add(i0 * k), k, g0, g1, b, stride, c, ldc, kb > 0);
+                tile_kernel(
+                    mr,
+                    nc,
+                    a0.add(i0 * k),
+                    k,
+                    g0,
+                    g1,
+                    b,
+                    stride,
+                    c,
+                    ldc,
+                    kb > 0,
+                    Prefetch::NONE,
+                );
             }
         }
     }
@@ -98,15 +119,16 @@ unsafe fn tile_kernel(
     c: *mut i32,
     ldc: usize,
     accumulate: bool,
+    pf: Prefetch,
 ) {
     let panels = nc.div_ceil(PANEL_COLS);
     macro_rules! dispatch {
         ($($r:literal),*) => {
             match (mr, panels) {
                 $(
-                    ($r, 1) => microkernel::<$r, 1>(a, k, g0, g1, b, stride, c, ldc, accumulate),
-                    ($r, 2) => microkernel::<$r, 2>(a, k, g0, g1, b, stride, c, ldc, accumulate),
-                    ($r, 3) => microkernel::<$r, 3>(a, k, g0, g1, b, stride, c, ldc, accumulate),
+                    ($r, 1) => microkernel::<$r, 1>(a, k, g0, g1, b, stride, c, ldc, accumulate, pf),
+                    ($r, 2) => microkernel::<$r, 2>(a, k, g0, g1, b, stride, c, ldc, accumulate, pf),
+                    ($r, 3) => microkernel::<$r, 3>(a, k, g0, g1, b, stride, c, ldc, accumulate, pf),
                 )*
                 _ => unreachable!("tile of {mr} rows x {panels} panels"),
             }
@@ -136,6 +158,7 @@ unsafe fn group_bytes(row: *const u8, k: usize, g: usize) -> i32 {
 ///
 /// Safety: `a` points at `R` rows of `k` bytes; `b` at `P` panels `stride` bytes apart, each
 /// of `ceil(k / 4)` 64-byte aligned rows; `c` at `R` rows of `P * 16` i32, `ldc` apart.
+/// `pf` only names addresses to prefetch (a hint: never dereferenced, any value is safe).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
@@ -149,6 +172,7 @@ unsafe fn microkernel<const R: usize, const P: usize>(
     c: *mut i32,
     ldc: usize,
     accumulate: bool,
+    pf: Prefetch,
 ) {
     let mut acc = [[_mm512_setzero_si512(); P]; R];
     if accumulate {
@@ -160,7 +184,9 @@ unsafe fn microkernel<const R: usize, const P: usize>(
     }
     let full_end = g1.min(k / K_GROUP);
     let mut bp = b.add(g0 * PANEL_ROW_BYTES);
+    let mut pf = pf;
     for g in g0..full_end {
+        pf.step();
         let mut wv = [_mm512_setzero_si512(); P];
         for (p, v) in wv.iter_mut().enumerate() {
             *v = _mm512_load_si512(bp.add(p * stride) as *const __m512i);
