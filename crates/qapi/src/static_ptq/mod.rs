@@ -176,22 +176,26 @@ pub fn prepare(graph: &Graph, config: &QConfigMap) -> Result<Prepared> {
     })
 }
 
+/// `(producer, reader)` index pairs where `reader` is the only node that reads `producer`,
+/// and `producer` is not a graph output: the pairs a fusion may merge.
+fn sole_readers(graph: &Graph) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let readers = graph.consumers();
+    (0..graph.nodes().len()).filter_map(move |i| match readers[i].as_slice() {
+        [reader] if !graph.outputs().contains(&NodeId(i)) => Some((i, reader.0)),
+        _ => None,
+    })
+}
+
 /// Marks each ReLU that alone reads a quantized Add (not a graph output) as fused into it;
 /// returns Add index -> ReLU index.
 fn fuse_add_relu(graph: &Graph, plans: &mut [Plan]) -> BTreeMap<usize, usize> {
     let nodes = graph.nodes();
-    let readers = graph.consumers();
     let mut fused = BTreeMap::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let [reader] = readers[i].as_slice() else {
-            continue;
-        };
-        let r = reader.0;
-        if matches!(node.op, Op::Add)
+    for (i, r) in sole_readers(graph) {
+        if matches!(nodes[i].op, Op::Add)
             && matches!(plans[i], Plan::Anchor(_))
             && matches!(nodes[r].op, Op::Relu)
             && plans[r] == Plan::Pass
-            && !graph.outputs().contains(&NodeId(i))
         {
             plans[r] = Plan::FusedInto(i);
             fused.insert(i, r);
@@ -205,24 +209,16 @@ fn fuse_add_relu(graph: &Graph, plans: &mut [Plan]) -> BTreeMap<usize, usize> {
 /// inputs itself (`QConv2d::concat`), with the same integers as the separate cat.
 fn fuse_cat_conv(graph: &Graph, plans: &[Plan]) -> BTreeMap<usize, usize> {
     let nodes = graph.nodes();
-    let readers = graph.consumers();
-    let mut fused = BTreeMap::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let [reader] = readers[i].as_slice() else {
-            continue;
-        };
-        let r = reader.0;
-        if matches!(node.op, Op::Cat { .. })
-            && matches!(plans[i], Plan::Anchor(_))
-            && matches!(nodes[r].op, Op::Conv2d(_))
-            && matches!(plans[r], Plan::Anchor(_))
-            && nodes[r].inputs == [NodeId(i)]
-            && !graph.outputs().contains(&NodeId(i))
-        {
-            fused.insert(r, i);
-        }
-    }
-    fused
+    sole_readers(graph)
+        .filter(|&(i, r)| {
+            matches!(nodes[i].op, Op::Cat { .. })
+                && matches!(plans[i], Plan::Anchor(_))
+                && matches!(nodes[r].op, Op::Conv2d(_))
+                && matches!(plans[r], Plan::Anchor(_))
+                && nodes[r].inputs == [NodeId(i)]
+        })
+        .map(|(i, r)| (r, i))
+        .collect()
 }
 
 /// Whether (and how) one node can run int8, given the plans of the nodes before it.
