@@ -18,6 +18,11 @@
 //! is keyed by the Add's name (the name [`Prepared::convert_with`] and quantization-aware
 //! training use), and one node named after the ReLU computes `quantize(max(dq(a) + dq(b), 0))`.
 //!
+//! A channel Cat whose only reader is a quantized Conv2d (UNet's skip connections) is fused
+//! into it at conversion: the convolution takes the Cat's inputs and requantizes them to the
+//! Cat's observed parameters while it copies its padded input rows, so the concatenated tensor
+//! is never stored. The integers are those of the separate Cat and Conv2d.
+//!
 //! Everything else stays f32 and the [`QuantReport`] says why.
 
 mod qops;
@@ -827,7 +832,7 @@ pub fn supported_ops() -> Vec<(OpKind, &'static str)> {
         (Linear, "int8 GEMM with requantize epilogue, fused ReLU"),
         (Add, "requantized element-wise add, a following ReLU fused (add_relu)"),
         (Mul, "requantized element-wise multiply"),
-        (Cat, "channel concatenation with requantization"),
+        (Cat, "channel concatenation with requantization; fused into a Conv2d that alone reads it"),
         (Hardswish, "256-entry lookup table"),
         (Sigmoid, "256-entry lookup table"),
         (Tanh, "256-entry lookup table"),
