@@ -832,7 +832,10 @@ pub fn supported_ops() -> Vec<(OpKind, &'static str)> {
         (Linear, "int8 GEMM with requantize epilogue, fused ReLU"),
         (Add, "requantized element-wise add, a following ReLU fused (add_relu)"),
         (Mul, "requantized element-wise multiply"),
-        (Cat, "channel concatenation with requantization; fused into a Conv2d that alone reads it"),
+        (
+            Cat,
+            "channel concatenation with requantization; fused into a Conv2d that alone reads it",
+        ),
         (Hardswish, "256-entry lookup table"),
         (Sigmoid, "256-entry lookup table"),
         (Tanh, "256-entry lookup table"),
