@@ -17,7 +17,7 @@ fn check(
     g: Conv2dGeometry,
     (n, h, w): (usize, usize, usize),
     wzp: i32,
-    xzp: i32,
+    (x_scale, xzp): (f32, i32),
     arithmetic: ConvArithmetic,
     activation: FusedActivation,
     seed: u64,
@@ -40,7 +40,7 @@ fn check(
     let xs = NhwcShape::new(n, h, w, c);
     // Full-range activations, so fbgemm parity's saturating pairs do saturate.
     let x: Vec<u8> = (0..xs.len()).map(|_| rnd() as u8).collect();
-    let (x_q, y_q) = (ActQuant::new(0.05, xzp).unwrap(), ActQuant::new(0.04, 100).unwrap());
+    let (x_q, y_q) = (ActQuant::new(x_scale, xzp).unwrap(), ActQuant::new(0.04, 100).unwrap());
     let ys = conv.output_shape(xs).unwrap();
     let mut expected = vec![0u8; ys.len()];
     conv.run_with(ConvPath::Reference, &x, xs, x_q, y_q, activation, &mut expected)
@@ -108,8 +108,29 @@ fn mobilenet_v2_depthwise_layers_match_reference() {
             (-1, 0, ConvArithmetic::Exact),
         ] {
             let h = hw.min(5);
-            check(g, (1, h, hw), wzp, xzp, arithmetic, FusedActivation::Relu, i as u64 + 1).unwrap();
+            check(
+                g,
+                (1, h, hw),
+                wzp,
+                (0.05, xzp),
+                arithmetic,
+                FusedActivation::Relu,
+                i as u64 + 1,
+            )
+            .unwrap();
         }
+    }
+}
+
+/// Multipliers so large that the requantization's float clamp acts (outputs saturate).
+#[test]
+fn huge_multipliers_match_reference() {
+    let g = Conv2dGeometry::new(96, 96, (3, 3))
+        .with_stride(2, 2)
+        .with_padding(1, 1)
+        .with_groups(96);
+    for activation in [FusedActivation::None, FusedActivation::Relu6] {
+        check(g, (1, 4, 9), 1, (1e9, 77), ConvArithmetic::FbgemmParity, activation, 7).unwrap();
     }
 }
 
@@ -131,7 +152,7 @@ proptest! {
         prop_assume!(g.output_hw(h, w).is_ok());
         let arithmetic = if exact { ConvArithmetic::Exact } else { ConvArithmetic::FbgemmParity };
         let activation = [FusedActivation::None, FusedActivation::Relu, FusedActivation::Relu6][act as usize];
-        let result = check(g, (n, h, w), wzp, xzp, arithmetic, activation, seed);
+        let result = check(g, (n, h, w), wzp, (0.05, xzp), arithmetic, activation, seed);
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 }

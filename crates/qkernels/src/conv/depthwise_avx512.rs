@@ -300,8 +300,9 @@ impl Epilogue {
         let order: Vec<usize> = (0..row_patterns(c) * WIDE)
             .map(|i| (i / WIDE * WIDE + wide_channel(i % WIDE / 16, i % 16)) % c)
             .collect();
-        // |sum (x - x_zp) * (w - w_zp)| <= taps * 255 * (128 + |w_zp|); the saturated pair sums
-        // of fbgemm parity stay within that too (each pair sum only shrinks).
+        // |sum (x - x_zp) * (w - w_zp)| <= taps * 255 * (128 + |w_zp|); fbgemm parity's
+        // saturation moves each pair sum by less than 2 * 255 * 128 - 32767 < 255 * 128, so
+        // twice the exact bound covers it.
         let max_wzp = p.weight_zps.iter().map(|z| z.unsigned_abs()).max().unwrap_or(0) as f64;
         let acc_bound = taps as f64 * 255.0 * (128.0 + max_wzp) * 2.0;
         Epilogue {
@@ -431,7 +432,8 @@ impl RowPlan {
 /// # Safety
 /// The CPU supports AVX-512 F/BW; the block's mode fits its pixels (see [`RowPlan::new`]);
 /// every in-range pixel of a tap is readable.
-#[inline(always)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn load_tap<const MODE: u8>(plan: &RowPlan, b: &Block, tap: *const u8, t: usize, zp: __m512i) -> __m512i {
     let base = tap.wrapping_add(b.j0);
     // SAFETY (all modes): the masks select bytes of in-range pixels only.
@@ -509,32 +511,48 @@ unsafe fn row_with<const SAT: bool, const SYM: bool>(
 ) {
     debug_assert_eq!(plan.blocks.last().map_or(0, |b| b.end), out.len());
     let zp = _mm512_set1_epi8(zero_point as i8);
+    // Software pipelining: block `k`'s requantization is issued after block `k + 1`'s dot
+    // products, so the long chain of one block overlaps the independent work of the next.
+    let mut pending: Option<(&Block, Sums)> = None;
     for b in &plan.blocks {
-        // SAFETY: the plan chose each block's mode from its pixels' ranges; the masks keep the
-        // stores inside `out`.
-        match b.mode {
-            ONE_RUN => block::<SAT, SYM, ONE_RUN>(plan, b, weights, taps, zp, epi, out),
-            TWO_RUNS => block::<SAT, SYM, TWO_RUNS>(plan, b, weights, taps, zp, epi, out),
-            EDGE => block::<SAT, SYM, EDGE>(plan, b, weights, taps, zp, epi, out),
-            _ => block::<SAT, SYM, CHECKED>(plan, b, weights, taps, zp, epi, out),
+        // SAFETY: the plan chose each block's mode from its pixels' ranges.
+        let sums = match b.mode {
+            ONE_RUN => dot_block::<SAT, SYM, ONE_RUN>(plan, b, weights, taps, zp, epi),
+            TWO_RUNS => dot_block::<SAT, SYM, TWO_RUNS>(plan, b, weights, taps, zp, epi),
+            EDGE => dot_block::<SAT, SYM, EDGE>(plan, b, weights, taps, zp, epi),
+            _ => dot_block::<SAT, SYM, CHECKED>(plan, b, weights, taps, zp, epi),
+        };
+        if let Some((prev, prev_sums)) = pending.replace((b, sums)) {
+            // SAFETY: the masks keep the stores inside `out`.
+            finish_block::<SYM>(prev, prev_sums, epi, out);
         }
+    }
+    if let Some((prev, prev_sums)) = pending {
+        finish_block::<SYM>(prev, prev_sums, epi, out);
     }
 }
 
-/// One 64-byte output block of [`row_with`].
+/// The accumulators of one block: `sum x * w` plus the constant correction, and (asymmetric
+/// weights) `sum x`, in the kernel's channel order.
+struct Sums {
+    acc: [__m512i; 4],
+    xsum: [__m512i; 4],
+}
+
+/// The sums of one 64-byte output block of [`row_with`].
 ///
 /// # Safety
 /// As [`row`] and [`load_tap`] for `MODE`.
-#[inline(always)]
-unsafe fn block<const SAT: bool, const SYM: bool, const MODE: u8>(
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_block<const SAT: bool, const SYM: bool, const MODE: u8>(
     plan: &RowPlan,
     b: &Block,
     weights: &[i8],
     taps: &[*const u8],
     zp: __m512i,
     epi: &Epilogue,
-    out: &mut [u8],
-) {
+) -> Sums {
     let n = taps.len();
     let groups = n.div_ceil(TAP_GROUP);
     let w = weights.as_ptr().add(b.q * groups * WIDE_GROUP_BYTES);
@@ -582,19 +600,43 @@ unsafe fn block<const SAT: bool, const SYM: bool, const MODE: u8>(
             dot4::<SAT, SYM>(&mut acc, &mut xsum, t, wg);
         }
     }
-    let v: [__m512i; 4] = std::array::from_fn(|r| requant16_rows::<SYM>(acc[r], xsum[r], epi, at + r * 16));
-    let packed = _mm512_packus_epi16(_mm512_packs_epi32(v[0], v[1]), _mm512_packs_epi32(v[2], v[3]));
-    let clamped = _mm512_min_epu8(
-        _mm512_max_epu8(packed, _mm512_set1_epi8(epi.lo as i8)),
-        _mm512_set1_epi8(epi.hi as i8),
-    );
+    Sums { acc, xsum }
+}
+
+/// Requantizes block `b`'s sums and stores its bytes.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW; `b` lies inside `out`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn finish_block<const SYM: bool>(b: &Block, sums: Sums, epi: &Epilogue, out: &mut [u8]) {
+    let at = b.q * WIDE;
+    // The output zero point is added to the 16-bit values with saturation, which gives the same
+    // bytes as adding it to the 32-bit values before both saturating packs.
+    let v = [
+        requant16_rows::<SYM>(sums.acc[0], sums.xsum[0], epi, at),
+        requant16_rows::<SYM>(sums.acc[1], sums.xsum[1], epi, at + 16),
+        requant16_rows::<SYM>(sums.acc[2], sums.xsum[2], epi, at + 32),
+        requant16_rows::<SYM>(sums.acc[3], sums.xsum[3], epi, at + 48),
+    ];
+    let zp = _mm512_set1_epi16(epi.zero_point as i16);
+    let lo = _mm512_adds_epi16(_mm512_packs_epi32(v[0], v[1]), zp);
+    let hi = _mm512_adds_epi16(_mm512_packs_epi32(v[2], v[3]), zp);
+    let mut clamped = _mm512_packus_epi16(lo, hi);
+    if epi.lo != 0 {
+        clamped = _mm512_max_epu8(clamped, _mm512_set1_epi8(epi.lo as i8));
+    }
+    if epi.hi != u8::MAX {
+        clamped = _mm512_min_epu8(clamped, _mm512_set1_epi8(epi.hi as i8));
+    }
     // SAFETY: the block lies inside the row and the mask covers `[j0, end)` only.
     _mm512_mask_storeu_epi8(out.as_mut_ptr().add(b.j0).cast(), bit_range(0, b.end - b.j0), clamped);
 }
 
 /// Adds four taps of 64 channels (`t`, with their 256 interleaved weight bytes at `w`) to the
 /// accumulators: the taps are interleaved so each 32-bit lane holds one channel's four bytes.
-#[inline(always)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn dot4<const SAT: bool, const SYM: bool>(
     acc: &mut [__m512i; 4],
     xsum: &mut [__m512i; 4],
@@ -624,9 +666,11 @@ unsafe fn dot4<const SAT: bool, const SYM: bool>(
     }
 }
 
-/// [`requant16`] for accumulators that already hold the constant correction, without the float
-/// clamp where the epilogue says the sums cannot reach it.
-#[inline(always)]
+/// [`requant16`] without the output zero point, for accumulators that already hold the
+/// constant correction, and without the float clamp where the epilogue says the sums cannot
+/// reach it.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn requant16_rows<const SYM: bool>(acc: __m512i, xsum: __m512i, epi: &Epilogue, at: usize) -> __m512i {
     let mut corrected = acc;
     if !SYM {
@@ -637,10 +681,10 @@ unsafe fn requant16_rows<const SYM: bool>(acc: __m512i, xsum: __m512i, epi: &Epi
         _mm512_loadu_ps(epi.bias_term.as_ptr().add(at)),
         _mm512_loadu_ps(epi.multiplier.as_ptr().add(at)),
     );
-    let zp = _mm512_set1_epi32(epi.zero_point);
+    let no_zero_point = _mm512_setzero_si512();
     if epi.float_clamp {
-        requant16_shared(corrected, bias, mul, zp)
+        requant16_shared(corrected, bias, mul, no_zero_point)
     } else {
-        requant16_in_range(corrected, bias, mul, zp)
+        requant16_in_range(corrected, bias, mul, no_zero_point)
     }
 }
