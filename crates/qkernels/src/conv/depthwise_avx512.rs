@@ -622,13 +622,10 @@ unsafe fn finish_block<const SYM: bool>(b: &Block, sums: Sums, epi: &Epilogue, o
     let zp = _mm512_set1_epi16(epi.zero_point as i16);
     let lo = _mm512_adds_epi16(_mm512_packs_epi32(v[0], v[1]), zp);
     let hi = _mm512_adds_epi16(_mm512_packs_epi32(v[2], v[3]), zp);
-    let mut clamped = _mm512_packus_epi16(lo, hi);
-    if epi.lo != 0 {
-        clamped = _mm512_max_epu8(clamped, _mm512_set1_epi8(epi.lo as i8));
-    }
-    if epi.hi != u8::MAX {
-        clamped = _mm512_min_epu8(clamped, _mm512_set1_epi8(epi.hi as i8));
-    }
+    let clamped = _mm512_min_epu8(
+        _mm512_max_epu8(_mm512_packus_epi16(lo, hi), _mm512_set1_epi8(epi.lo as i8)),
+        _mm512_set1_epi8(epi.hi as i8),
+    );
     // SAFETY: the block lies inside the row and the mask covers `[j0, end)` only.
     _mm512_mask_storeu_epi8(out.as_mut_ptr().add(b.j0).cast(), bit_range(0, b.end - b.j0), clamped);
 }
