@@ -487,11 +487,16 @@ pub unsafe fn row(
     out: &mut [u8],
 ) {
     // The arithmetic flags become constants of the loop (no tests inside it).
-    match (p.saturating_pairs, p.symmetric) {
-        (true, true) => row_with::<true, true>(weights, plan, taps, zero_point, epi, out),
-        (true, false) => row_with::<true, false>(weights, plan, taps, zero_point, epi, out),
-        (false, true) => row_with::<false, true>(weights, plan, taps, zero_point, epi, out),
-        (false, false) => row_with::<false, false>(weights, plan, taps, zero_point, epi, out),
+    // 3x3 kernels (MobileNet's) also get a constant tap count, so the tap loop unrolls.
+    match (p.saturating_pairs, p.symmetric, taps.len() == 9) {
+        (true, true, true) => row_with::<true, true, 9>(weights, plan, taps, zero_point, epi, out),
+        (true, false, true) => row_with::<true, false, 9>(weights, plan, taps, zero_point, epi, out),
+        (false, true, true) => row_with::<false, true, 9>(weights, plan, taps, zero_point, epi, out),
+        (false, false, true) => row_with::<false, false, 9>(weights, plan, taps, zero_point, epi, out),
+        (true, true, false) => row_with::<true, true, 0>(weights, plan, taps, zero_point, epi, out),
+        (true, false, false) => row_with::<true, false, 0>(weights, plan, taps, zero_point, epi, out),
+        (false, true, false) => row_with::<false, true, 0>(weights, plan, taps, zero_point, epi, out),
+        (false, false, false) => row_with::<false, false, 0>(weights, plan, taps, zero_point, epi, out),
     }
 }
 
@@ -501,7 +506,7 @@ pub unsafe fn row(
 /// As [`row`], with `SAT` and `SYM` the flags of the convolution.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn row_with<const SAT: bool, const SYM: bool>(
+unsafe fn row_with<const SAT: bool, const SYM: bool, const TAPS: usize>(
     weights: &[i8],
     plan: &RowPlan,
     taps: &[*const u8],
@@ -517,10 +522,10 @@ unsafe fn row_with<const SAT: bool, const SYM: bool>(
     for b in &plan.blocks {
         // SAFETY: the plan chose each block's mode from its pixels' ranges.
         let sums = match b.mode {
-            ONE_RUN => dot_block::<SAT, SYM, ONE_RUN>(plan, b, weights, taps, zp, epi),
-            TWO_RUNS => dot_block::<SAT, SYM, TWO_RUNS>(plan, b, weights, taps, zp, epi),
-            EDGE => dot_block::<SAT, SYM, EDGE>(plan, b, weights, taps, zp, epi),
-            _ => dot_block::<SAT, SYM, CHECKED>(plan, b, weights, taps, zp, epi),
+            ONE_RUN => dot_block::<SAT, SYM, TAPS, ONE_RUN>(plan, b, weights, taps, zp, epi),
+            TWO_RUNS => dot_block::<SAT, SYM, TAPS, TWO_RUNS>(plan, b, weights, taps, zp, epi),
+            EDGE => dot_block::<SAT, SYM, TAPS, EDGE>(plan, b, weights, taps, zp, epi),
+            _ => dot_block::<SAT, SYM, TAPS, CHECKED>(plan, b, weights, taps, zp, epi),
         };
         if let Some((prev, prev_sums)) = pending.replace((b, sums)) {
             // SAFETY: the masks keep the stores inside `out`.
@@ -545,7 +550,7 @@ struct Sums {
 /// As [`row`] and [`load_tap`] for `MODE`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_block<const SAT: bool, const SYM: bool, const MODE: u8>(
+unsafe fn dot_block<const SAT: bool, const SYM: bool, const TAPS: usize, const MODE: u8>(
     plan: &RowPlan,
     b: &Block,
     weights: &[i8],
@@ -553,7 +558,9 @@ unsafe fn dot_block<const SAT: bool, const SYM: bool, const MODE: u8>(
     zp: __m512i,
     epi: &Epilogue,
 ) -> Sums {
-    let n = taps.len();
+    // `TAPS` is the tap count when known at compile time (0 otherwise).
+    let n = if TAPS == 0 { taps.len() } else { TAPS };
+    debug_assert_eq!(n, taps.len());
     let groups = n.div_ceil(TAP_GROUP);
     let w = weights.as_ptr().add(b.q * groups * WIDE_GROUP_BYTES);
     let at = b.q * WIDE;
