@@ -348,6 +348,8 @@ struct Block {
     mask: [__mmask64; 2],
     delta: [usize; 2],
     valid: [u64; 2],
+    /// The bytes `[j0, end)` of the output vector.
+    store: __mmask64,
 }
 
 /// How [`load_tap`] reads a block: with every tap in range, one load (one pixel, or any pixels
@@ -397,6 +399,7 @@ impl RowPlan {
                     mask: [bit_range(0, split), bit_range(split, end - j0)],
                     delta: [ow * (stride - 1) * c, (ow + 1) * (stride - 1) * c],
                     valid: [0; 2],
+                    store: bit_range(0, end - j0),
                 };
                 if interior && (stride == 1 || ow == ow_last) {
                     // With stride 1 every pixel's input sits where its output does: one run.
@@ -637,7 +640,7 @@ unsafe fn finish_block<const SYM: bool>(b: &Block, sums: Sums, epi: &Epilogue, o
         _mm512_set1_epi8(epi.hi as i8),
     );
     // SAFETY: the block lies inside the row and the mask covers `[j0, end)` only.
-    _mm512_mask_storeu_epi8(out.as_mut_ptr().add(b.j0).cast(), bit_range(0, b.end - b.j0), clamped);
+    _mm512_mask_storeu_epi8(out.as_mut_ptr().add(b.j0).cast(), b.store, clamped);
 }
 
 /// `acc + a.lo * b.lo + a.hi * b.hi` per 32-bit lane (`vpdpwssd`), written out so the compiler
