@@ -298,14 +298,25 @@ impl Epilogue {
     pub fn for_rows(p: &PackedDepthwise, x_zp: i32, rq: &ConvRequant) -> Epilogue {
         let c = p.geometry.c_out;
         let taps = p.geometry.taps() as i32;
-        let order: Vec<usize> = (0..row_patterns(c) * WIDE)
-            .map(|i| (i / WIDE * WIDE + wide_channel(i % WIDE / 16, i % 16)) % c)
-            .collect();
+        let patterns = row_patterns(c);
         // |sum (x - x_zp) * (w - w_zp)| <= taps * 255 * (128 + |w_zp|); fbgemm parity's
         // saturation moves each pair sum by less than 2 * 255 * 128 - 32767 < 255 * 128, so
         // twice the exact bound covers it.
         let max_wzp = p.weight_zps.iter().map(|z| z.unsigned_abs()).max().unwrap_or(0) as f64;
         let acc_bound = taps as f64 * 255.0 * (128.0 + max_wzp) * 2.0;
+        // Entry `i` of pattern `q` is channel `(64 q + wide_channel(i)) % c`, found without a
+        // division per entry (this runs on every call).
+        let mut order = Vec::with_capacity(patterns * WIDE);
+        for q in 0..patterns {
+            let base = q * WIDE % c;
+            order.extend((0..WIDE).map(|i| {
+                let mut ch = base + wide_channel(i / 16, i % 16);
+                while ch >= c {
+                    ch -= c;
+                }
+                ch
+            }));
+        }
         Epilogue {
             offset: order
                 .iter()
