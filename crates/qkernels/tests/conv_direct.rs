@@ -80,8 +80,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
 
     /// Depthwise row kernel: flat rows of several 64-byte blocks with a ragged tail, channel
-    /// counts with one to many weight patterns, strides 1-3 (phase-split rows), dilation and
-    /// padding, both arithmetics and asymmetric weights, on 1 and 3 threads.
+    /// counts with one to many weight patterns, strides 1-3 (blocks reading one or several
+    /// input pixels), dilation and padding, both arithmetics and asymmetric weights, on 1 and 3
+    /// threads.
     #[test]
     fn depthwise_rows_match_reference(
         c in 1usize..100, k in 1usize..6, stride in 1usize..4, pad in 0usize..3, dil in 1usize..3,
