@@ -255,7 +255,7 @@ fn save_custom(node: &Node, op: &dyn CustomOp, tensors: &mut BTreeMap<String, St
         (
             "QuantizedConv2d",
             json!({"geometry": geometry, "output": act_json(c.output), "activation": fused_name(c.activation),
-                "exact": c.conv.arithmetic() == ConvArithmetic::Exact}),
+                "exact": c.conv.arithmetic() == ConvArithmetic::Exact, "concat": c.concat.map(act_json)}),
         )
     } else if let Some(c) = any.downcast_ref::<QConvTranspose2d>() {
         let g = c.conv.geometry();
@@ -432,6 +432,10 @@ fn load_custom(kind: &str, attrs: &Json, ctx: &LoadContext<'_>) -> Result<Arc<dy
                 bias,
                 output: act_from(&attrs["output"])?,
                 activation: fused_from(&attrs["activation"])?,
+                concat: match &attrs["concat"] {
+                    Json::Null => None,
+                    q => Some(act_from(q)?),
+                },
             })
         }
         "QuantizedConvTranspose2d" => {

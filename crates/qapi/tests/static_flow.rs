@@ -1,9 +1,14 @@
 //! Static quantization on models with residuals, concatenation, float islands and opt-outs:
 //! automatic boundaries, the report, save/load, sizes, and error paths.
 
+use qapi::static_ptq::QConv2d;
 use qapi::{load_graph, prepare, save_graph, FloatReason, NodeStatus, QConfigMap};
+use qgraph::Op;
 use qgraph::{Conv2dAttrs, ConvTranspose2dAttrs, Graph, GraphBuilder, OpKind, Pool2dAttrs, UpsampleMode, Value};
-use qtensor::Tensor;
+use qkernels::conv::{ActQuant, NhwcShape};
+use qkernels::eltwise::cat_channels;
+use qtensor::{QParams, Tensor};
+use std::collections::HashMap;
 
 fn lcg(seed: &mut u64) -> f32 {
     *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -270,4 +275,80 @@ fn convert_with_given_parameters_matches_observed_conversion() {
     missing.remove("block.add");
     let err = p.convert_with(&missing, &Default::default()).unwrap_err().to_string();
     assert!(err.contains("block.add"), "{err}");
+}
+
+/// Two branches with different parameters concatenated into a padded 3x3 convolution: the
+/// convolution absorbs the cat, computes exactly what the cat followed by the convolution
+/// computes, and keeps doing so after a save and load.
+#[test]
+fn cat_read_by_a_convolution_is_fused_into_it_exactly() {
+    let c = 8;
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[2, 3, 16, 16]);
+    let left = b.conv2d("left", x, Conv2dAttrs::new(3, c, 3).padding(1));
+    let right = b.conv2d("right", x, Conv2dAttrs::new(3, 2 * c, 1));
+    let right = b.relu("right.relu", right);
+    let cat = b.cat("cat", &[left, right], 1);
+    let fuse = b.conv2d("fuse", cat, Conv2dAttrs::new(3 * c, c, 3).padding(1));
+    b.output(fuse);
+    let mut g = b.build().unwrap();
+    randomize(&mut g, 3);
+    let (q, report) = quantized(&g, &QConfigMap::qforge());
+    let kinds: Vec<String> = q.nodes().iter().map(|n| n.op.display_name()).collect();
+    assert!(!kinds.iter().any(|k| k == "QuantizedCat"), "{kinds:?}");
+    match &report.node("cat").unwrap().status {
+        NodeStatus::Quantized { detail } => assert!(detail.contains("fused into `fuse`"), "{detail}"),
+        other => panic!("cat should be quantized, got {other:?}"),
+    }
+    // The fused node's output equals the separate cat and convolution on the values it read.
+    let mut values: HashMap<String, Value> = HashMap::new();
+    q.run_with(input(21), |node, value| {
+        values.insert(node.name.clone(), value.clone());
+        Ok(())
+    })
+    .unwrap();
+    let node = q.find("fuse").map(|id| &q.nodes()[id.0]).unwrap();
+    let Op::Custom(op) = &node.op else {
+        panic!("fuse is not quantized")
+    };
+    let conv = op.as_any().downcast_ref::<QConv2d>().unwrap();
+    let concat = conv.concat.expect("the convolution concatenates its inputs");
+    let parts: Vec<(Vec<u8>, NhwcShape, ActQuant)> = node
+        .inputs
+        .iter()
+        .map(|id| match &values[&q.nodes()[id.0].name] {
+            Value::Quant(t) => {
+                let [n, h, w, c] = t.shape() else { panic!("not NHWC") };
+                let bytes = t.int_repr().iter().map(|&v| v as u8).collect();
+                let QParams::PerTensor { scale, zero_point } = t.qparams() else {
+                    panic!("per-tensor expected")
+                };
+                (
+                    bytes,
+                    NhwcShape::new(*n, *h, *w, *c),
+                    ActQuant::new(*scale, *zero_point).unwrap(),
+                )
+            }
+            other => panic!("expected a quantized input, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(parts.len(), 2);
+    assert_ne!(parts[0].2, parts[1].2, "the branches should have different parameters");
+    let refs: Vec<(&[u8], NhwcShape, ActQuant)> = parts.iter().map(|(d, s, q)| (d.as_slice(), *s, *q)).collect();
+    let (cat_bytes, xs) = cat_channels(&refs, concat).unwrap();
+    let (expected, _) = conv
+        .conv
+        .forward(&cat_bytes, xs, concat, conv.output, conv.activation)
+        .unwrap();
+    let Value::Quant(got) = &values["fuse"] else {
+        panic!("fuse output is not quantized")
+    };
+    let got: Vec<u8> = got.int_repr().iter().map(|&v| v as u8).collect();
+    assert_eq!(got, expected);
+    // Saved and loaded, the graph gives the same output.
+    let path = std::env::temp_dir().join(format!("qforge-cat-fused-{}.qforge", std::process::id()));
+    qapi::save_graph(&q, &path).unwrap();
+    let loaded = qapi::load_graph(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+    assert_eq!(run(&loaded, input(21)), run(&q, input(21)));
 }

@@ -11,6 +11,8 @@ pub mod conv;
 pub mod eltwise;
 mod error;
 pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod prefetch;
 
 pub use gemm::available_paths;
 

@@ -80,8 +80,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
 
     /// Depthwise row kernel: flat rows of several 64-byte blocks with a ragged tail, channel
-    /// counts with one to many weight patterns, strides 1-3 (phase-split rows), dilation and
-    /// padding, both arithmetics and asymmetric weights, on 1 and 3 threads.
+    /// counts with one to many weight patterns, strides 1-3 (blocks reading one or several
+    /// input pixels), dilation and padding, both arithmetics and asymmetric weights, on 1 and 3
+    /// threads.
     #[test]
     fn depthwise_rows_match_reference(
         c in 1usize..100, k in 1usize..6, stride in 1usize..4, pad in 0usize..3, dil in 1usize..3,
@@ -162,6 +163,67 @@ fn direct_weight_blocks_match_reference() {
             pool.install(|| conv.run_with(ConvPath::Direct, &x, xs, x_q, y_q, FusedActivation::None, &mut y))
                 .unwrap();
             assert_eq!(y, expected, "{g:?} on {threads} threads");
+        }
+    }
+}
+
+/// On a CPU with the direct kernel, a padded 3x3 convolution reads a concatenation inside its
+/// row copies, so the property test below meets the fused path.
+#[test]
+fn padded_convolution_fuses_a_concatenation_where_the_cpu_has_the_kernel() {
+    let g = Conv2dGeometry::new(16, 32, (3, 3)).with_padding(1, 1);
+    let conv = PackedConv2d::new(
+        g,
+        &vec![1i8; 32 * g.depth()],
+        ConvWeightQuant::per_tensor(0.01, 0).unwrap(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(conv.fuses_concat(), conv.paths().contains(&ConvPath::Direct));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// `run_concat` (the concatenation made inside the row copies, or stored first where the
+    /// layer reads in place) equals `cat_channels` on the portable path followed by the
+    /// reference convolution, on 1, 2 and 3 threads.
+    #[test]
+    fn concat_conv_matches_cat_then_reference(
+        channels in proptest::collection::vec(1usize..40, 1..4), c_out in 1usize..70, k in 1usize..4,
+        pad in 0usize..2, stride in 1usize..3, h in 1usize..10, w in 1usize..30, n in 1usize..3,
+        same_params in proptest::collection::vec(any::<bool>(), 3), act in 0u8..3, seed in any::<u64>(),
+    ) {
+        let c_in: usize = channels.iter().sum();
+        let g = Conv2dGeometry::new(c_in, c_out, (k, k)).with_stride(stride, stride).with_padding(pad, pad);
+        prop_assume!(g.output_hw(h, w).is_ok());
+        let mut s = seed | 1;
+        let mut rnd = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+        let wts: Vec<i8> = (0..c_out * g.depth()).map(|_| rnd() as i8).collect();
+        let wq = ConvWeightQuant::per_channel((0..c_out).map(|i| 0.0005 + i as f32 * 1e-5).collect(), vec![0; c_out]).unwrap();
+        let conv = PackedConv2d::new(g, &wts, wq, None).unwrap();
+        let x_q = ActQuant::new(0.05, 17).unwrap();
+        let y_q = ActQuant::new(0.04, 100).unwrap();
+        let parts: Vec<(Vec<u8>, NhwcShape, ActQuant)> = channels
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let xs = NhwcShape::new(n, h, w, c);
+                let q = if same_params[i] { x_q } else { ActQuant::new(0.02 + 0.03 * i as f32, 3 + 50 * i as i32).unwrap() };
+                ((0..xs.len()).map(|_| rnd() as u8).collect(), xs, q)
+            })
+            .collect();
+        let refs: Vec<(&[u8], NhwcShape, ActQuant)> = parts.iter().map(|(d, s, q)| (d.as_slice(), *s, *q)).collect();
+        let activation = [FusedActivation::None, FusedActivation::Relu, FusedActivation::Relu6][act as usize];
+        let (x, xs) = qkernels::eltwise::cat_channels_on(qkernels::eltwise::EltwisePath::Portable, &refs, x_q).unwrap();
+        let ys = conv.output_shape(xs).unwrap();
+        let mut expected = vec![0u8; ys.len()];
+        conv.run_with(ConvPath::Reference, &x, xs, x_q, y_q, activation, &mut expected).unwrap();
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let (y, shape) = pool.install(|| conv.forward_concat(&refs, x_q, y_q, activation)).unwrap();
+            prop_assert_eq!(shape, ys);
+            prop_assert_eq!(&y, &expected, "{:?} on {} threads (fused: {})", g, threads, conv.fuses_concat());
         }
     }
 }

@@ -264,8 +264,9 @@ proptest! {
 
 #[test]
 fn large_k_full_range_does_not_saturate() {
-    // K = 4099 (not a multiple of 4, 16 or 64), all products at the extreme 255 x -128.
-    let (m, k, n) = (9, 4099, 37);
+    // K = 8199 (not a multiple of 4, 16 or 64; more K groups than one cache block holds, so
+    // partial sums are stored and reloaded), all products at the extreme 255 x -128.
+    let (m, k, n) = (9, 8199, 37);
     let c = Case {
         m,
         k,

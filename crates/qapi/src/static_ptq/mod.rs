@@ -18,6 +18,11 @@
 //! is keyed by the Add's name (the name [`Prepared::convert_with`] and quantization-aware
 //! training use), and one node named after the ReLU computes `quantize(max(dq(a) + dq(b), 0))`.
 //!
+//! A channel Cat whose only reader is a quantized Conv2d (UNet's skip connections) is fused
+//! into it at conversion: the convolution takes the Cat's inputs and requantizes them to the
+//! Cat's observed parameters while it copies its padded input rows, so the concatenated tensor
+//! is never stored. The integers are those of the separate Cat and Conv2d.
+//!
 //! Everything else stays f32 and the [`QuantReport`] says why.
 
 mod qops;
@@ -176,28 +181,49 @@ pub fn prepare(graph: &Graph, config: &QConfigMap) -> Result<Prepared> {
     })
 }
 
+/// `(producer, reader)` index pairs where `reader` is the only node that reads `producer`,
+/// and `producer` is not a graph output: the pairs a fusion may merge.
+fn sole_readers(graph: &Graph) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let readers = graph.consumers();
+    (0..graph.nodes().len()).filter_map(move |i| match readers[i].as_slice() {
+        [reader] if !graph.outputs().contains(&NodeId(i)) => Some((i, reader.0)),
+        _ => None,
+    })
+}
+
 /// Marks each ReLU that alone reads a quantized Add (not a graph output) as fused into it;
 /// returns Add index -> ReLU index.
 fn fuse_add_relu(graph: &Graph, plans: &mut [Plan]) -> BTreeMap<usize, usize> {
     let nodes = graph.nodes();
-    let readers = graph.consumers();
     let mut fused = BTreeMap::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let [reader] = readers[i].as_slice() else {
-            continue;
-        };
-        let r = reader.0;
-        if matches!(node.op, Op::Add)
+    for (i, r) in sole_readers(graph) {
+        if matches!(nodes[i].op, Op::Add)
             && matches!(plans[i], Plan::Anchor(_))
             && matches!(nodes[r].op, Op::Relu)
             && plans[r] == Plan::Pass
-            && !graph.outputs().contains(&NodeId(i))
         {
             plans[r] = Plan::FusedInto(i);
             fused.insert(i, r);
         }
     }
     fused
+}
+
+/// Each quantized Conv2d whose only input is a channel `cat` that it alone reads (and that is
+/// not a graph output): conv index -> cat index. The convolution then concatenates the cat's
+/// inputs itself (`QConv2d::concat`), with the same integers as the separate cat.
+fn fuse_cat_conv(graph: &Graph, plans: &[Plan]) -> BTreeMap<usize, usize> {
+    let nodes = graph.nodes();
+    sole_readers(graph)
+        .filter(|&(i, r)| {
+            matches!(nodes[i].op, Op::Cat { .. })
+                && matches!(plans[i], Plan::Anchor(_))
+                && matches!(nodes[r].op, Op::Conv2d(_))
+                && matches!(plans[r], Plan::Anchor(_))
+                && nodes[r].inputs == [NodeId(i)]
+        })
+        .map(|(i, r)| (r, i))
+        .collect()
 }
 
 /// Whether (and how) one node can run int8, given the plans of the nodes before it.
@@ -465,8 +491,27 @@ impl<'a> Converter<'a> {
 
     fn run(mut self) -> Result<(Graph, QuantReport)> {
         let graph = &self.prepared.graph;
+        let fused_cat = fuse_cat_conv(graph, &self.prepared.plans);
+        let cat_reader: BTreeMap<usize, usize> = fused_cat.iter().map(|(&conv, &cat)| (cat, conv)).collect();
         for (i, node) in graph.nodes().iter().enumerate() {
             let display = node.op.display_name();
+            if let Some(&conv) = cat_reader.get(&i) {
+                // The convolution reading this cat takes its inputs and concatenates them.
+                self.report.push(NodeReport {
+                    name: node.name.clone(),
+                    op: display,
+                    status: NodeStatus::Quantized {
+                        detail: format!(
+                            "fused into `{}`, which concatenates its inputs as it reads them; out scale {:.6e}, \
+                             zero point {}",
+                            graph.nodes()[conv].name,
+                            self.act[&i].scale,
+                            self.act[&i].zero_point
+                        ),
+                    },
+                });
+                continue;
+            }
             match self.prepared.plans[i].clone() {
                 Plan::Input | Plan::Float(_) => {
                     let inputs: Vec<NodeId> = node.inputs.iter().map(|j| self.float(j.0)).collect();
@@ -495,9 +540,14 @@ impl<'a> Converter<'a> {
                     });
                 }
                 plan @ (Plan::Anchor(_) | Plan::Pass) => {
-                    let mut inputs = Vec::with_capacity(node.inputs.len());
-                    let mut in_q = Vec::with_capacity(node.inputs.len());
-                    for j in &node.inputs {
+                    let concat = fused_cat.get(&i).map(|&cat| self.act[&cat]);
+                    let read = match fused_cat.get(&i) {
+                        Some(&cat) => &graph.nodes()[cat].inputs,
+                        None => &node.inputs,
+                    };
+                    let mut inputs = Vec::with_capacity(read.len());
+                    let mut in_q = Vec::with_capacity(read.len());
+                    for j in read {
                         let (id, q) = self.quantized(j.0)?;
                         inputs.push(id);
                         in_q.push(q);
@@ -513,6 +563,7 @@ impl<'a> Converter<'a> {
                                 out,
                                 self.weights.get(&node.name),
                                 fused_relu.is_some(),
+                                concat,
                             )?;
                             (op, out, detail)
                         }
@@ -610,6 +661,7 @@ fn build_anchor(
     out: ActQuant,
     weight: Option<&QParams>,
     fused_relu: bool,
+    concat: Option<ActQuant>,
 ) -> Result<(Arc<dyn CustomOp>, String)> {
     Ok(match &node.op {
         Op::Conv2d(a) => {
@@ -638,6 +690,11 @@ fn build_anchor(
                 bias,
                 output: out,
                 activation: fused(a.activation),
+                concat,
+            };
+            let detail = match concat {
+                Some(_) => format!("{detail}; reads the concatenation of its inputs (fused cat)"),
+                None => detail,
             };
             (Arc::new(op), detail)
         }
@@ -775,7 +832,10 @@ pub fn supported_ops() -> Vec<(OpKind, &'static str)> {
         (Linear, "int8 GEMM with requantize epilogue, fused ReLU"),
         (Add, "requantized element-wise add, a following ReLU fused (add_relu)"),
         (Mul, "requantized element-wise multiply"),
-        (Cat, "channel concatenation with requantization"),
+        (
+            Cat,
+            "channel concatenation with requantization; fused into a Conv2d that alone reads it",
+        ),
         (Hardswish, "256-entry lookup table"),
         (Sigmoid, "256-entry lookup table"),
         (Tanh, "256-entry lookup table"),

@@ -169,6 +169,10 @@ pub struct QConv2d {
     pub bias: Option<Vec<f32>>,
     pub output: ActQuant,
     pub activation: FusedActivation,
+    /// A `cat` fused into the convolution: the inputs are concatenated along channels,
+    /// requantized to these parameters (exactly as `QuantizedCat` does), as the kernel reads
+    /// them, without storing the concatenation.
+    pub concat: Option<ActQuant>,
 }
 
 /// Logical NCHW output shape of a packed convolution.
@@ -187,22 +191,28 @@ impl CustomOp for QConv2d {
         "QuantizedConv2d"
     }
     fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
-        match inputs {
-            [x] => conv_out_shape(x, &self.conv),
+        match (inputs, self.concat) {
+            ([x], None) => conv_out_shape(x, &self.conv),
+            (_, Some(q)) => conv_out_shape(&QCat { output: q }.infer_shape(inputs)?, &self.conv),
             _ => Err("expected one input".into()),
         }
     }
     fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
-        let [x] = inputs else {
-            return Err(fail("QuantizedConv2d", "expected one input"));
-        };
-        let (data, shape, xq) = quant_input("QuantizedConv2d", x)?;
-        let xs = nhwc("QuantizedConv2d", shape)?;
-        let (y, ys) = self
-            .conv
-            .forward(data, xs, xq, self.output, self.activation)
-            .map_err(|e| fail("QuantizedConv2d", e))?;
-        quant_value("QuantizedConv2d", nhwc_dims(ys), y, self.output)
+        const OP: &str = "QuantizedConv2d";
+        let (y, ys) = match (inputs, self.concat) {
+            (_, Some(x_q)) => {
+                let parts = cat_parts(OP, inputs)?;
+                self.conv.forward_concat(&parts, x_q, self.output, self.activation)
+            }
+            ([x], None) => {
+                let (data, shape, xq) = quant_input(OP, x)?;
+                let xs = nhwc(OP, shape)?;
+                self.conv.forward(data, xs, xq, self.output, self.activation)
+            }
+            _ => return Err(fail(OP, "expected one input")),
+        }
+        .map_err(|e| fail(OP, e))?;
+        quant_value(OP, nhwc_dims(ys), y, self.output)
     }
     custom_op_boilerplate!();
 }
@@ -389,19 +399,24 @@ impl CustomOp for QCat {
         Ok(out)
     }
     fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
-        let parts = inputs
-            .iter()
-            .map(|v| {
-                let (d, s, q) = quant_input("QuantizedCat", v)?;
-                Ok((d, nhwc("QuantizedCat", s)?, q))
-            })
-            .collect::<Result<Vec<_>, GraphError>>()?;
+        let parts = cat_parts("QuantizedCat", inputs)?;
         let rank2 = inputs.first().is_some_and(|v| v.shape().len() == 2);
         let (y, ys) = eltwise::cat_channels(&parts, self.output).map_err(|e| fail("QuantizedCat", e))?;
         let shape = if rank2 { vec![ys.n, ys.c] } else { nhwc_dims(ys) };
         quant_value("QuantizedCat", shape, y, self.output)
     }
     custom_op_boilerplate!();
+}
+
+/// The NHWC data, shape and parameters of each quantized input of a concatenation.
+fn cat_parts<'a>(op: &str, inputs: &[&'a Value]) -> qgraph::Result<Vec<(&'a [u8], NhwcShape, ActQuant)>> {
+    inputs
+        .iter()
+        .map(|v| {
+            let (d, s, q) = quant_input(op, v)?;
+            Ok((d, nhwc(op, s)?, q))
+        })
+        .collect()
 }
 
 /// Ops whose output keeps the input's parameters: pools, ReLU, ReLU6, flatten, upsample.

@@ -219,29 +219,20 @@ impl PackedDepthwise {
         Ok(())
     }
 
-    /// The row kernel: a task computes a band of output rows. It copies each input row the band
-    /// reads once into a ring of scratch rows, split into `stride.1` phase rows (phase `f` holds
-    /// the padded pixels `f, f + s, f + 2s, ...`) with zero-point pixels for the padding; rows
-    /// above or below the input read a zero-point row. Then tap `(kh, kw)` of output pixel `ow`
-    /// reads pixel `ow + (kw * dil) / s` of phase `(kw * dil) % s`, so for every tap the inputs of
-    /// a whole output row are one contiguous byte run, and an output row is a flat loop over
-    /// `ow_n * c` bytes with no per-pixel work.
+    /// The row kernel: a task computes a band of output rows, each as one flat loop over its
+    /// `ow_n * c` bytes that reads the input rows in place (see `depthwise_avx512::row`); rows
+    /// above or below the input read a row of zero points, pixels left or right of it are
+    /// masked to the zero point inside the kernel.
     #[cfg(target_arch = "x86_64")]
     fn run_rows(&self, x: &[u8], xs: NhwcShape, x_zp: i32, rq: &ConvRequant, y: &mut [u8]) -> Result<()> {
         let g = &self.geometry;
         let c = g.c_out;
         let (oh_n, ow_n) = g.output_hw(xs.h, xs.w)?;
-        let (sh, sw) = g.stride;
-        let (dh, dw) = g.dilation;
-        let (ph, pw) = g.padding;
-        let padded_w = xs.w + 2 * pw;
-        let phase_len = padded_w.div_ceil(sw) * c;
-        let input_row = sw * phase_len;
-        let span = (g.kernel.0 - 1) * dh + 1;
-        let zp = x_zp as u8;
-        let zp_row = vec![zp; phase_len];
+        let (sh, dh, ph) = (g.stride.0, g.dilation.0, g.padding.0);
+        let in_row = xs.w * c;
+        let zp_row = vec![x_zp as u8; in_row];
         let epi = super::depthwise_avx512::Epilogue::for_rows(self, x_zp, rq);
-        let taps_padded = g.taps().next_multiple_of(TAP_GROUP);
+        let plan = super::depthwise_avx512::RowPlan::new(g, xs.w, ow_n);
         let out_row = ow_n * c;
         let threads = rayon::current_num_threads();
         // One thread computes a whole image; more threads get about two bands each.
@@ -251,64 +242,41 @@ impl PackedDepthwise {
             oh_n
         }
         .max(1);
-        let image = xs.h * xs.w * c;
+        let image = xs.h * in_row;
         y.par_chunks_mut(oh_n * out_row).enumerate().for_each(|(n, y_img)| {
             let x_img = &x[n * image..(n + 1) * image];
             y_img
                 .par_chunks_mut(band * out_row)
                 .enumerate()
                 .for_each(|(b, y_band)| {
-                    let oh0 = b * band;
-                    // A ring of `span` prepared input rows: input row `ih` lives in slot
-                    // `ih % span` and is copied (phase-split) once, when an output row first
-                    // needs it; consecutive output rows then share the rows they overlap on.
-                    // Padding pixels of every slot keep the zero point from this fill.
-                    let mut ring = vec![zp; span * input_row];
-                    let mut tags = vec![usize::MAX; span];
-                    let mut taps: Vec<*const u8> = Vec::with_capacity(taps_padded);
+                    let mut taps: Vec<*const u8> = Vec::with_capacity(g.taps());
                     for (r, out) in y_band.chunks_exact_mut(out_row).enumerate() {
-                        let oh = oh0 + r;
+                        let oh = b * band + r;
                         taps.clear();
-                        for kh in 0..g.kernel.0 {
-                            let ih = (oh * sh + kh * dh) as i64 - ph as i64;
-                            if ih < 0 || ih >= xs.h as i64 {
-                                taps.extend(std::iter::repeat_n(zp_row.as_ptr(), g.kernel.1));
-                                continue;
-                            }
-                            let ih = ih as usize;
-                            let slot = ih % span;
-                            let dst = &mut ring[slot * input_row..(slot + 1) * input_row];
-                            if tags[slot] != ih {
-                                tags[slot] = ih;
-                                let src = &x_img[ih * xs.w * c..][..xs.w * c];
-                                if sw == 1 {
-                                    dst[pw * c..pw * c + xs.w * c].copy_from_slice(src);
-                                } else {
-                                    // SAFETY: the row path is available (AVX-512 BW); `dst` is
-                                    // one input row of `sw` phase rows holding
-                                    // `ceil(padded_w / sw)` pixels each.
-                                    unsafe { super::depthwise_avx512::scatter_phases(src, dst, c, sw, pw, phase_len) }
-                                }
-                            }
-                            for kw in 0..g.kernel.1 {
-                                let (phase, shift) = ((kw * dw) % sw, (kw * dw) / sw);
-                                let at = phase * phase_len + shift * c;
-                                // Output byte `j < ow_n * c` reads `at + j`, inside this phase row.
-                                debug_assert!(shift * c + out_row <= phase_len);
-                                taps.push(dst[at..].as_ptr());
-                            }
+                        for (t, &px) in plan.tap_px().iter().enumerate() {
+                            let ih = (oh * sh + (t / g.kernel.1) * dh) as i64 - ph as i64;
+                            let src = if ih < 0 || ih >= xs.h as i64 {
+                                &zp_row[..]
+                            } else {
+                                &x_img[ih as usize * in_row..][..in_row]
+                            };
+                            taps.push(src.as_ptr().wrapping_offset(px * c as isize));
                         }
-                        while taps.len() < taps_padded {
-                            taps.push(zp_row.as_ptr());
-                        }
-                        // SAFETY: the row path is available (checked by `run`); every tap pointer
-                        // has `ow_n * c` readable bytes (a phase row holds `ceil(padded_w / s)`
-                        // pixels and the last output pixel reads pixel `ow_n - 1 + shift` of it; the
-                        // zero-point row holds a whole phase row); a row's slots hold the rows of
-                        // its taps until the next output row (the ring has one slot per kernel row
-                        // span, and rows are only replaced between output rows); the weights and
+                        // SAFETY: the row path is available (checked by `run`); every tap's row
+                        // (an input row or the zero-point row) holds `xs.w * c` bytes; `out` is
+                        // one output row of `ow_n` pixels as the plan describes; the weights and
                         // epilogue are this convolution's row layout.
-                        unsafe { super::depthwise_avx512::row(self, &self.row_interleaved, &taps, &epi, out) }
+                        unsafe {
+                            super::depthwise_avx512::row(
+                                self,
+                                &self.row_interleaved,
+                                &plan,
+                                &taps,
+                                x_zp as u8,
+                                &epi,
+                                out,
+                            )
+                        }
                     }
                 });
         });

@@ -27,6 +27,7 @@ use rayon::prelude::*;
 use super::geometry::Conv2dGeometry;
 use super::requant::{ConvRequant, ConvWeightQuant};
 use super::NhwcShape;
+use crate::eltwise::cat::ConcatRows;
 use crate::Result;
 
 /// Output channels per packed panel (one zmm of i32 accumulators).
@@ -45,6 +46,15 @@ const WEIGHT_BLOCK_BYTES: usize = 1 << 20;
 /// cold. The 512 x 3 x 3 layers on 7x7 outputs (2.4 MB of weights, one 7-pixel tile per row)
 /// run faster on the GEMM inside a network, where their weights arrive from L3.
 pub(crate) const MAX_PREFERRED_DEPTH: usize = 2304;
+
+/// Where the direct kernel's input rows come from.
+#[derive(Clone, Copy)]
+pub(crate) enum InputRows<'a> {
+    /// An NHWC tensor.
+    Tensor(&'a [u8]),
+    /// A channel concatenation, requantized into the padded row copies as they are made.
+    Concat(&'a ConcatRows<'a>),
+}
 
 /// 64 packed weight bytes, 64-byte aligned so loads never split cache lines.
 #[derive(Clone, Copy)]
@@ -166,8 +176,14 @@ impl DirectConv {
 
     /// Convolves NHWC `x` into NHWC `y`. The caller has checked the shapes and that the CPU
     /// runs the kernel ([`supported`]).
-    pub(crate) fn run(&self, x: &[u8], xs: NhwcShape, x_zp: i32, rq: &ConvRequant, y: &mut [u8]) -> Result<()> {
+    pub(crate) fn run(&self, x: InputRows<'_>, xs: NhwcShape, x_zp: i32, rq: &ConvRequant, y: &mut [u8]) -> Result<()> {
         let g = &self.geometry;
+        if matches!(x, InputRows::Concat(_)) && !self.needs_copy {
+            return Err(crate::KernelError::Param {
+                op: "conv2d",
+                detail: format!("{g:?} reads its input in place, so a concatenation must be stored first"),
+            });
+        }
         let (oh_n, ow_n) = g.output_hw(xs.h, xs.w)?;
         let c = g.c_in;
         let epi = Epilogue::new(self, x_zp, rq);
@@ -196,7 +212,10 @@ impl DirectConv {
             }
         };
         y.par_chunks_mut(oh_n * out_row).enumerate().for_each(|(n, y_img)| {
-            let x_img = &x[n * image..(n + 1) * image];
+            let x_img: &[u8] = match x {
+                InputRows::Tensor(x) => &x[n * image..(n + 1) * image],
+                InputRows::Concat(_) => &[],
+            };
             y_img
                 .par_chunks_mut(band * out_row)
                 .enumerate()
@@ -213,7 +232,9 @@ impl DirectConv {
                         Vec::new()
                     };
                     let mut tags = vec![usize::MAX; span];
-                    for panels in self.panel_blocks() {
+                    let blocks: Vec<_> = self.panel_blocks().collect();
+                    let rows = y_band.len() / out_row;
+                    for (bi, panels) in blocks.iter().cloned().enumerate() {
                         for (r, y_row) in y_band.chunks_exact_mut(out_row).enumerate() {
                             let pr0 = (oh0 + r) * sh;
                             let src: &[u8] = if self.needs_copy {
@@ -226,7 +247,12 @@ impl DirectConv {
                                     tags[slot] = pr;
                                     let dst = &mut ring[slot * padded_row + pw * c..][..in_row];
                                     match pr.checked_sub(ph).filter(|&ih| ih < xs.h) {
-                                        Some(ih) => dst.copy_from_slice(&x_img[ih * in_row..][..in_row]),
+                                        Some(ih) => match x {
+                                            InputRows::Tensor(_) => {
+                                                dst.copy_from_slice(&x_img[ih * in_row..][..in_row])
+                                            }
+                                            InputRows::Concat(rows) => rows.write_init((n * xs.h + ih) * xs.w, dst),
+                                        },
                                         None => dst.fill(zp),
                                     }
                                 }
@@ -257,6 +283,7 @@ impl DirectConv {
                                     panels.clone(),
                                     out,
                                     g.c_out,
+                                    self.row_prefetch(&blocks, bi, r, rows),
                                 )
                             }
                             #[cfg(not(target_arch = "x86_64"))]
@@ -266,6 +293,43 @@ impl DirectConv {
                 });
         });
         Ok(())
+    }
+
+    /// What row `r` of `rows` prefetches while computing weight block `blocks[bi]`: the first
+    /// row of the first block meets its weights cold and pulls each next tile's in as it goes;
+    /// every row of a block pulls in its share of the next block, so that block starts warm.
+    #[cfg(target_arch = "x86_64")]
+    fn row_prefetch(
+        &self,
+        blocks: &[std::ops::Range<usize>],
+        bi: usize,
+        r: usize,
+        rows: usize,
+    ) -> super::direct_avx512::RowPrefetch {
+        use super::direct_avx512::RowPrefetch;
+        if bi == 0 && r == 0 {
+            return RowPrefetch::NextTiles;
+        }
+        let Some(next) = blocks.get(bi + 1) else {
+            return RowPrefetch::None;
+        };
+        // The first block's first row is busy with its own weights.
+        let (part, parts) = if bi == 0 { (r - 1, rows - 1) } else { (r, rows) };
+        let bytes = next.len() * self.groups_total * PANEL_ROW;
+        let (from, to) = (part * bytes / parts / 64 * 64, (part + 1) * bytes / parts / 64 * 64);
+        RowPrefetch::Region {
+            ptr: self.weights[next.start * self.groups_total..]
+                .as_ptr()
+                .cast::<i8>()
+                .wrapping_add(from),
+            bytes: to - from,
+        }
+    }
+
+    /// Whether [`DirectConv::run`] copies its input rows (so it can take them from a
+    /// [`InputRows::Concat`]).
+    pub(crate) fn copies_rows(&self) -> bool {
+        self.needs_copy
     }
 
     pub(crate) fn c_out(&self) -> usize {
@@ -317,7 +381,18 @@ impl DirectConv {
                     // `y_row` holds `w` pixels of `run` bytes, the columns of `panels`.
                     unsafe {
                         let out = y_row.as_mut_ptr();
-                        super::direct_avx512::row(self, &epi, x_row.as_ptr(), &offsets, c, xs.w, panels, out, run)
+                        super::direct_avx512::row(
+                            self,
+                            &epi,
+                            x_row.as_ptr(),
+                            &offsets,
+                            c,
+                            xs.w,
+                            panels,
+                            out,
+                            run,
+                            super::direct_avx512::RowPrefetch::None,
+                        )
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("the direct path exists on x86_64 only: {panels:?} {y_row:?}");

@@ -15,6 +15,7 @@ use std::ops::Range;
 
 use super::direct::{DirectConv, Epilogue, PANEL, PANEL_ROW};
 use super::requant::avx512::{requant16, requant16_in_range};
+use crate::prefetch::Prefetch;
 
 /// Panels per column tile and the most pixels a tile of that width holds.
 fn tile_shape(panels_left: usize) -> (usize, usize) {
@@ -47,9 +48,21 @@ pub(crate) unsafe fn row(
     panels: Range<usize>,
     out: *mut u8,
     ostride: usize,
+    prefetch: RowPrefetch,
 ) {
     let c_out = p.c_out();
     let wstride = p.groups_total * PANEL_ROW;
+    // Register tiles in this row, for sharing out a prefetch region.
+    let row_tiles = {
+        let (mut panel, mut count) = (panels.start, 0);
+        while panel < panels.end {
+            let (pp, r_max) = tile_shape(panels.end - panel);
+            count += pixels.div_ceil(r_max);
+            panel += pp;
+        }
+        count
+    };
+    let mut done = 0;
     let mut panel = panels.start;
     while panel < panels.end {
         let (pp, r_max) = tile_shape(panels.end - panel);
@@ -59,6 +72,9 @@ pub(crate) unsafe fn row(
         let w = p.weights.as_ptr().cast::<i8>().add(panel * wstride);
         // Balanced pixel tiles: `tiles` tiles of `r_max` or `r_max - 1`... pixels.
         let tiles = pixels.div_ceil(r_max);
+        // The following panels' weights (contiguous after these), shared over the pixel tiles.
+        let next_bytes = pp.min(p.panels - panel - pp) * wstride;
+        let next = w.wrapping_add(pp * wstride);
         let (even, extra) = (pixels / tiles, pixels % tiles);
         let mut px = 0;
         for t in 0..tiles {
@@ -66,10 +82,15 @@ pub(crate) unsafe fn row(
             let a = base.add(px * pixel_stride);
             let dst = out.add(px * ostride + (panel - panels.start) * PANEL);
             let ch = panel * PANEL;
+            let pf = match prefetch {
+                RowPrefetch::None => Prefetch::NONE,
+                RowPrefetch::NextTiles => Prefetch::share(next, next_bytes, t, tiles, offsets.len()),
+                RowPrefetch::Region { ptr, bytes } => Prefetch::share(ptr, bytes, done + t, row_tiles, offsets.len()),
+            };
             macro_rules! go {
                 ($P:literal; $($R:literal),*) => {
                     match r {
-                        $($R => tile::<$R, $P>(a, offsets, pixel_stride, w, wstride, epi, ch, dst, ostride, last_mask),)*
+                        $($R => tile::<$R, $P>(a, offsets, pixel_stride, w, wstride, epi, ch, dst, ostride, last_mask, pf),)*
                         _ => unreachable!("tile of {r} pixels"),
                     }
                 };
@@ -82,8 +103,22 @@ pub(crate) unsafe fn row(
             }
             px += r;
         }
+        done += tiles;
         panel += pp;
     }
+}
+
+/// What a row's register tiles prefetch while they compute.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RowPrefetch {
+    None,
+    /// Each panel tile's successor in the row (weights met cold in this row).
+    NextTiles,
+    /// A byte range (the next weight block's share for this row), spread over all tiles.
+    Region {
+        ptr: *const i8,
+        bytes: usize,
+    },
 }
 
 /// `acc[q] += dot4(4 bytes at $addr, w[q])` per lane for `P` panels: one broadcast and `P`
@@ -205,6 +240,7 @@ unsafe fn tile<const R: usize, const P: usize>(
     out: *mut u8,
     ostride: usize,
     last_mask: __mmask16,
+    pf: Prefetch,
 ) {
     // The sums start at the zero-point offset `-x_zp * sum w` (wrapping i32 addition is
     // associative, so the final value is the reference's exact sum).
@@ -214,7 +250,9 @@ unsafe fn tile<const R: usize, const P: usize>(
     let mut acc = [offset; R];
     let s = pixel_stride;
     let mut wp = w;
+    let mut pf = pf;
     for &off in offsets {
+        pf.step();
         let a = a.add(off);
         let pa = PixelAddresses {
             a,

@@ -8,7 +8,9 @@
 //! quantized plane by plane with qtensor's vector code (identical to its scalar rule on every
 //! path) and the bytes are transposed from the tile buffer into the channels-last data while both
 //! are in L1; on the way out, each output plane reads its channel with a stride (an AVX-512
-//! gather where available, the scalar rule otherwise). Tiles run on rayon threads; every output value depends on one input value, so the thread
+//! gather where available, the scalar rule otherwise). Up to 8 channels (RGB images in, a
+//! segmentation head's classes out), AVX-512 VBMI byte permutes move 16 pixels of every channel
+//! at once in both directions. Tiles run on rayon threads; every output value depends on one input value, so the thread
 //! count never changes a result.
 
 use rayon::prelude::*;
@@ -71,19 +73,113 @@ pub fn nchw_f32_to_nhwc_u8(x: &[f32], xs: NhwcShape, q: ActQuant) -> Result<Vec<
 
 /// `out[p * c + ch] = planar[ch * len + p]`.
 fn interleave(planar: &[u8], len: usize, c: usize, out: &mut [u8]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if byte_permute_available() && (2..=MAX_PERMUTE_CHANNELS).contains(&c) {
+        // SAFETY: AVX-512 VBMI is present, `2 <= c <= 8`, `planar` holds `c` planes of `len`
+        // bytes and `out` `len * c` bytes (the caller's tile).
+        done = unsafe { interleave_avx512(planar, len, c, out) };
+    }
+    if done == len {
+        return;
+    }
     if c == 3 {
         let (r, rest) = planar.split_at(len);
         let (g, b) = rest.split_at(len);
-        for (((o, &r), &g), &b) in out.chunks_exact_mut(3).zip(r).zip(g).zip(b) {
+        let pixels = out[done * 3..].chunks_exact_mut(3);
+        for (((o, &r), &g), &b) in pixels.zip(&r[done..]).zip(&g[done..]).zip(&b[done..len]) {
             o.copy_from_slice(&[r, g, b]);
         }
         return;
     }
     for (ch, src) in planar.chunks_exact(len).enumerate() {
-        for (o, &v) in out[ch..].iter_mut().step_by(c).zip(src) {
+        for (o, &v) in out[done * c + ch..].iter_mut().step_by(c).zip(&src[done..]) {
             *o = v;
         }
     }
+}
+
+/// Most channels the byte-permute conversions handle: 16 pixels of up to 8 channels are the
+/// 128 bytes one two-table permute reads.
+const MAX_PERMUTE_CHANNELS: usize = 8;
+
+fn byte_permute_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512vbmi")
+            && is_x86_feature_detected!("avx512bw")
+            && !crate::conv::forced_reference()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Byte `j` of 16 interleaved pixels of `c` channels is byte `(j % c) * 16 + j / c` of the
+/// 16-byte channel chunks laid end to end (`offset` added to `j`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave_index(c: usize, offset: usize) -> std::arch::x86_64::__m512i {
+    let idx: [u8; 64] = std::array::from_fn(|j| {
+        let j = (j + offset).min(16 * c - 1);
+        ((j % c) * 16 + j / c) as u8
+    });
+    // SAFETY: reads the 64 bytes of `idx`.
+    unsafe { std::arch::x86_64::_mm512_loadu_si512(idx.as_ptr().cast()) }
+}
+
+/// [`interleave`] 16 pixels at a time with two-table byte permutes: the channels' 16-byte
+/// chunks fill two vectors (four 128-bit lanes each), and each 64 output bytes are one
+/// permute of them. Returns the pixels written (a multiple of 16).
+/// Safety: the CPU has AVX-512 F/BW/VBMI; `2 <= c <= 8`; `planar.len() >= c * len`,
+/// `out.len() >= len * c`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn interleave_avx512(planar: &[u8], len: usize, c: usize, out: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    debug_assert!((2..=MAX_PERMUTE_CHANNELS).contains(&c) && planar.len() >= c * len && out.len() >= len * c);
+    let bytes = 16 * c;
+    // SAFETY (both): plain vector setup.
+    let (lo_idx, hi_idx) = unsafe { (interleave_index(c, 0), interleave_index(c, 64)) };
+    let (lo_mask, hi_mask) = (low_bytes(bytes), low_bytes(bytes.saturating_sub(64)));
+    let mut p = 0;
+    while p + 16 <= len {
+        // SAFETY: chunk `ch` is `planar[ch * len + p..][..16]`, in bounds as `p + 16 <= len`;
+        // the masked stores write `out[p * c..][..16 * c]`, in bounds for the same reason.
+        unsafe {
+            // Chunks go straight into their 128-bit lanes (no stack round trip, which would
+            // stall on store forwarding); channels past `c` leave their lane zero.
+            let chunk = |ch: usize| _mm_loadu_si128(planar.as_ptr().add(ch * len + p).cast());
+            let mut a = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(chunk(0)), chunk(1));
+            if c > 2 {
+                a = _mm512_inserti32x4::<2>(a, chunk(2));
+            }
+            if c > 3 {
+                a = _mm512_inserti32x4::<3>(a, chunk(3));
+            }
+            let mut b = _mm512_setzero_si512();
+            if c > 4 {
+                b = _mm512_inserti32x4::<0>(b, chunk(4));
+            }
+            if c > 5 {
+                b = _mm512_inserti32x4::<1>(b, chunk(5));
+            }
+            if c > 6 {
+                b = _mm512_inserti32x4::<2>(b, chunk(6));
+            }
+            if c > 7 {
+                b = _mm512_inserti32x4::<3>(b, chunk(7));
+            }
+            let dst = out.as_mut_ptr().add(p * c);
+            _mm512_mask_storeu_epi8(dst.cast(), lo_mask, _mm512_permutex2var_epi8(a, lo_idx, b));
+            if bytes > 64 {
+                _mm512_mask_storeu_epi8(dst.add(64).cast(), hi_mask, _mm512_permutex2var_epi8(a, hi_idx, b));
+            }
+        }
+        p += 16;
+    }
+    p
 }
 
 /// Dequantizes an NHWC `u8` tensor into NCHW `f32` of shape `(xs.n, xs.c, xs.h, xs.w)`.
@@ -98,6 +194,32 @@ pub fn nhwc_u8_to_nchw_f32(x: &[u8], xs: NhwcShape, q: ActQuant) -> Result<Vec<f
     }
     if c == 1 || plane == 1 {
         dequantize_into_with(path, x, &mut y, q.scale, q.zero_point)?;
+        return Ok(y);
+    }
+    if byte_permute_available() && (2..=MAX_PERMUTE_CHANNELS).contains(&c) {
+        // Tiles of pixels, each writing its range of every channel plane.
+        let tile = tile_pixels(c);
+        let mut tasks = Vec::new();
+        for (image, out) in x.chunks_exact(plane * c).zip(y.chunks_exact_mut(plane * c)) {
+            let mut planes: Vec<_> = out.chunks_exact_mut(plane).map(|p| p.chunks_mut(tile)).collect();
+            for t in 0..plane.div_ceil(tile) {
+                let slices: Vec<&mut [f32]> = planes.iter_mut().filter_map(|p| p.next()).collect();
+                tasks.push((&image[t * tile * c..((t + 1) * tile).min(plane) * c], slices));
+            }
+        }
+        tasks.into_par_iter().for_each(|(src, mut planes)| {
+            // SAFETY: AVX-512 VBMI is present, `2 <= c <= 8`, `src` holds the tile's pixels
+            // and each of the `c` planes one value per pixel.
+            #[cfg(target_arch = "x86_64")]
+            let done = unsafe { deinterleave_dequantize_avx512(src, c, &mut planes, q) };
+            #[cfg(not(target_arch = "x86_64"))]
+            let done = 0;
+            for (p, pixel) in src.chunks_exact(c).enumerate().skip(done) {
+                for (plane, &v) in planes.iter_mut().zip(pixel) {
+                    plane[p] = dequantize_one(v as i32, q.scale, q.zero_point);
+                }
+            }
+        });
         return Ok(y);
     }
     let tile = tile_pixels(1);
@@ -177,4 +299,56 @@ unsafe fn dequantize_strided_avx512(
         i += 16;
     }
     n
+}
+
+/// `planes[ch][p] = (src[p * c + ch] - zp) as f32 * scale`, 16 pixels at a time: the 16 * c
+/// bytes are two vectors, one two-table byte permute per channel gathers its 16 bytes, which
+/// widen to f32. Returns the pixels written (a multiple of 16). The difference of two bytes is
+/// exact in f32, so this is qtensor's `dequantize_one`.
+/// Safety: the CPU has AVX-512 F/BW/VBMI; `2 <= c <= 8`; `src` holds whole pixels and every
+/// plane at least `src.len() / c` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn deinterleave_dequantize_avx512(src: &[u8], c: usize, planes: &mut [&mut [f32]], q: ActQuant) -> usize {
+    use std::arch::x86_64::*;
+    let pixels = src.len() / c;
+    debug_assert!((2..=MAX_PERMUTE_CHANNELS).contains(&c) && planes.len() == c);
+    debug_assert!(planes.iter().all(|p| p.len() >= pixels));
+    let bytes = 16 * c;
+    let (lo_mask, hi_mask) = (low_bytes(bytes), low_bytes(bytes.saturating_sub(64)));
+    // Channel `ch`'s 16 bytes are bytes `ch, ch + c, ...` of the pixels.
+    let index: [__m512i; MAX_PERMUTE_CHANNELS] = std::array::from_fn(|ch| {
+        let idx: [u8; 64] = std::array::from_fn(|j| ((j % 16) * c + ch) as u8);
+        // SAFETY: reads the 64 bytes of `idx`.
+        unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
+    });
+    let (zp, scale) = (_mm512_set1_ps(q.zero_point as f32), _mm512_set1_ps(q.scale));
+    let mut p = 0;
+    while p + 16 <= pixels {
+        // SAFETY: the masked loads read `src[p * c..][..16 * c]`, in bounds as
+        // `p + 16 <= pixels`; each plane has room for pixels `p..p + 16`.
+        unsafe {
+            let at = src.as_ptr().add(p * c);
+            let a = _mm512_maskz_loadu_epi8(lo_mask, at.cast());
+            let b = _mm512_maskz_loadu_epi8(hi_mask, at.add(64).cast());
+            for (ch, plane) in planes.iter_mut().enumerate() {
+                let v = _mm512_permutex2var_epi8(a, index[ch], b);
+                let wide = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(v));
+                let f = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(wide), zp), scale);
+                _mm512_storeu_ps(plane.as_mut_ptr().add(p), f);
+            }
+        }
+        p += 16;
+    }
+    p
+}
+
+/// The mask of the low `n` bytes of a 64-byte vector.
+#[cfg(target_arch = "x86_64")]
+fn low_bytes(n: usize) -> u64 {
+    if n >= 64 {
+        !0
+    } else {
+        (1u64 << n) - 1
+    }
 }

@@ -43,6 +43,8 @@ pub use layout::{nchw_f32_to_nhwc_u8, nhwc_u8_to_nchw_f32};
 pub use requant::{ActQuant, ConvRequant, ConvWeightQuant, FusedActivation};
 pub use transpose::PackedConvTranspose2d;
 
+use crate::eltwise::cat::ConcatRows;
+use crate::eltwise::EltwisePath;
 use crate::gemm::{self, KernelPath};
 use crate::{KernelError, Result};
 
@@ -285,6 +287,91 @@ impl PackedConv2d {
         self.run_with(self.default_path(), x, xs, x_q, y_q, activation, y)
     }
 
+    /// Allocating form of [`PackedConv2d::run_concat`]: returns the output and its shape.
+    pub fn forward_concat(
+        &self,
+        inputs: &[(&[u8], NhwcShape, ActQuant)],
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+    ) -> Result<(Vec<u8>, NhwcShape)> {
+        let Some(&(_, first, _)) = inputs.first() else {
+            return Err(KernelError::Shape {
+                op: "conv2d",
+                detail: "no inputs to concatenate".into(),
+            });
+        };
+        let ys = self.output_shape(NhwcShape::new(first.n, first.h, first.w, self.geometry.c_in))?;
+        let mut y = vec![0u8; ys.len()];
+        self.run_concat(inputs, x_q, y_q, activation, &mut y)?;
+        Ok((y, ys))
+    }
+
+    /// Convolves the channel concatenation of `inputs` (each with its own parameters, all
+    /// requantized to `x_q` as [`crate::eltwise::cat_channels`] does): the same integers as
+    /// concatenating first and then calling [`PackedConv2d::run`]. Where the direct kernel
+    /// copies its input rows (padded layers), the concatenation is made inside those row copies
+    /// and never stored, which saves writing and reading back the whole concatenated tensor.
+    pub fn run_concat(
+        &self,
+        inputs: &[(&[u8], NhwcShape, ActQuant)],
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+        y: &mut [u8],
+    ) -> Result<()> {
+        let Some(direct) = self.concat_kernel() else {
+            let (x, xs) = crate::eltwise::cat_channels(inputs, x_q)?;
+            return self.run(&x, xs, x_q, y_q, activation, y);
+        };
+        let (rows, xs) = ConcatRows::new(EltwisePath::best(), inputs, x_q)?;
+        let _span = tracing::debug_span!("conv2d_concat", ?xs, c_out = self.geometry.c_out).entered();
+        let rq = self.requant_for(xs, x_q, y_q, activation, y)?;
+        direct.run(direct::InputRows::Concat(&rows), xs, x_q.zero_point, &rq, y)
+    }
+
+    /// Whether [`PackedConv2d::run_concat`] builds the concatenation inside the kernel's row
+    /// copies on this CPU (otherwise it stores the concatenation first).
+    pub fn fuses_concat(&self) -> bool {
+        self.concat_kernel().is_some()
+    }
+
+    fn concat_kernel(&self) -> Option<&direct::DirectConv> {
+        match (&self.packed, self.default_path()) {
+            (Packed::Gemm(_, Some(dc)), ConvPath::Direct) if direct::supported() && dc.copies_rows() => Some(dc),
+            _ => None,
+        }
+    }
+
+    /// Checks an input shape's channels and the output's length; builds the requantization.
+    fn requant_for(
+        &self,
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+        y: &[u8],
+    ) -> Result<ConvRequant> {
+        let g = &self.geometry;
+        if xs.c != g.c_in {
+            return Err(KernelError::Shape {
+                op: "conv2d",
+                detail: format!("input has {} channels, the convolution expects {}", xs.c, g.c_in),
+            });
+        }
+        let ys = self.output_shape(xs)?;
+        ys.check("conv2d", "output", y.len())?;
+        ConvRequant::new(
+            "conv2d",
+            x_q,
+            &self.weight_quant,
+            g.c_out,
+            self.bias.as_deref(),
+            y_q,
+            activation,
+        )
+    }
+
     /// [`PackedConv2d::run`] on a chosen path (tests force each one).
     #[allow(clippy::too_many_arguments)]
     pub fn run_with(
@@ -299,24 +386,8 @@ impl PackedConv2d {
     ) -> Result<()> {
         let g = &self.geometry;
         let _span = tracing::debug_span!("conv2d", ?path, ?xs, c_out = g.c_out).entered();
-        if xs.c != g.c_in {
-            return Err(KernelError::Shape {
-                op: "conv2d",
-                detail: format!("input has {} channels, the convolution expects {}", xs.c, g.c_in),
-            });
-        }
         xs.check("conv2d", "input", x.len())?;
-        let ys = self.output_shape(xs)?;
-        ys.check("conv2d", "output", y.len())?;
-        let rq = ConvRequant::new(
-            "conv2d",
-            x_q,
-            &self.weight_quant,
-            g.c_out,
-            self.bias.as_deref(),
-            y_q,
-            activation,
-        )?;
+        let rq = self.requant_for(xs, x_q, y_q, activation, y)?;
         match (path, &self.packed) {
             (ConvPath::Reference, Packed::Depthwise(dw)) if dw.saturating_pairs => {
                 let (w, wq) = (&self.weights, &self.weight_quant);
@@ -329,7 +400,7 @@ impl PackedConv2d {
             }
             (ConvPath::Depthwise(p), Packed::Depthwise(dw)) => dw.run(p, x, xs, x_q.zero_point, &rq, y),
             (ConvPath::Direct, Packed::Gemm(_, Some(dc))) if direct::supported() => {
-                dc.run(x, xs, x_q.zero_point, &rq, y)
+                dc.run(direct::InputRows::Tensor(x), xs, x_q.zero_point, &rq, y)
             }
             (ConvPath::Gemm(p), Packed::Gemm(gc, _)) => {
                 gc.run(p, g, x, xs, x_q, y_q, activation, self.bias.as_deref(), y)

@@ -187,7 +187,13 @@ impl PackedConvTranspose2d {
             return direct.run_spread(x, xs, x_q.zero_point, &column_rq, kh, y);
         }
         let mut tmp = vec![0u8; xs.n * xs.h * xs.w * cols];
-        direct.run(x, xs, x_q.zero_point, &column_rq, &mut tmp)?;
+        direct.run(
+            super::direct::InputRows::Tensor(x),
+            xs,
+            x_q.zero_point,
+            &column_rq,
+            &mut tmp,
+        )?;
         self.scatter(&tmp, xs, ys, &rq, y);
         Ok(())
     }

@@ -62,37 +62,11 @@ pub fn cat_channels_on(
     inputs: &[(&[u8], NhwcShape, ActQuant)],
     y_q: ActQuant,
 ) -> Result<(Vec<u8>, NhwcShape)> {
-    path.check("cat")?;
-    let first = inputs.first().ok_or(KernelError::Shape {
-        op: "cat",
-        detail: "no inputs to concatenate".into(),
-    })?;
-    let (n, h, w) = (first.1.n, first.1.h, first.1.w);
-    for (i, (x, xs, _)) in inputs.iter().enumerate() {
-        xs.check("cat", "input", x.len())?;
-        if (xs.n, xs.h, xs.w) != (n, h, w) {
-            return Err(KernelError::Shape {
-                op: "cat",
-                detail: format!("input {i} is {xs:?}; every input needs n, h, w = {n}, {h}, {w}"),
-            });
-        }
-    }
-    let c: usize = inputs.iter().map(|i| i.1.c).sum();
-    let ys = NhwcShape::new(n, h, w, c);
+    let (rows, ys) = ConcatRows::new(path, inputs, y_q)?;
+    let c = ys.c;
     if c == 0 || ys.is_empty() {
         return Ok((vec![0u8; ys.len()], ys));
     }
-    let maps: Vec<Option<RequantParams>> = inputs
-        .iter()
-        .map(|&(_, _, q)| (q != y_q).then(|| RequantParams::new(q, y_q)))
-        .collect();
-    let tables: Vec<Option<[u8; 256]>> = match path {
-        EltwisePath::Portable => maps
-            .iter()
-            .map(|m| m.map(|m| std::array::from_fn(|v| m.one(v as u8))))
-            .collect(),
-        _ => vec![None; inputs.len()],
-    };
     let pixels_per_task = (TASK_BYTES / c).max(1);
     // The output is written without being zeroed first (it is the size of all the inputs
     // together, so zeroing would cost a third of the memory traffic).
@@ -100,32 +74,117 @@ pub fn cat_channels_on(
     y.spare_capacity_mut()[..ys.len()]
         .par_chunks_mut(pixels_per_task * c)
         .enumerate()
-        .for_each(|(task, out)| {
-            let p0 = task * pixels_per_task;
-            let rows = out.len() / c;
-            let mut at = 0;
-            for (i, (x, xs, _)) in inputs.iter().enumerate() {
-                let src = &x[p0 * xs.c..(p0 + rows) * xs.c];
-                let dst = &mut out[at..];
-                match path {
-                    EltwisePath::Portable => portable_rows(src, xs.c, dst, c, tables[i].as_ref()),
-                    // SAFETY: `path.check` passed; `dst` starts at the input's channel offset
-                    // and holds `(rows - 1) * c + xs.c` bytes at least, `src` `rows * xs.c`.
-                    #[cfg(target_arch = "x86_64")]
-                    EltwisePath::Avx2 => unsafe { super::x86_avx2::cat_rows(src, xs.c, dst, c, maps[i].as_ref()) },
-                    #[cfg(target_arch = "x86_64")]
-                    EltwisePath::Avx512 => unsafe { super::x86_avx512::cat_rows(src, xs.c, dst, c, maps[i].as_ref()) },
-                    #[cfg(not(target_arch = "x86_64"))]
-                    _ => portable_rows(src, xs.c, dst, c, tables[i].as_ref()),
-                }
-                at += xs.c;
-            }
-        });
-    // SAFETY: every chunk holds whole pixels of `c` bytes, and for each pixel the inputs wrote
-    // channels `at..at + xs.c` for consecutive `at` from 0 with widths summing to `c`: every
-    // byte of the first `ys.len()` is initialized.
+        .for_each(|(task, out)| rows.write(task * pixels_per_task, out));
+    // SAFETY: every chunk holds whole pixels of `c` bytes and `write` stored every channel of
+    // each of them: every byte of the first `ys.len()` is initialized.
     unsafe { y.set_len(ys.len()) };
     Ok((y, ys))
+}
+
+/// One input of a [`ConcatRows`].
+#[derive(Debug)]
+struct Part<'a> {
+    data: &'a [u8],
+    channels: usize,
+    /// `None` when the input already has the output's parameters (a plain copy).
+    map: Option<RequantParams>,
+    /// The portable path's 256-entry form of `map`.
+    table: Option<[u8; 256]>,
+}
+
+/// The channel concatenation of NHWC inputs, requantized to one set of parameters, produced a
+/// run of pixels at a time: [`cat_channels`] writes it out whole, and a convolution reading a
+/// concatenation fills its padded input rows from it directly, so the concatenated tensor is
+/// never stored.
+#[derive(Debug)]
+pub(crate) struct ConcatRows<'a> {
+    path: EltwisePath,
+    parts: Vec<Part<'a>>,
+    channels: usize,
+}
+
+impl<'a> ConcatRows<'a> {
+    /// Checks that the inputs agree on `n, h, w` and hold their shapes' bytes; returns the
+    /// source and the concatenation's shape.
+    pub(crate) fn new(
+        path: EltwisePath,
+        inputs: &[(&'a [u8], NhwcShape, ActQuant)],
+        y_q: ActQuant,
+    ) -> Result<(ConcatRows<'a>, NhwcShape)> {
+        path.check("cat")?;
+        let first = inputs.first().ok_or(KernelError::Shape {
+            op: "cat",
+            detail: "no inputs to concatenate".into(),
+        })?;
+        let (n, h, w) = (first.1.n, first.1.h, first.1.w);
+        for (i, (x, xs, _)) in inputs.iter().enumerate() {
+            xs.check("cat", "input", x.len())?;
+            if (xs.n, xs.h, xs.w) != (n, h, w) {
+                return Err(KernelError::Shape {
+                    op: "cat",
+                    detail: format!("input {i} is {xs:?}; every input needs n, h, w = {n}, {h}, {w}"),
+                });
+            }
+        }
+        let parts: Vec<Part<'a>> = inputs
+            .iter()
+            .map(|&(data, xs, q)| {
+                let map = (q != y_q).then(|| RequantParams::new(q, y_q));
+                let table = match path {
+                    EltwisePath::Portable => map.map(|m| std::array::from_fn(|v| m.one(v as u8))),
+                    _ => None,
+                };
+                Part {
+                    data,
+                    channels: xs.c,
+                    map,
+                    table,
+                }
+            })
+            .collect();
+        let channels = parts.iter().map(|p| p.channels).sum();
+        let rows = ConcatRows { path, parts, channels };
+        Ok((rows, NhwcShape::new(n, h, w, channels)))
+    }
+
+    /// Writes the concatenation's pixels `p0..` into `out` (whole pixels of every channel).
+    pub(crate) fn write(&self, p0: usize, out: &mut [MaybeUninit<u8>]) {
+        let c = self.channels;
+        if c == 0 {
+            return;
+        }
+        let rows = out.len() / c;
+        let mut at = 0;
+        for part in &self.parts {
+            let src = &part.data[p0 * part.channels..(p0 + rows) * part.channels];
+            let dst = &mut out[at..];
+            match self.path {
+                EltwisePath::Portable => portable_rows(src, part.channels, dst, c, part.table.as_ref()),
+                // SAFETY: `path.check` passed in `new`; `dst` starts at the input's channel
+                // offset and holds `(rows - 1) * c + channels` bytes at least, `src`
+                // `rows * channels`.
+                #[cfg(target_arch = "x86_64")]
+                EltwisePath::Avx2 => unsafe {
+                    super::x86_avx2::cat_rows(src, part.channels, dst, c, part.map.as_ref())
+                },
+                #[cfg(target_arch = "x86_64")]
+                EltwisePath::Avx512 => unsafe {
+                    super::x86_avx512::cat_rows(src, part.channels, dst, c, part.map.as_ref())
+                },
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => portable_rows(src, part.channels, dst, c, part.table.as_ref()),
+            }
+            at += part.channels;
+        }
+    }
+
+    /// [`ConcatRows::write`] into initialized bytes.
+    pub(crate) fn write_init(&self, p0: usize, out: &mut [u8]) {
+        // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and `write` stores only initialized
+        // bytes, so `out` stays initialized.
+        let out = unsafe { &mut *(out as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        self.write(p0, out);
+    }
 }
 
 /// Writes rows of `width` values from `src` to `dst` every `stride` bytes, copied or mapped

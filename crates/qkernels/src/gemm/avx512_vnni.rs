@@ -9,6 +9,7 @@
 use super::driver::BlockKernel;
 use super::epilogue::{EpiloguePlan, OutKind, Stage, ROUND_LIMIT};
 use super::pack::{PackedWeights, K_GROUP, PANEL_COLS, PANEL_ROW_BYTES};
+use crate::prefetch::Prefetch;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -31,12 +32,12 @@ impl BlockKernel for Avx512Vnni {
     }
 }
 
-/// K groups per cache block. Up to 1024 groups (K = 4096) the whole reduction runs in one
-/// pass: the 48-column weight micro-panel (at most 192 KiB) streams from L2 at 192 bytes per
+/// K groups per cache block. Up to 2048 groups (K = 8192) the whole reduction runs in one
+/// pass: the 48-column weight micro-panel (at most 384 KiB) streams from L2 at 192 bytes per
 /// 24 `vpdpbusd` (12 cycles), well within L2 bandwidth, and each register tile is finished
 /// straight from its sums. Measured on Sapphire Rapids this beats L1-sized K blocks (128
 /// groups) by 5-15 %, which pay for partial sums stored and reloaded between blocks.
-const KC_GROUPS: usize = 1024;
+const KC_GROUPS: usize = 2048;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: Range<usize>, cols: Range<usize>) {
@@ -50,27 +51,17 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
         // Whole K at once: finish each register tile straight away, in registers when the
         // epilogue dequantizes (the sums never go through memory), else through `tile`.
         let mut tile = Tile([[0; NR]; MR]);
-        let row_tiles = rows.len().div_ceil(MR);
+        let tiles = (rows.end - rows.start).div_ceil(MR);
         for j0 in cols.clone().step_by(NR) {
             let nc = NR.min(cols.end - j0);
             let b = w.panel_ptr(j0 / PANEL_COLS);
-            // The next column tile's panels (contiguous, after this tile's) are requested into
-            // L2 a slice per row tile, one line per K group inside the dot-product loop, so their
-            // first pass does not wait on L3 (or memory), where a layer's weights live between
-            // calls, and the requests never queue up in a burst.
-            let (next_b, next_bytes) = if j0 + NR < cols.end {
-                let panels = (cols.end - j0 - NR).div_ceil(PANEL_COLS).min(PANELS);
-                (w.panel_ptr((j0 + NR) / PANEL_COLS), panels * stride)
-            } else {
-                (b, 0)
-            };
-            let slice = next_bytes.div_ceil(row_tiles).next_multiple_of(64);
+            // The next micro-panel (panels are contiguous, `stride` apart), in this block or
+            // the first of the next column block, which this thread usually runs next.
+            let next_cols = (w.n().saturating_sub(j0 + NR)).min(NR);
+            let next_bytes = next_cols.div_ceil(PANEL_COLS) * stride;
+            let next = b.wrapping_add(nc.div_ceil(PANEL_COLS) * stride);
             for (t, i0) in rows.clone().step_by(MR).enumerate() {
-                let start = (t * slice).min(next_bytes);
-                let prefetch = Prefetch {
-                    at: next_b.wrapping_add(start),
-                    lines: ((t + 1) * slice).min(next_bytes).saturating_sub(start) / 64,
-                };
+                let prefetch = Prefetch::share(next, next_bytes, t, tiles, groups);
                 let mr = MR.min(rows.end - i0);
                 let a_tile = a0.add(i0 * k);
                 if let Stage::Dequantize { w_scales, bias, relu } = &plan.stage {
@@ -174,21 +165,6 @@ unsafe fn group_bytes(row: *const u8, k: usize, g: usize) -> i32 {
     }
 }
 
-/// Cache lines to request into L2 while a tile runs: `lines` lines from `at`, one per K group
-/// (the rest after the loop when there are more lines than groups).
-#[derive(Clone, Copy)]
-struct Prefetch {
-    at: *const i8,
-    lines: usize,
-}
-
-impl Prefetch {
-    const NONE: Prefetch = Prefetch {
-        at: std::ptr::null(),
-        lines: 0,
-    };
-}
-
 /// Where a register tile's sums go.
 #[derive(Clone, Copy)]
 enum Sink<'a> {
@@ -217,7 +193,8 @@ struct DequantizeTile<'a> {
 /// Safety: `a` points at `R` rows of `k` bytes; `b` at `P` panels `stride` bytes apart, each
 /// of `ceil(k / 4)` 64-byte aligned rows; a [`Sink::Sums`] `c` points at `R` rows of `P * 16`
 /// i32, `ldc` apart; a [`Sink::Dequantize`] tile lies inside the output, `P = ceil(nc / 16)`,
-/// and no other task writes it.
+/// and no other task writes it. `prefetch` only names addresses to prefetch (a hint: never
+/// dereferenced, any value is safe).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 #[inline]
@@ -246,12 +223,9 @@ unsafe fn microkernel<const R: usize, const P: usize>(
     }
     let full_end = g1.min(k / K_GROUP);
     let mut bp = b.add(g0 * PANEL_ROW_BYTES);
+    let mut prefetch = prefetch;
     for g in g0..full_end {
-        let line = g - g0;
-        if line < prefetch.lines {
-            // A hint only, never dereferenced: the line lies inside the packed weights.
-            _mm_prefetch::<_MM_HINT_T1>(prefetch.at.wrapping_add(64 * line));
-        }
+        prefetch.step();
         let mut wv = [_mm512_setzero_si512(); P];
         for (p, v) in wv.iter_mut().enumerate() {
             *v = _mm512_load_si512(bp.add(p * stride) as *const __m512i);
@@ -272,9 +246,6 @@ unsafe fn microkernel<const R: usize, const P: usize>(
                 *acc_rp = _mm512_dpbusd_epi32(*acc_rp, av, wv);
             }
         }
-    }
-    for line in (full_end - g0.min(full_end))..prefetch.lines {
-        _mm_prefetch::<_MM_HINT_T1>(prefetch.at.wrapping_add(64 * line));
     }
     match sink {
         Sink::Sums { c, ldc, .. } => {
