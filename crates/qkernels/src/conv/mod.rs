@@ -7,7 +7,10 @@
 //!
 //! Every path produces the integers of [`reference`], which follows PyTorch fbgemm's
 //! `ReQuantizeOutput` (see [`requant`]). Weights are packed once ([`PackedConv2d::new`]); a call
-//! takes the input and output quantization parameters and an optional fused ReLU / ReLU6.
+//! takes the input and output quantization parameters and an optional fused ReLU / ReLU6. The
+//! per-channel constants those parameters give (requantization multipliers and bias terms, each
+//! kernel's epilogue layout) are kept for the last few parameter sets (`call_cache.rs`), so a
+//! graph that calls a layer with the same parameters every time builds them once.
 //!
 //! ```
 //! use qkernels::conv::{ActQuant, Conv2dGeometry, ConvWeightQuant, FusedActivation, NhwcShape, PackedConv2d};

@@ -1,5 +1,6 @@
 //! The epilogue: what happens to an i32 accumulator after the dot product. One description,
-//! built once per call into an [`EpiloguePlan`] of per-column constants, applied element by
+//! built once per call into an [`EpiloguePlan`] of per-column constants (a requantization's
+//! constants can also come from a [`RequantStage`] built for earlier calls), applied element by
 //! element by the reference ([`EpiloguePlan::finish_row`]) and by the vector paths with the
 //! same f32 operations in the same order, so every path writes the same bits.
 //!
