@@ -15,8 +15,13 @@
 //! `w_zp * sum x`). Results differ from `Exact` only when a pair sum leaves the i16 range, which
 //! needs activations above 127 (PyTorch's default `reduce_range` activations never get there).
 
+#[cfg(target_arch = "x86_64")]
+use std::sync::OnceLock;
+
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::call_cache::CallCache;
 use super::geometry::Conv2dGeometry;
 use super::requant::{ConvRequant, ConvWeightQuant};
 use super::{ConvArithmetic, NhwcShape};
@@ -78,6 +83,18 @@ pub struct PackedDepthwise {
     /// too many patterns.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) row_interleaved: Vec<i8>,
+    /// The row kernel's plans by input width (see `call_cache`).
+    #[cfg(target_arch = "x86_64")]
+    row_plans: CallCache<usize, super::depthwise_avx512::RowPlan>,
+}
+
+/// The AVX-512 kernels' epilogues for one call's parameters, each built on its first use.
+#[derive(Default)]
+pub(crate) struct DepthwiseEpilogues {
+    #[cfg(target_arch = "x86_64")]
+    pixel: OnceLock<super::depthwise_avx512::Epilogue>,
+    #[cfg(target_arch = "x86_64")]
+    rows: OnceLock<super::depthwise_avx512::Epilogue>,
 }
 
 impl PackedDepthwise {
@@ -138,6 +155,8 @@ impl PackedDepthwise {
             weight_zps,
             interleaved,
             row_interleaved,
+            #[cfg(target_arch = "x86_64")]
+            row_plans: CallCache::new(),
         })
     }
 
@@ -156,6 +175,22 @@ impl PackedDepthwise {
         rq: &ConvRequant,
         y: &mut [u8],
     ) -> Result<()> {
+        self.run_prepared(path, x, xs, x_zp, rq, &DepthwiseEpilogues::default(), y)
+    }
+
+    /// [`PackedDepthwise::run`] taking the kernel epilogues from `epilogues`, built there on
+    /// first use for `x_zp` and `rq` (the caller keeps them for later calls with the same ones).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_prepared(
+        &self,
+        path: DepthwisePath,
+        x: &[u8],
+        xs: NhwcShape,
+        x_zp: i32,
+        rq: &ConvRequant,
+        epilogues: &DepthwiseEpilogues,
+        y: &mut [u8],
+    ) -> Result<()> {
         if !DepthwisePath::available().contains(&path) {
             return Err(KernelError::PathUnavailable {
                 path: format!("{path:?}"),
@@ -168,7 +203,10 @@ impl PackedDepthwise {
         };
         #[cfg(target_arch = "x86_64")]
         if path == DepthwisePath::Avx512VnniRows {
-            self.run_rows(x, xs, x_zp, rq, y)?;
+            let epi = epilogues
+                .rows
+                .get_or_init(|| super::depthwise_avx512::Epilogue::for_rows(self, x_zp, rq));
+            self.run_rows(x, xs, x_zp, epi, y)?;
             return Ok(());
         }
         let g = &self.geometry;
@@ -177,8 +215,11 @@ impl PackedDepthwise {
         let zp_row = vec![x_zp as u8; c];
         let row_len = ow_n * c;
         #[cfg(target_arch = "x86_64")]
-        let epilogue =
-            (path == DepthwisePath::Avx512Vnni).then(|| super::depthwise_avx512::Epilogue::new(self, x_zp, rq));
+        let epilogue = (path == DepthwisePath::Avx512Vnni).then(|| {
+            epilogues
+                .pixel
+                .get_or_init(|| super::depthwise_avx512::Epilogue::new(self, x_zp, rq))
+        });
         y.par_chunks_mut(row_len).enumerate().for_each(|(row, out_row)| {
             let n = row / oh_n;
             let oh = row % oh_n;
@@ -205,7 +246,7 @@ impl PackedDepthwise {
                         while !taps.len().is_multiple_of(TAP_GROUP) {
                             taps.push(&zp_row);
                         }
-                        let epi = epilogue.as_ref().expect("built for this path");
+                        let epi = epilogue.expect("built for this path");
                         // SAFETY: the path is available (checked above), every tap slice holds
                         // `c` bytes and `out` holds `c` bytes.
                         unsafe { super::depthwise_avx512::pixel(self, &taps, epi, out) }
@@ -224,15 +265,23 @@ impl PackedDepthwise {
     /// above or below the input read a row of zero points, pixels left or right of it are
     /// masked to the zero point inside the kernel.
     #[cfg(target_arch = "x86_64")]
-    fn run_rows(&self, x: &[u8], xs: NhwcShape, x_zp: i32, rq: &ConvRequant, y: &mut [u8]) -> Result<()> {
+    fn run_rows(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        x_zp: i32,
+        epi: &super::depthwise_avx512::Epilogue,
+        y: &mut [u8],
+    ) -> Result<()> {
         let g = &self.geometry;
         let c = g.c_out;
         let (oh_n, ow_n) = g.output_hw(xs.h, xs.w)?;
         let (sh, dh, ph) = (g.stride.0, g.dilation.0, g.padding.0);
         let in_row = xs.w * c;
         let zp_row = vec![x_zp as u8; in_row];
-        let epi = super::depthwise_avx512::Epilogue::for_rows(self, x_zp, rq);
-        let plan = super::depthwise_avx512::RowPlan::new(g, xs.w, ow_n);
+        let plan = self
+            .row_plans
+            .get_or_try_insert(xs.w, || Ok(super::depthwise_avx512::RowPlan::new(g, xs.w, ow_n)))?;
         let out_row = ow_n * c;
         let threads = rayon::current_num_threads();
         // One thread computes a whole image; more threads get about two bands each.
@@ -273,7 +322,7 @@ impl PackedDepthwise {
                                 &plan,
                                 &taps,
                                 x_zp as u8,
-                                &epi,
+                                epi,
                                 out,
                             )
                         }

@@ -22,6 +22,9 @@
 //! ([`super::requant`]). Bands are independent rayon tasks and each output value is computed by
 //! one register tile with the whole reduction, so results do not depend on the thread count.
 
+// Off x86-64 the kernel calls below are `unreachable!`: their loops never run a second time.
+#![cfg_attr(not(target_arch = "x86_64"), allow(clippy::never_loop))]
+
 use rayon::prelude::*;
 
 use super::geometry::Conv2dGeometry;
@@ -174,9 +177,9 @@ impl DirectConv {
         })
     }
 
-    /// Convolves NHWC `x` into NHWC `y`. The caller has checked the shapes and that the CPU
-    /// runs the kernel ([`supported`]).
-    pub(crate) fn run(&self, x: InputRows<'_>, xs: NhwcShape, x_zp: i32, rq: &ConvRequant, y: &mut [u8]) -> Result<()> {
+    /// Convolves NHWC `x` into NHWC `y`, finishing with `epi` ([`DirectConv::epilogue`] for
+    /// `x_zp`). The caller has checked the shapes and that the CPU runs the kernel ([`supported`]).
+    pub(crate) fn run(&self, x: InputRows<'_>, xs: NhwcShape, x_zp: i32, epi: &Epilogue, y: &mut [u8]) -> Result<()> {
         let g = &self.geometry;
         if matches!(x, InputRows::Concat(_)) && !self.needs_copy {
             return Err(crate::KernelError::Param {
@@ -186,7 +189,6 @@ impl DirectConv {
         }
         let (oh_n, ow_n) = g.output_hw(xs.h, xs.w)?;
         let c = g.c_in;
-        let epi = Epilogue::new(self, x_zp, rq);
         let (ph, pw) = g.padding;
         let (sh, sw) = g.stride;
         let span = (g.kernel.0 - 1) * g.dilation.0 + 1;
@@ -275,7 +277,7 @@ impl DirectConv {
                                 let (o, s) = (&offsets, sw * c);
                                 super::direct_avx512::row(
                                     self,
-                                    &epi,
+                                    epi,
                                     src.as_ptr(),
                                     o,
                                     s,
@@ -326,6 +328,12 @@ impl DirectConv {
         }
     }
 
+    /// The requantization constants of a call with input zero point `x_zp` and `rq`, in the
+    /// kernel's layout (kept between calls by the caller).
+    pub(crate) fn epilogue(&self, x_zp: i32, rq: &ConvRequant) -> Epilogue {
+        Epilogue::new(self, x_zp, rq)
+    }
+
     /// Whether [`DirectConv::run`] copies its input rows (so it can take them from a
     /// [`InputRows::Concat`]).
     pub(crate) fn copies_rows(&self) -> bool {
@@ -353,18 +361,9 @@ impl DirectConv {
     /// output pixels `j * kw ..` of output row `i * kh + t`, one contiguous run of bytes.
     /// Requires [`DirectConv::can_spread`]; the caller has checked `y` holds
     /// `n * h * w * c_out` bytes and that the CPU runs the kernel ([`supported`]).
-    pub(crate) fn run_spread(
-        &self,
-        x: &[u8],
-        xs: NhwcShape,
-        x_zp: i32,
-        rq: &ConvRequant,
-        kh: usize,
-        y: &mut [u8],
-    ) -> Result<()> {
+    pub(crate) fn run_spread(&self, x: &[u8], xs: NhwcShape, epi: &Epilogue, kh: usize, y: &mut [u8]) -> Result<()> {
         let c = self.geometry.c_in;
         debug_assert!(self.can_spread(kh) && xs.c == c && y.len() == xs.n * xs.h * xs.w * self.geometry.c_out);
-        let epi = Epilogue::new(self, x_zp, rq);
         let run = self.geometry.c_out / kh;
         let panels_per_run = run / PANEL;
         // One segment of whole groups: group `i` reads bytes `4i..4i + 4` of each pixel.
@@ -383,7 +382,7 @@ impl DirectConv {
                         let out = y_row.as_mut_ptr();
                         super::direct_avx512::row(
                             self,
-                            &epi,
+                            epi,
                             x_row.as_ptr(),
                             &offsets,
                             c,
@@ -414,7 +413,7 @@ impl DirectConv {
     }
 }
 
-/// Per-call requantization constants, zero-padded to whole panels.
+/// Requantization constants of one set of call parameters, zero-padded to whole panels.
 pub(crate) struct Epilogue {
     /// `-x_zp * sum w` per channel.
     pub(crate) offset: Vec<i32>,

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use super::geometry::Conv2dGeometry;
 use super::requant::{ActQuant, ConvWeightQuant, FusedActivation};
 use super::NhwcShape;
-use crate::gemm::{self, ActivationQuant, Epilogue, GemmConfig, GemmOutput, KernelPath, PackedWeights, Requantize};
+use crate::gemm::{self, ActivationQuant, GemmConfig, KernelPath, PackedWeights, RequantStage, Requantize};
 use crate::Result;
 
 /// Target bytes of one im2col block.
@@ -58,7 +58,38 @@ impl GemmConv {
         Ok(GemmConv { groups })
     }
 
-    /// Convolves NHWC `x` into NHWC `y` with the GEMM on `path`.
+    /// The GEMM requantization of every group for one call's parameters (the
+    /// [`super::requant`] formula, which is the GEMM's `Requantize` epilogue), kept by the caller
+    /// between calls.
+    pub(crate) fn requant_stages(
+        &self,
+        g: &Conv2dGeometry,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+        bias: Option<&[f32]>,
+    ) -> Result<Vec<RequantStage>> {
+        let clamp = match activation {
+            FusedActivation::Relu6 => Some((y_q.zero_point, y_q.quantize(6.0) as i32)),
+            _ => None,
+        };
+        let cog = g.c_out_per_group();
+        (0..g.groups)
+            .map(|grp| {
+                let r = Requantize {
+                    bias: bias.map(|b| &b[grp * cog..(grp + 1) * cog]),
+                    out_scale: y_q.scale,
+                    out_zero_point: y_q.zero_point,
+                    relu: activation != FusedActivation::None,
+                    clamp,
+                };
+                RequantStage::new(x_q.scale, &self.groups[grp], &r, true)
+            })
+            .collect()
+    }
+
+    /// Convolves NHWC `x` into NHWC `y` with the GEMM on `path`, requantizing group `grp` with
+    /// `stages[grp]` (from [`GemmConv::requant_stages`] for `x_q`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn run(
         &self,
@@ -67,9 +98,7 @@ impl GemmConv {
         x: &[u8],
         xs: NhwcShape,
         x_q: ActQuant,
-        y_q: ActQuant,
-        activation: FusedActivation,
-        bias: Option<&[f32]>,
+        stages: &[RequantStage],
         y: &mut [u8],
     ) -> Result<()> {
         let (oh_n, ow_n) = g.output_hw(xs.h, xs.w)?;
@@ -77,32 +106,11 @@ impl GemmConv {
             scale: x_q.scale,
             zero_point: x_q.zero_point,
         };
-        let clamp = match activation {
-            FusedActivation::Relu6 => Some((y_q.zero_point, y_q.quantize(6.0) as i32)),
-            _ => None,
-        };
         let cog = g.c_out_per_group();
-        let epilogue = |grp: usize| {
-            Epilogue::Requantize(Requantize {
-                bias: bias.map(|b| &b[grp * cog..(grp + 1) * cog]),
-                out_scale: y_q.scale,
-                out_zero_point: y_q.zero_point,
-                relu: activation != FusedActivation::None,
-                clamp,
-            })
-        };
         let pixels = xs.n * oh_n * ow_n;
         if g.is_pointwise() {
             let config = GemmConfig::with_path(path);
-            gemm::gemm_u8s8(
-                x,
-                pixels,
-                &act,
-                &self.groups[0],
-                &epilogue(0),
-                GemmOutput::U8(y),
-                &config,
-            )?;
+            gemm::gemm_u8s8_prepared(x, pixels, &act, &self.groups[0], &stages[0], y, &config)?;
             return Ok(());
         }
         let k = g.depth();
@@ -119,11 +127,11 @@ impl GemmConv {
             };
             for grp in 0..g.groups {
                 gather(g, x, xs, x_q.zero_point as u8, (oh_n, ow_n), first, grp, &mut a);
-                let e = epilogue(grp);
+                let (w, stage) = (&self.groups[grp], &stages[grp]);
                 if g.groups == 1 {
-                    gemm::gemm_u8s8(&a, count, &act, &self.groups[0], &e, GemmOutput::U8(out), config)?;
+                    gemm::gemm_u8s8_prepared(&a, count, &act, w, stage, out, config)?;
                 } else {
-                    gemm::gemm_u8s8(&a, count, &act, &self.groups[grp], &e, GemmOutput::U8(&mut tmp), config)?;
+                    gemm::gemm_u8s8_prepared(&a, count, &act, w, stage, &mut tmp, config)?;
                     for (dst, src) in out.chunks_exact_mut(g.c_out).zip(tmp.chunks_exact(cog)) {
                         dst[grp * cog..(grp + 1) * cog].copy_from_slice(src);
                     }

@@ -7,7 +7,10 @@
 //!
 //! Every path produces the integers of [`reference`], which follows PyTorch fbgemm's
 //! `ReQuantizeOutput` (see [`requant`]). Weights are packed once ([`PackedConv2d::new`]); a call
-//! takes the input and output quantization parameters and an optional fused ReLU / ReLU6.
+//! takes the input and output quantization parameters and an optional fused ReLU / ReLU6. The
+//! per-channel constants those parameters give (requantization multipliers and bias terms, each
+//! kernel's epilogue layout) are kept for the last few parameter sets (`call_cache.rs`), so a
+//! graph that calls a layer with the same parameters every time builds them once.
 //!
 //! ```
 //! use qkernels::conv::{ActQuant, Conv2dGeometry, ConvWeightQuant, FusedActivation, NhwcShape, PackedConv2d};
@@ -24,6 +27,7 @@
 //! assert_eq!(y[ys.offset(0, 1, 1)], 14);
 //! ```
 
+mod call_cache;
 pub mod depthwise;
 #[cfg(target_arch = "x86_64")]
 mod depthwise_avx512;
@@ -47,6 +51,7 @@ use crate::eltwise::cat::ConcatRows;
 use crate::eltwise::EltwisePath;
 use crate::gemm::{self, KernelPath};
 use crate::{KernelError, Result};
+use call_cache::{get_or_try_init, CallCache, CallKey, ConvCall};
 
 /// Dimensions of an NHWC tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,6 +147,8 @@ pub struct PackedConv2d {
     bias: Option<Vec<f32>>,
     arithmetic: ConvArithmetic,
     packed: Packed,
+    /// The constants of recent calls' parameters (see `call_cache`).
+    calls: CallCache<CallKey, ConvCall>,
 }
 
 impl PackedConv2d {
@@ -196,6 +203,7 @@ impl PackedConv2d {
             bias,
             arithmetic: ConvArithmetic::default(),
             packed,
+            calls: CallCache::new(),
         })
     }
 
@@ -210,6 +218,7 @@ impl PackedConv2d {
             )?);
         }
         self.arithmetic = arithmetic;
+        self.calls.clear();
         Ok(self)
     }
 
@@ -326,8 +335,9 @@ impl PackedConv2d {
         };
         let (rows, xs) = ConcatRows::new(EltwisePath::best(), inputs, x_q)?;
         let _span = tracing::debug_span!("conv2d_concat", ?xs, c_out = self.geometry.c_out).entered();
-        let rq = self.requant_for(xs, x_q, y_q, activation, y)?;
-        direct.run(direct::InputRows::Concat(&rows), xs, x_q.zero_point, &rq, y)
+        let call = self.call_for(xs, x_q, y_q, activation, y)?;
+        let epi = call.direct.get_or_init(|| direct.epilogue(x_q.zero_point, &call.rq));
+        direct.run(direct::InputRows::Concat(&rows), xs, x_q.zero_point, epi, y)
     }
 
     /// Whether [`PackedConv2d::run_concat`] builds the concatenation inside the kernel's row
@@ -343,15 +353,16 @@ impl PackedConv2d {
         }
     }
 
-    /// Checks an input shape's channels and the output's length; builds the requantization.
-    fn requant_for(
+    /// Checks an input shape's channels and the output's length; returns the constants of the
+    /// call's parameters, built only when they are not cached (see `call_cache`).
+    fn call_for(
         &self,
         xs: NhwcShape,
         x_q: ActQuant,
         y_q: ActQuant,
         activation: FusedActivation,
         y: &[u8],
-    ) -> Result<ConvRequant> {
+    ) -> Result<std::sync::Arc<ConvCall>> {
         let g = &self.geometry;
         if xs.c != g.c_in {
             return Err(KernelError::Shape {
@@ -361,15 +372,18 @@ impl PackedConv2d {
         }
         let ys = self.output_shape(xs)?;
         ys.check("conv2d", "output", y.len())?;
-        ConvRequant::new(
-            "conv2d",
-            x_q,
-            &self.weight_quant,
-            g.c_out,
-            self.bias.as_deref(),
-            y_q,
-            activation,
-        )
+        self.calls.get_or_try_insert(CallKey::new(x_q, y_q, activation), || {
+            let rq = ConvRequant::new(
+                "conv2d",
+                x_q,
+                &self.weight_quant,
+                g.c_out,
+                self.bias.as_deref(),
+                y_q,
+                activation,
+            )?;
+            Ok(ConvCall::new(rq))
+        })
     }
 
     /// [`PackedConv2d::run`] on a chosen path (tests force each one).
@@ -387,23 +401,30 @@ impl PackedConv2d {
         let g = &self.geometry;
         let _span = tracing::debug_span!("conv2d", ?path, ?xs, c_out = g.c_out).entered();
         xs.check("conv2d", "input", x.len())?;
-        let rq = self.requant_for(xs, x_q, y_q, activation, y)?;
+        let call = self.call_for(xs, x_q, y_q, activation, y)?;
+        let rq = &call.rq;
         match (path, &self.packed) {
             (ConvPath::Reference, Packed::Depthwise(dw)) if dw.saturating_pairs => {
                 let (w, wq) = (&self.weights, &self.weight_quant);
-                reference::depthwise_fbgemm_reference(g, x, xs, x_q.zero_point, w, wq, &rq, y);
+                reference::depthwise_fbgemm_reference(g, x, xs, x_q.zero_point, w, wq, rq, y);
                 Ok(())
             }
             (ConvPath::Reference, _) => {
-                reference::conv2d_reference(g, x, xs, x_q.zero_point, &self.weights, &self.weight_quant, &rq, y);
+                reference::conv2d_reference(g, x, xs, x_q.zero_point, &self.weights, &self.weight_quant, rq, y);
                 Ok(())
             }
-            (ConvPath::Depthwise(p), Packed::Depthwise(dw)) => dw.run(p, x, xs, x_q.zero_point, &rq, y),
+            (ConvPath::Depthwise(p), Packed::Depthwise(dw)) => {
+                dw.run_prepared(p, x, xs, x_q.zero_point, rq, &call.depthwise, y)
+            }
             (ConvPath::Direct, Packed::Gemm(_, Some(dc))) if direct::supported() => {
-                dc.run(direct::InputRows::Tensor(x), xs, x_q.zero_point, &rq, y)
+                let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, rq));
+                dc.run(direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, y)
             }
             (ConvPath::Gemm(p), Packed::Gemm(gc, _)) => {
-                gc.run(p, g, x, xs, x_q, y_q, activation, self.bias.as_deref(), y)
+                let stages = get_or_try_init(&call.gemm, || {
+                    gc.requant_stages(g, x_q, y_q, activation, self.bias.as_deref())
+                })?;
+                gc.run(p, g, x, xs, x_q, stages, y)
             }
             (path, _) => Err(KernelError::Param {
                 op: "conv2d",

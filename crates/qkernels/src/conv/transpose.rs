@@ -13,10 +13,11 @@
 
 use rayon::prelude::*;
 
+use super::call_cache::{get_or_try_init, CallCache, CallKey, TransposeCall};
 use super::geometry::ConvTranspose2dGeometry;
 use super::requant::{ActQuant, ConvRequant, ConvWeightQuant, FusedActivation};
 use super::{reference, NhwcShape};
-use crate::gemm::{self, ActivationQuant, Epilogue, GemmConfig, GemmOutput, KernelPath, PackedWeights, Requantize};
+use crate::gemm::{self, ActivationQuant, GemmConfig, KernelPath, PackedWeights, RequantStage, Requantize};
 use crate::{KernelError, Result};
 
 /// A `ConvTranspose2d` with validated weights `[c_in, c_out / groups, kh, kw]`.
@@ -32,6 +33,8 @@ pub struct PackedConvTranspose2d {
     /// The same `[kh*kw*c_out, c_in]` product on the direct kernel (a 1x1 convolution with
     /// `kh*kw*c_out` output channels), with its per-column weight quantization and bias.
     direct: Option<(super::direct::DirectConv, ConvWeightQuant, Option<Vec<f32>>)>,
+    /// The constants of recent calls' parameters (see `call_cache`).
+    calls: CallCache<CallKey, TransposeCall>,
 }
 
 impl PackedConvTranspose2d {
@@ -103,6 +106,7 @@ impl PackedConvTranspose2d {
             bias,
             gemm,
             direct,
+            calls: CallCache::new(),
         })
     }
 
@@ -170,35 +174,33 @@ impl PackedConvTranspose2d {
                 ),
             });
         };
-        let (ys, rq) = self.check(x, xs, x_q, y_q, activation, y)?;
+        let (ys, call) = self.check(x, xs, x_q, y_q, activation, y)?;
         let cols = direct.c_out();
-        let column_rq = ConvRequant::new(
-            "conv_transpose2d",
-            x_q,
-            column_quant,
-            cols,
-            bias.as_deref(),
-            y_q,
-            activation,
-        )?;
+        let column_rq = get_or_try_init(&call.column_rq, || {
+            ConvRequant::new(
+                "conv_transpose2d",
+                x_q,
+                column_quant,
+                cols,
+                bias.as_deref(),
+                y_q,
+                activation,
+            )
+        })?;
+        let epi = call.direct.get_or_init(|| direct.epilogue(x_q.zero_point, column_rq));
         let (kh, kw) = self.geometry.kernel;
         if ys.h == xs.h * kh && ys.w == xs.w * kw && direct.can_spread(kh) {
             // No output padding: every output pixel is one tap of one input pixel.
-            return direct.run_spread(x, xs, x_q.zero_point, &column_rq, kh, y);
+            return direct.run_spread(x, xs, epi, kh, y);
         }
         let mut tmp = vec![0u8; xs.n * xs.h * xs.w * cols];
-        direct.run(
-            super::direct::InputRows::Tensor(x),
-            xs,
-            x_q.zero_point,
-            &column_rq,
-            &mut tmp,
-        )?;
-        self.scatter(&tmp, xs, ys, &rq, y);
+        direct.run(super::direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, &mut tmp)?;
+        self.scatter(&tmp, xs, ys, &call, y);
         Ok(())
     }
 
-    /// Validates the call and builds the output-channel requantization.
+    /// Validates the call; returns the output shape and the constants of the call's
+    /// parameters, built only when they are not cached (see `call_cache`).
     fn check(
         &self,
         x: &[u8],
@@ -207,7 +209,7 @@ impl PackedConvTranspose2d {
         y_q: ActQuant,
         activation: FusedActivation,
         y: &[u8],
-    ) -> Result<(NhwcShape, ConvRequant)> {
+    ) -> Result<(NhwcShape, std::sync::Arc<TransposeCall>)> {
         let g = &self.geometry;
         if xs.c != g.c_in {
             return Err(KernelError::Shape {
@@ -218,28 +220,33 @@ impl PackedConvTranspose2d {
         xs.check("conv_transpose2d", "input", x.len())?;
         let ys = self.output_shape(xs)?;
         ys.check("conv_transpose2d", "output", y.len())?;
-        let rq = ConvRequant::new(
-            "conv_transpose2d",
-            x_q,
-            &self.weight_quant,
-            g.c_out,
-            self.bias.as_deref(),
-            y_q,
-            activation,
-        )?;
-        Ok((ys, rq))
+        let call = self.calls.get_or_try_insert(CallKey::new(x_q, y_q, activation), || {
+            let rq = ConvRequant::new(
+                "conv_transpose2d",
+                x_q,
+                &self.weight_quant,
+                g.c_out,
+                self.bias.as_deref(),
+                y_q,
+                activation,
+            )?;
+            Ok(TransposeCall::new(rq))
+        })?;
+        Ok((ys, call))
     }
 
     /// Moves the `[n*h*w, kh*kw*c_out]` products to their output pixels: with kernel = stride,
     /// the `kw * c_out` bytes of input pixel `iw` and kernel row `kh` are output pixels
     /// `iw * kw .. (iw + 1) * kw` of output row `ih * kh_n + kh`, one contiguous run. Output
     /// padding pixels receive no tap and hold the requantized bias.
-    fn scatter(&self, tmp: &[u8], xs: NhwcShape, ys: NhwcShape, rq: &ConvRequant, y: &mut [u8]) {
+    fn scatter(&self, tmp: &[u8], xs: NhwcShape, ys: NhwcShape, call: &TransposeCall, y: &mut [u8]) {
         let g = &self.geometry;
         let (kh_n, kw_n) = g.kernel;
         let cols = kh_n * kw_n * g.c_out;
         let run = kw_n * g.c_out;
-        let empty: Vec<u8> = (0..g.c_out).map(|c| rq.apply(c, 0)).collect();
+        let empty = call
+            .empty
+            .get_or_init(|| (0..g.c_out).map(|c| call.rq.apply(c, 0)).collect());
         y.par_chunks_mut(ys.w * g.c_out).enumerate().for_each(|(row, out)| {
             let (n, oh) = (row / ys.h, row % ys.h);
             let (ih, kh) = (oh / g.stride.0, oh % g.stride.0);
@@ -249,7 +256,7 @@ impl PackedConvTranspose2d {
                 out[iw * run..(iw + 1) * run].copy_from_slice(&tmp[src..src + run]);
             }
             for dst in out[covered * run..].chunks_exact_mut(g.c_out) {
-                dst.copy_from_slice(&empty);
+                dst.copy_from_slice(empty);
             }
         });
     }
@@ -267,39 +274,36 @@ impl PackedConvTranspose2d {
         y: &mut [u8],
     ) -> Result<()> {
         let g = &self.geometry;
-        let (ys, rq) = self.check(x, xs, x_q, y_q, activation, y)?;
+        let (ys, call) = self.check(x, xs, x_q, y_q, activation, y)?;
         match (gemm_path, &self.gemm) {
             (None, _) => {
                 let (w, wq) = (&self.weights, &self.weight_quant);
-                reference::conv_transpose2d_reference(g, x, xs, x_q.zero_point, w, wq, &rq, y);
+                reference::conv_transpose2d_reference(g, x, xs, x_q.zero_point, w, wq, &call.rq, y);
                 Ok(())
             }
             (Some(path), Some((packed, bias))) => {
                 let m = xs.n * xs.h * xs.w;
                 let cols = packed.n();
                 let mut tmp = vec![0u8; m * cols];
-                let epilogue = Epilogue::Requantize(Requantize {
-                    bias: bias.as_deref(),
-                    out_scale: y_q.scale,
-                    out_zero_point: y_q.zero_point,
-                    relu: activation != FusedActivation::None,
-                    clamp: (activation == FusedActivation::Relu6).then(|| (y_q.zero_point, y_q.quantize(6.0) as i32)),
-                });
+                let stage = get_or_try_init(&call.gemm, || {
+                    let r = Requantize {
+                        bias: bias.as_deref(),
+                        out_scale: y_q.scale,
+                        out_zero_point: y_q.zero_point,
+                        relu: activation != FusedActivation::None,
+                        clamp: (activation == FusedActivation::Relu6)
+                            .then(|| (y_q.zero_point, y_q.quantize(6.0) as i32)),
+                    };
+                    RequantStage::new(x_q.scale, packed, &r, true)
+                })?;
                 let act = ActivationQuant::PerTensor {
                     scale: x_q.scale,
                     zero_point: x_q.zero_point,
                 };
-                gemm::gemm_u8s8(
-                    x,
-                    m,
-                    &act,
-                    packed,
-                    &epilogue,
-                    GemmOutput::U8(&mut tmp),
-                    &GemmConfig::with_path(path),
-                )?;
+                let config = GemmConfig::with_path(path);
+                gemm::gemm_u8s8_prepared(x, m, &act, packed, stage, &mut tmp, &config)?;
                 debug_assert_eq!(cols, g.taps() * g.c_out);
-                self.scatter(&tmp, xs, ys, &rq, y);
+                self.scatter(&tmp, xs, ys, &call, y);
                 Ok(())
             }
             (Some(_), None) => Err(KernelError::Param {

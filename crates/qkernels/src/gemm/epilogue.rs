@@ -1,5 +1,6 @@
 //! The epilogue: what happens to an i32 accumulator after the dot product. One description,
-//! built once per call into an [`EpiloguePlan`] of per-column constants, applied element by
+//! built once per call into an [`EpiloguePlan`] of per-column constants (a requantization's
+//! constants can also come from a [`RequantStage`] built for earlier calls), applied element by
 //! element by the reference ([`EpiloguePlan::finish_row`]) and by the vector paths with the
 //! same f32 operations in the same order, so every path writes the same bits.
 //!
@@ -114,8 +115,9 @@ impl<T: Copy> RowParam<'_, T> {
 pub(crate) enum Stage<'a> {
     I32,
     Requantize {
-        bias_term: Vec<f32>,
-        multiplier: Vec<f32>,
+        /// Built for this call, or borrowed from a [`RequantStage`] prepared earlier.
+        bias_term: Cow<'a, [f32]>,
+        multiplier: Cow<'a, [f32]>,
         zero_point: i32,
         lo: i32,
         hi: i32,
@@ -200,6 +202,99 @@ fn check_bias(bias: Option<&[f32]>, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The per-column constants of a [`Requantize`] epilogue, built once for given activation
+/// parameters and reused by later calls with the same ones (see `conv::call_cache`): the
+/// [`Stage::Requantize`] a call would build, bit for bit.
+#[derive(Debug, Clone)]
+pub(crate) struct RequantStage {
+    act_scale: f32,
+    bias_term: Vec<f32>,
+    multiplier: Vec<f32>,
+    zero_point: i32,
+    lo: i32,
+    hi: i32,
+    out_kind: OutKind,
+}
+
+impl RequantStage {
+    /// Validates `r` and computes the constants for activations of scale `act_scale` (see the
+    /// module docs for the formulas); the output is u8 or else i8.
+    pub(crate) fn new(act_scale: f32, w: &PackedWeights, r: &Requantize<'_>, u8_out: bool) -> Result<RequantStage> {
+        let n = w.n();
+        qtensor::qparams::check_scale(act_scale)?;
+        check_bias(r.bias, n)?;
+        qtensor::qparams::check_scale(r.out_scale)?;
+        let dtype = if u8_out { DType::QUInt8 } else { DType::QInt8 };
+        qtensor::qparams::check_zero_point(r.out_zero_point, dtype)?;
+        let (mut lo, mut hi) = (dtype.qmin(), dtype.qmax());
+        if r.relu {
+            lo = lo.max(r.out_zero_point);
+        }
+        if let Some((clo, chi)) = r.clamp {
+            if clo > chi {
+                return Err(param(format!("clamp [{clo}, {chi}] is empty; pass lo <= hi")));
+            }
+            lo = lo.max(clo);
+            hi = hi.min(chi);
+        }
+        // Per-tensor weights share one scale: one multiplier and one reciprocal (in
+        // f64, as fbgemm's `1.0 / act_times_w_scale`) serve every column.
+        let (multiplier, bias_term): (Vec<f32>, Vec<f32>) = if w.per_channel() {
+            let ats: Vec<f32> = w.scales().iter().map(|&ws| act_scale * ws).collect();
+            let multiplier = ats.iter().map(|&s| s / r.out_scale).collect();
+            let bias_term = match r.bias {
+                Some(b) => b.iter().zip(&ats).map(|(&b, &s)| b / s).collect(),
+                None => vec![0.0; n],
+            };
+            (multiplier, bias_term)
+        } else {
+            let ats = act_scale * w.scale(0);
+            let reciprocal = (1.0f64 / ats as f64) as f32;
+            let bias_term = match r.bias {
+                Some(b) => b.iter().map(|&b| b * reciprocal).collect(),
+                None => vec![0.0; n],
+            };
+            (vec![ats / r.out_scale; n], bias_term)
+        };
+        let finite = |v: &f32| v.is_finite();
+        if !multiplier.iter().all(|&m| m.is_finite() && m > 0.0) || !bias_term.iter().all(finite) {
+            return Err(param(format!(
+                "activation scale {act_scale} x weight scales / output scale {} gives a multiplier or bias term outside f32; rescale",
+                r.out_scale
+            )));
+        }
+        Ok(RequantStage {
+            act_scale,
+            bias_term,
+            multiplier,
+            zero_point: r.out_zero_point,
+            lo: lo.min(hi),
+            hi,
+            out_kind: if u8_out { OutKind::U8 } else { OutKind::I8 },
+        })
+    }
+
+    fn into_stage(self) -> Stage<'static> {
+        Stage::Requantize {
+            bias_term: Cow::Owned(self.bias_term),
+            multiplier: Cow::Owned(self.multiplier),
+            zero_point: self.zero_point,
+            lo: self.lo,
+            hi: self.hi,
+        }
+    }
+
+    fn stage(&self) -> Stage<'_> {
+        Stage::Requantize {
+            bias_term: Cow::Borrowed(&self.bias_term),
+            multiplier: Cow::Borrowed(&self.multiplier),
+            zero_point: self.zero_point,
+            lo: self.lo,
+            hi: self.hi,
+        }
+    }
+}
+
 impl<'a> EpiloguePlan<'a> {
     /// Validates the call's parameters and precomputes the per-column constants.
     pub(crate) fn new(
@@ -208,6 +303,7 @@ impl<'a> EpiloguePlan<'a> {
         act: &ActivationQuant<'a>,
         w: &'a PackedWeights,
         epilogue: &Epilogue<'a>,
+        prepared: Option<&'a RequantStage>,
         out: &mut GemmOutput<'_>,
     ) -> Result<EpiloguePlan<'a>> {
         let (n, k) = (w.n(), w.k());
@@ -259,64 +355,32 @@ impl<'a> EpiloguePlan<'a> {
             GemmOutput::I32(o) => (OutKind::I32, o.as_mut_ptr() as *mut u8),
             GemmOutput::F32Uninit(o) => (OutKind::F32, o.as_mut_ptr() as *mut u8),
         };
-        let stage = match (epilogue, kind) {
-            (Epilogue::I32, OutKind::I32) => Stage::I32,
-            (Epilogue::Requantize(r), OutKind::U8 | OutKind::I8) => {
+        let stage = match (prepared, epilogue, kind) {
+            (Some(p), _, kind) => {
+                if a_scale.get(0).to_bits() != p.act_scale.to_bits()
+                    || !matches!(a_scale, RowParam::Uniform(_))
+                    || p.multiplier.len() != n
+                    || p.out_kind != kind
+                {
+                    return Err(param(format!(
+                        "requantization prepared for activation scale {} and {} {:?} columns, the call has {a_scale:?} and {n} {kind:?}",
+                        p.act_scale,
+                        p.multiplier.len(),
+                        p.out_kind
+                    )));
+                }
+                p.stage()
+            }
+            (None, Epilogue::I32, OutKind::I32) => Stage::I32,
+            (None, Epilogue::Requantize(r), OutKind::U8 | OutKind::I8) => {
                 let RowParam::Uniform(act_scale) = a_scale else {
                     return Err(param(
                         "requantization needs per-tensor activation parameters (fbgemm ReQuantizeOutput); use Epilogue::Dequantize for per-row activations".into(),
                     ));
                 };
-                check_bias(r.bias, n)?;
-                qtensor::qparams::check_scale(r.out_scale)?;
-                let dtype = if kind == OutKind::U8 { DType::QUInt8 } else { DType::QInt8 };
-                qtensor::qparams::check_zero_point(r.out_zero_point, dtype)?;
-                let (mut lo, mut hi) = (dtype.qmin(), dtype.qmax());
-                if r.relu {
-                    lo = lo.max(r.out_zero_point);
-                }
-                if let Some((clo, chi)) = r.clamp {
-                    if clo > chi {
-                        return Err(param(format!("clamp [{clo}, {chi}] is empty; pass lo <= hi")));
-                    }
-                    lo = lo.max(clo);
-                    hi = hi.min(chi);
-                }
-                // Per-tensor weights share one scale: one multiplier and one reciprocal (in
-                // f64, as fbgemm's `1.0 / act_times_w_scale`) serve every column.
-                let (multiplier, bias_term): (Vec<f32>, Vec<f32>) = if w.per_channel() {
-                    let ats: Vec<f32> = w.scales().iter().map(|&ws| act_scale * ws).collect();
-                    let multiplier = ats.iter().map(|&s| s / r.out_scale).collect();
-                    let bias_term = match r.bias {
-                        Some(b) => b.iter().zip(&ats).map(|(&b, &s)| b / s).collect(),
-                        None => vec![0.0; n],
-                    };
-                    (multiplier, bias_term)
-                } else {
-                    let ats = act_scale * w.scale(0);
-                    let reciprocal = (1.0f64 / ats as f64) as f32;
-                    let bias_term = match r.bias {
-                        Some(b) => b.iter().map(|&b| b * reciprocal).collect(),
-                        None => vec![0.0; n],
-                    };
-                    (vec![ats / r.out_scale; n], bias_term)
-                };
-                let finite = |v: &f32| v.is_finite();
-                if !multiplier.iter().all(|&m| m.is_finite() && m > 0.0) || !bias_term.iter().all(finite) {
-                    return Err(param(format!(
-                        "activation scale {act_scale} x weight scales / output scale {} gives a multiplier or bias term outside f32; rescale",
-                        r.out_scale
-                    )));
-                }
-                Stage::Requantize {
-                    bias_term,
-                    multiplier,
-                    zero_point: r.out_zero_point,
-                    lo: lo.min(hi),
-                    hi,
-                }
+                RequantStage::new(act_scale, w, r, kind == OutKind::U8)?.into_stage()
             }
-            (Epilogue::Dequantize(d), OutKind::F32) => {
+            (None, Epilogue::Dequantize(d), OutKind::F32) => {
                 check_bias(d.bias, n)?;
                 Stage::Dequantize {
                     w_scales: w.scales(),
@@ -324,7 +388,7 @@ impl<'a> EpiloguePlan<'a> {
                     relu: d.relu,
                 }
             }
-            (e, kind) => {
+            (None, e, kind) => {
                 return Err(param(format!(
                     "epilogue {} cannot write a {kind:?} output; use I32 -> GemmOutput::I32, Requantize -> U8/I8, Dequantize -> F32",
                     match e {

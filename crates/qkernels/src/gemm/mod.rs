@@ -55,6 +55,7 @@ mod avxvnni;
 pub use dispatch::{available_paths, best_path, KernelPath};
 pub use dynamic::{finite_min_max, quantize_dynamic_per_tensor};
 pub use dynamic_gemm::{gemm_f32_dynamic, gemm_f32_dynamic_vec, DynamicGranularity, DynamicScratch};
+pub(crate) use epilogue::RequantStage;
 pub use epilogue::{ActivationQuant, Dequantize, Epilogue, GemmOutput, Requantize};
 pub use pack::{PackedWeights, WeightQuant, K_GROUP, PANEL_COLS};
 
@@ -98,6 +99,45 @@ pub fn gemm_u8s8(
     act: &ActivationQuant<'_>,
     weights: &PackedWeights,
     epilogue: &Epilogue<'_>,
+    out: GemmOutput<'_>,
+    config: &GemmConfig,
+) -> Result<KernelPath> {
+    run_u8s8(a, m, act, weights, epilogue, None, out, config)
+}
+
+/// [`gemm_u8s8`] with a [`Requantize`] epilogue whose constants were built earlier for the
+/// same activation scale (the convolutions keep them between calls): the same bits.
+pub(crate) fn gemm_u8s8_prepared(
+    a: &[u8],
+    m: usize,
+    act: &ActivationQuant<'_>,
+    weights: &PackedWeights,
+    stage: &RequantStage,
+    out: &mut [u8],
+    config: &GemmConfig,
+) -> Result<KernelPath> {
+    run_u8s8(
+        a,
+        m,
+        act,
+        weights,
+        &Epilogue::I32,
+        Some(stage),
+        GemmOutput::U8(out),
+        config,
+    )
+}
+
+/// [`gemm_u8s8`], with the requantize stage taken from `prepared` when given (then `epilogue`
+/// is not read).
+#[allow(clippy::too_many_arguments)]
+fn run_u8s8(
+    a: &[u8],
+    m: usize,
+    act: &ActivationQuant<'_>,
+    weights: &PackedWeights,
+    epilogue: &Epilogue<'_>,
+    prepared: Option<&RequantStage>,
     mut out: GemmOutput<'_>,
     config: &GemmConfig,
 ) -> Result<KernelPath> {
@@ -116,7 +156,7 @@ pub fn gemm_u8s8(
     }
     check_k("gemm_u8s8", k)?;
     let path = dispatch::select(config.path)?;
-    let plan = epilogue::EpiloguePlan::new(a, m, act, weights, epilogue, &mut out)?;
+    let plan = epilogue::EpiloguePlan::new(a, m, act, weights, epilogue, prepared, &mut out)?;
     tracing::debug!(path = path.name(), m, k, n = weights.n(), "gemm_u8s8");
     driver::run(path, &plan, a, m, weights, config.threads);
     Ok(path)
