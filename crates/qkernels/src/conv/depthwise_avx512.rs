@@ -161,16 +161,7 @@ pub unsafe fn pixel(p: &PackedDepthwise, taps: &[&[u8]], epi: &Epilogue, out: &m
             // SAFETY: each tap slice holds `c >= base + 64` bytes.
             let t: [__m512i; 4] =
                 std::array::from_fn(|i| _mm512_loadu_si512(taps[g * TAP_GROUP + i].as_ptr().add(base).cast()));
-            let lo01 = _mm512_unpacklo_epi8(t[0], t[1]);
-            let hi01 = _mm512_unpackhi_epi8(t[0], t[1]);
-            let lo23 = _mm512_unpacklo_epi8(t[2], t[3]);
-            let hi23 = _mm512_unpackhi_epi8(t[2], t[3]);
-            let a = [
-                _mm512_unpacklo_epi16(lo01, lo23),
-                _mm512_unpackhi_epi16(lo01, lo23),
-                _mm512_unpacklo_epi16(hi01, hi23),
-                _mm512_unpackhi_epi16(hi01, hi23),
-            ];
+            let a = interleave_taps(t);
             // SAFETY: the packed buffer holds `groups` 256-byte groups per wide block.
             let wg = w.add((b * groups + g) * WIDE_GROUP_BYTES);
             for r in 0..4 {
@@ -683,16 +674,7 @@ unsafe fn dot4<const SAT: bool, const SYM: bool>(
     w: *const i8,
     ones: __m512i,
 ) {
-    let lo01 = _mm512_unpacklo_epi8(t[0], t[1]);
-    let hi01 = _mm512_unpackhi_epi8(t[0], t[1]);
-    let lo23 = _mm512_unpacklo_epi8(t[2], t[3]);
-    let hi23 = _mm512_unpackhi_epi8(t[2], t[3]);
-    let a = [
-        _mm512_unpacklo_epi16(lo01, lo23),
-        _mm512_unpackhi_epi16(lo01, lo23),
-        _mm512_unpacklo_epi16(hi01, hi23),
-        _mm512_unpackhi_epi16(hi01, hi23),
-    ];
+    let a = interleave_taps(t);
     for r in 0..4 {
         let wr = _mm512_loadu_si512(w.add(r * 64).cast());
         acc[r] = if SAT {
@@ -727,4 +709,22 @@ unsafe fn requant16_rows<const SYM: bool>(acc: __m512i, xsum: __m512i, epi: &Epi
     } else {
         requant16_in_range(corrected, bias, mul, no_zero_point)
     }
+}
+
+/// Four taps' 64 channel bytes each, interleaved so that every 4-byte lane holds one channel's
+/// four taps in order (the `vpdpbusd` operand order). The unpacks work inside 128-bit lanes, so
+/// the channels land in the order the packed weights use.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn interleave_taps(t: [__m512i; 4]) -> [__m512i; 4] {
+    let lo01 = _mm512_unpacklo_epi8(t[0], t[1]);
+    let hi01 = _mm512_unpackhi_epi8(t[0], t[1]);
+    let lo23 = _mm512_unpacklo_epi8(t[2], t[3]);
+    let hi23 = _mm512_unpackhi_epi8(t[2], t[3]);
+    [
+        _mm512_unpacklo_epi16(lo01, lo23),
+        _mm512_unpackhi_epi16(lo01, lo23),
+        _mm512_unpacklo_epi16(hi01, hi23),
+        _mm512_unpackhi_epi16(hi01, hi23),
+    ]
 }
