@@ -205,6 +205,8 @@ impl DirectConv {
         }
         .max(1);
         let zp = x_zp as u8;
+        // Weight blocks, shared by every band (each band runs them in order).
+        let blocks: Vec<_> = self.panel_blocks().collect();
         let image = xs.h * in_row;
         let groups_at = |row_base: &dyn Fn(usize) -> usize, offsets: &mut Vec<usize>| {
             offsets.clear();
@@ -234,7 +236,6 @@ impl DirectConv {
                         Vec::new()
                     };
                     let mut tags = vec![usize::MAX; span];
-                    let blocks: Vec<_> = self.panel_blocks().collect();
                     let rows = y_band.len() / out_row;
                     for (bi, panels) in blocks.iter().cloned().enumerate() {
                         for (r, y_row) in y_band.chunks_exact_mut(out_row).enumerate() {
