@@ -5,9 +5,11 @@
 //! `scores = q_h k_h^T * (1 / sqrt(head_dim)) + bias`, `bias_j = (1 - mask_j) * f32::MIN`
 //! (`torch.finfo(float32).min`, HF's extended attention mask), `probs = softmax(scores)` along
 //! the keys, `out_h = probs v_h`, heads written back side by side. Heads are read in place from
-//! the `[B, S, hidden]` projections through strided views (only each head's keys are copied, to
-//! `[head_dim, S]`), and both products use [`super::small_matmul`]; (batch, head) pairs run as independent rayon tasks, each computing exactly what a sequential
-//! loop would, so the result does not depend on the thread count.
+//! the `[B, S, hidden]` projections through strided views (each head's keys are copied to
+//! `[head_dim, S]` and its values to a dense `[S, head_dim]` block), and both products use
+//! [`super::small_matmul`], eight query rows at a time; (batch, head) pairs run as independent
+//! rayon tasks, each computing exactly what a sequential loop would, so the result does not
+//! depend on the thread count.
 
 use qtensor::Tensor;
 use rayon::prelude::*;
@@ -120,6 +122,12 @@ impl<'a> QkvViews<'a> {
     }
 }
 
+/// Query rows per step of a head: their scores, probabilities and outputs are computed one
+/// after the other while the `[QUERY_ROWS, S]` block of scores sits in L1 (a whole `[S, S]`
+/// score matrix at S = 128 is larger than L1 and went through L2 twice). Eight rows also make
+/// one register tile of the products and one block of the softmax.
+const QUERY_ROWS: usize = 8;
+
 /// Runs attention on `[B, S]` tokens; shapes must satisfy [`attention_shape`].
 pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews<'a>, bias: &[f32]) -> Tensor {
     let (b, s, hidden) = (batch, seq, a.hidden_size);
@@ -131,15 +139,8 @@ pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews
     // blocks are interleaved into `[B, S, hidden]` afterwards.
     let mut per_head = vec![0.0f32; b * heads * s * dh];
     per_head.par_chunks_mut(s * dh).enumerate().for_each_init(
-        || {
-            (
-                vec![0.0f32; s * s],
-                vec![0.0f32; dh * s],
-                vec![0.0f32; s * dh],
-                vec![0.0f32; s * dh],
-            )
-        },
-        |(scores, k_t, q_c, v_c), (task, out)| {
+        || (vec![0.0f32; QUERY_ROWS * s], vec![0.0f32; dh * s], vec![0.0f32; s * dh]),
+        |(scores, k_t, v_c), (task, out)| {
             let (bi, h) = (task / heads, task % heads);
             let view = |(data, offset): (&'a [f32], usize)| RowMajor {
                 data: &data[bi * s * stride + offset + h * dh..],
@@ -148,33 +149,16 @@ pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews
                 stride,
             };
             // K^T of this head, [dh, S], so that each step of the product streams a contiguous
-            // row of keys; and Q and V of this head as dense [S, dh] blocks: read in place, their
-            // rows (a whole token row apart) would fall into a few L1 sets and evict each other.
+            // row of keys; and V of this head as a dense [S, dh] block: read in place, its rows
+            // (a whole token row apart) would fall into a few L1 sets and evict each other. The
+            // queries are read in place, a few rows at a time.
             transpose_head(view(qkv.k), k_t);
-            let dense = |view: RowMajor<'_>, to: &mut [f32]| {
-                for (dst, src) in to.chunks_exact_mut(dh).zip(view.data.chunks(stride)) {
-                    dst.copy_from_slice(&src[..dh]);
-                }
-            };
-            dense(view(qkv.q), q_c);
-            dense(view(qkv.v), v_c);
-            let q_c = RowMajor {
-                data: q_c,
-                rows: s,
-                cols: dh,
-                stride: dh,
-            };
+            for (dst, src) in v_c.chunks_exact_mut(dh).zip(view(qkv.v).data.chunks(stride)) {
+                dst.copy_from_slice(&src[..dh]);
+            }
             let k_t = RowMajor {
                 data: k_t,
                 rows: dh,
-                cols: s,
-                stride: s,
-            };
-            matmul(q_c, k_t, scores);
-            scaled_softmax_rows(scores, s, scale, &bias[bi * s..(bi + 1) * s]);
-            let probs = RowMajor {
-                data: scores,
-                rows: s,
                 cols: s,
                 stride: s,
             };
@@ -184,7 +168,26 @@ pub fn attention<'a>(a: &AttentionAttrs, batch: usize, seq: usize, qkv: QkvViews
                 cols: dh,
                 stride: dh,
             };
-            matmul(probs, v_c, out);
+            let q = view(qkv.q);
+            let bias = &bias[bi * s..(bi + 1) * s];
+            for i0 in (0..s).step_by(QUERY_ROWS) {
+                let rows = QUERY_ROWS.min(s - i0);
+                let q_rows = RowMajor {
+                    data: &q.data[i0 * stride..],
+                    rows,
+                    ..q
+                };
+                let scores = &mut scores[..rows * s];
+                matmul(q_rows, k_t, scores);
+                scaled_softmax_rows(scores, s, scale, bias);
+                let probs = RowMajor {
+                    data: scores,
+                    rows,
+                    cols: s,
+                    stride: s,
+                };
+                matmul(probs, v_c, &mut out[i0 * dh..(i0 + rows) * dh]);
+            }
         },
     );
     let mut y = Vec::with_capacity(b * s * hidden);

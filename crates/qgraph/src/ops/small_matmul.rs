@@ -24,22 +24,19 @@ pub fn matmul(a: RowMajor<'_>, b: RowMajor<'_>, c: &mut [f32]) {
     assert!(c.len() >= a.rows * b.cols, "output too small");
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f,fma")]
-        unsafe fn matmul_avx512(a: RowMajor<'_>, b: RowMajor<'_>, c: &mut [f32]) {
-            matmul_tiled(a, b, c);
-        }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn matmul_avx2(a: RowMajor<'_>, b: RowMajor<'_>, c: &mut [f32]) {
             matmul_tiled(a, b, c);
         }
         if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX-512F and FMA (checked just above); the function only
-            // enables those instructions and has no other precondition.
-            unsafe { matmul_avx512(a, b, c) };
+            // SAFETY: the CPU has AVX-512F and FMA (checked just above), the kernel's only
+            // precondition beyond the shapes it asserts itself.
+            unsafe { avx512::matmul(a, b, c) };
             return;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above, for AVX2 and FMA.
+            // SAFETY: the CPU has AVX2 and FMA (checked just above); the function only enables
+            // those instructions and has no other precondition.
             unsafe { matmul_avx2(a, b, c) };
             return;
         }
@@ -113,6 +110,126 @@ fn tile<const MR: usize, const NR: usize>(a: RowMajor<'_>, b: RowMajor<'_>, c: &
     let n = b.cols;
     for (r, acc_row) in acc.iter().enumerate() {
         c[(i0 + r) * n + j0..][..NR].copy_from_slice(acc_row);
+    }
+}
+
+/// The AVX-512 path: tiles of 8 rows by 32 columns (16 accumulator registers) with `A`
+/// broadcast from memory and the inner dimension streamed in order, so each element gets the
+/// same chain of fused multiply-adds as [`matmul_reference`]. Columns past the last multiple of
+/// 32 go through the same tiles with a lane mask on the last vector.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::RowMajor;
+
+    /// Rows of `A` per tile.
+    const MR: usize = 8;
+
+    /// [`super::matmul`] on AVX-512.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and FMA.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn matmul(a: RowMajor<'_>, b: RowMajor<'_>, c: &mut [f32]) {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        if m == 0 || n == 0 {
+            return;
+        }
+        // The bounds every pointer below stays within: row `m - 1` of `a` reaches column `k`,
+        // row `k - 1` of `b` reaches column `n`, `c` holds `m * n` values.
+        assert!(
+            k == 0 || a.data.len() >= (m - 1) * a.stride + k,
+            "a is shorter than its shape"
+        );
+        assert!(
+            k == 0 || b.data.len() >= (k - 1) * b.stride + n,
+            "b is shorter than its shape"
+        );
+        assert!(c.len() >= m * n, "output too small");
+        let full = 32 * (n / 32);
+        let mut j = 0;
+        while j < n {
+            let (vectors, width) = if j < full {
+                (2, 32)
+            } else {
+                ((n - j).div_ceil(16), n - j)
+            };
+            // Lanes of the last vector that hold columns of this tile.
+            let last = width - 16 * (vectors - 1);
+            let mask: __mmask16 = if last == 16 { 0xffff } else { (1u16 << last) - 1 };
+            let mut i = 0;
+            while i < m {
+                let rows = if i + MR <= m { MR } else { 1 };
+                // SAFETY: rows `i..i + rows` of `a` and `c` and columns `j..j + width` of `b`
+                // and `c` lie inside the bounds asserted above (`rows <= m - i`,
+                // `width <= n - j`); the masked lanes beyond `width` are neither read nor written.
+                // The CPU has AVX-512F and FMA (this function's contract).
+                unsafe {
+                    let ap = a.data.as_ptr().add(i * a.stride);
+                    let bp = b.data.as_ptr().add(j);
+                    let cp = c.as_mut_ptr().add(i * n + j);
+                    match (rows, vectors) {
+                        (MR, 2) => tile::<MR, 2>(ap, a.stride, bp, b.stride, k, cp, n, mask),
+                        (MR, _) => tile::<MR, 1>(ap, a.stride, bp, b.stride, k, cp, n, mask),
+                        (_, 2) => tile::<1, 2>(ap, a.stride, bp, b.stride, k, cp, n, mask),
+                        _ => tile::<1, 1>(ap, a.stride, bp, b.stride, k, cp, n, mask),
+                    }
+                }
+                i += rows;
+            }
+            j += width.min(32);
+        }
+    }
+
+    /// `c[r][..] = sum_p a[r][p] b[p][..]` for `R` rows and `V` vectors of 16 columns, the last
+    /// vector limited to the lanes of `mask`.
+    ///
+    /// # Safety
+    /// `a` addresses `R` rows of `k` values `lda` apart, `b` `k` rows `ldb` apart of
+    /// `16 (V - 1)` values plus the lanes of `mask`, `c` `R` such rows `ldc` apart; the CPU has
+    /// AVX-512F and FMA.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn tile<const R: usize, const V: usize>(
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+        mask: __mmask16,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for p in 0..k {
+            let row = b.add(p * ldb);
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, y) in bv.iter_mut().enumerate() {
+                *y = if v + 1 == V {
+                    _mm512_maskz_loadu_ps(mask, row.add(16 * v))
+                } else {
+                    _mm512_loadu_ps(row.add(16 * v))
+                };
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a.add(r * lda + p));
+                for (o, &y) in acc.iter_mut().zip(&bv) {
+                    *o = _mm512_fmadd_ps(x, y, *o);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (v, &o) in acc.iter().enumerate() {
+                let at = c.add(r * ldc + 16 * v);
+                if v + 1 == V {
+                    _mm512_mask_storeu_ps(at, mask, o);
+                } else {
+                    _mm512_storeu_ps(at, o);
+                }
+            }
+        }
     }
 }
 

@@ -129,32 +129,49 @@ pub fn softmax_row(row: &mut [f32]) {
 /// Rows go eight at a time through each step in turn (affine step and maximum, then
 /// exponentials and sum, then scaling): each row's arithmetic is that of [`softmax_row`], but the
 /// serial folds of one row (lane maxima, lane sums) are followed by the independent work of the
-/// next row instead of by work waiting on them, so the CPU overlaps them.
+/// next row instead of by work waiting on them, so the CPU overlaps them. Rows whose length is a
+/// multiple of 16 take an AVX-512 kernel when the CPU has it, with the same bits.
 pub fn scaled_softmax_rows(scores: &mut [f32], n: usize, scale: f32, bias: &[f32]) {
-    const ROWS: usize = 8;
     assert_eq!(bias.len(), n, "one bias per column");
+    #[cfg(target_arch = "x86_64")]
+    if n.is_multiple_of(LANES)
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: the CPU has AVX-512F and FMA (checked just above), the kernel's only
+        // precondition besides `n` being a multiple of 16 (checked too).
+        unsafe { avx512::scaled_softmax_rows(scores, n, scale, bias) };
+        return;
+    }
     with_simd(
         #[inline(always)]
-        || {
-            for block in scores.chunks_mut(ROWS * n) {
-                let mut max = [0.0f32; ROWS];
-                for (row, max) in block.chunks_exact_mut(n).zip(&mut max) {
-                    for (x, &b) in row.iter_mut().zip(bias) {
-                        *x = *x * scale + b;
-                    }
-                    *max = row_max(row);
-                }
-                let mut inv = [0.0f32; ROWS];
-                for ((row, inv), &max) in block.chunks_exact_mut(n).zip(&mut inv).zip(&max) {
-                    row.iter_mut().for_each(|v| *v = exp(*v - max));
-                    *inv = 1.0 / row_sum(row);
-                }
-                for (row, &inv) in block.chunks_exact_mut(n).zip(&inv) {
-                    row.iter_mut().for_each(|v| *v *= inv);
-                }
-            }
-        },
+        || scaled_softmax_rows_portable(scores, n, scale, bias),
     );
+}
+
+/// Rows of [`scaled_softmax_rows`] per block.
+const SOFTMAX_ROWS: usize = 8;
+
+/// [`scaled_softmax_rows`] in plain Rust, the twin of its AVX-512 kernel.
+#[inline(always)]
+fn scaled_softmax_rows_portable(scores: &mut [f32], n: usize, scale: f32, bias: &[f32]) {
+    for block in scores.chunks_mut(SOFTMAX_ROWS * n) {
+        let mut max = [0.0f32; SOFTMAX_ROWS];
+        for (row, max) in block.chunks_exact_mut(n).zip(&mut max) {
+            for (x, &b) in row.iter_mut().zip(bias) {
+                *x = *x * scale + b;
+            }
+            *max = row_max(row);
+        }
+        let mut inv = [0.0f32; SOFTMAX_ROWS];
+        for ((row, inv), &max) in block.chunks_exact_mut(n).zip(&mut inv).zip(&max) {
+            row.iter_mut().for_each(|v| *v = exp(*v - max));
+            *inv = 1.0 / row_sum(row);
+        }
+        for (row, &inv) in block.chunks_exact_mut(n).zip(&inv) {
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
 }
 
 const LANES: usize = 16;
@@ -195,6 +212,89 @@ fn softmax_row_body(row: &mut [f32]) {
     row.iter_mut().for_each(|v| *v = exp(*v - max));
     let inv = 1.0 / row_sum(row);
     row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// AVX-512 twins of [`exp`] and [`scaled_softmax_rows_portable`]: the same operations in the
+/// same order on 16 lanes, so the same bits (the compiler's own vectorization of the portable
+/// code keeps the lanes of [`exp`] in general-purpose form and runs about half as fast).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{LANES, LN2_HI, LN2_LO, LOG2E, ROUND, SOFTMAX_ROWS};
+
+    /// [`super::exp`] of 16 lanes: the same clamp (NaN passes through, as `f32::clamp`), the
+    /// same split `x = n ln 2 + r`, polynomial and exponent bits, and 0 below -87.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and FMA.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn exp16(x: __m512) -> __m512 {
+        let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(-87.0));
+        // `max_ps(c, x)` returns `x` when either is NaN, as `clamp` does.
+        let x = _mm512_min_ps(_mm512_set1_ps(88.0), _mm512_max_ps(_mm512_set1_ps(-87.0), x));
+        let z = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)), _mm512_set1_ps(ROUND));
+        let n = _mm512_sub_ps(z, _mm512_set1_ps(ROUND));
+        let ni = _mm512_sub_epi32(_mm512_castps_si512(z), _mm512_set1_epi32(ROUND.to_bits() as i32));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let e = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        let pow2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(ni, _mm512_set1_epi32(127))));
+        _mm512_maskz_mul_ps(keep, e, pow2)
+    }
+
+    /// [`super::scaled_softmax_rows`] for rows of a multiple of 16 values.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and FMA; `n` is a multiple of 16 and `bias` holds `n` values.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn scaled_softmax_rows(scores: &mut [f32], n: usize, scale: f32, bias: &[f32]) {
+        debug_assert!(n.is_multiple_of(LANES) && bias.len() == n);
+        let scale = _mm512_set1_ps(scale);
+        for block in scores.chunks_mut(SOFTMAX_ROWS * n) {
+            let mut max = [0.0f32; SOFTMAX_ROWS];
+            for (row, max) in block.chunks_exact_mut(n).zip(&mut max) {
+                // Lane maxima as `row_max`: `max_ps(v, m)` is `if v > m { v } else { m }`.
+                let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+                for (x, b) in row.chunks_exact_mut(LANES).zip(bias.chunks_exact(LANES)) {
+                    let v = _mm512_add_ps(
+                        _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr()), scale),
+                        _mm512_loadu_ps(b.as_ptr()),
+                    );
+                    _mm512_storeu_ps(x.as_mut_ptr(), v);
+                    m = _mm512_max_ps(v, m);
+                }
+                // The lane maxima are never NaN (a NaN never wins `v > m`), so any order of
+                // folding them gives the largest.
+                *max = _mm512_reduce_max_ps(m);
+            }
+            let mut inv = [0.0f32; SOFTMAX_ROWS];
+            for ((row, inv), &max) in block.chunks_exact_mut(n).zip(&mut inv).zip(&max) {
+                let max = _mm512_set1_ps(max);
+                let mut sum = _mm512_setzero_ps();
+                for x in row.chunks_exact_mut(LANES) {
+                    let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr()), max));
+                    _mm512_storeu_ps(x.as_mut_ptr(), e);
+                    sum = _mm512_add_ps(sum, e);
+                }
+                // Lane sums folded in lane order, as `row_sum` (whose tail is empty here).
+                let mut lanes = [0.0f32; LANES];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), sum);
+                *inv = 1.0 / lanes.iter().sum::<f32>();
+            }
+            for (row, &inv) in block.chunks_exact_mut(n).zip(&inv) {
+                let inv = _mm512_set1_ps(inv);
+                for x in row.chunks_exact_mut(LANES) {
+                    _mm512_storeu_ps(x.as_mut_ptr(), _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr()), inv));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +351,64 @@ mod tests {
         assert!(got
             .chunks_exact(n)
             .all(|r| r[4] == 0.0 && (r.iter().sum::<f32>() - 1.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn vector_exp_matches_the_scalar_bits() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            let mut xs: Vec<f32> = (-9000..=9000).map(|i| i as f32 * 0.0101).collect();
+            xs.extend([
+                -87.0,
+                -87.000_01,
+                88.0,
+                88.5,
+                f32::MIN,
+                f32::MAX,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                0.0,
+                -0.0,
+                1e-30,
+            ]);
+            xs.resize(xs.len().div_ceil(16) * 16, 0.5);
+            for x in xs.chunks_exact(16) {
+                let mut got = [0.0f32; 16];
+                // SAFETY: the CPU has AVX-512F and FMA (checked above); `x` and `got` hold 16 values.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    _mm512_storeu_ps(got.as_mut_ptr(), avx512::exp16(_mm512_loadu_ps(x.as_ptr())));
+                }
+                for (&g, &x) in got.iter().zip(x) {
+                    assert_eq!(g.to_bits(), exp(x).to_bits(), "exp({x})");
+                }
+            }
+            let mut nan = [f32::NAN; 16];
+            // SAFETY: as above.
+            unsafe {
+                use std::arch::x86_64::*;
+                _mm512_storeu_ps(nan.as_mut_ptr(), avx512::exp16(_mm512_loadu_ps(nan.as_ptr())));
+            }
+            assert!(nan.iter().all(|v| v.is_nan()) && exp(f32::NAN).is_nan());
+        }
+    }
+
+    #[test]
+    fn scaled_softmax_kernel_matches_the_portable_path() {
+        for &(rows, n) in &[(128, 128), (13, 48), (8, 16)] {
+            let scores: Vec<f32> = (0..rows * n)
+                .map(|i| ((i * 7919) % 1000) as f32 / 40.0 - 12.0)
+                .collect();
+            let bias: Vec<f32> = (0..n).map(|j| if j % 7 == 6 { f32::MIN } else { 0.0 }).collect();
+            let mut want = scores.clone();
+            scaled_softmax_rows_portable(&mut want, n, 0.17, &bias);
+            let mut got = scores;
+            scaled_softmax_rows(&mut got, n, 0.17, &bias);
+            assert_eq!(got, want, "{rows}x{n}");
+            assert!(got
+                .chunks_exact(n)
+                .all(|r| r[6] == 0.0 && (r.iter().sum::<f32>() - 1.0).abs() < 1e-5));
+        }
     }
 
     #[test]
