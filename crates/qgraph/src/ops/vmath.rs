@@ -314,7 +314,7 @@ fn row_max(row: &[f32]) -> f32 {
     m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
-/// The sum of `row`: 16 lane sums added in lane order, then the tail's sum.
+/// The sum of `row`: 16 lane sums, folded by halves ([`fold_lanes`]), then the tail's sum.
 #[inline(always)]
 fn row_sum(row: &[f32]) -> f32 {
     let mut s = [0.0f32; LANES];
@@ -325,7 +325,21 @@ fn row_sum(row: &[f32]) -> f32 {
             s[l] += c[l];
         }
     }
-    s.iter().sum::<f32>() + tail
+    fold_lanes(s) + tail
+}
+
+/// `s[0] + .. + s[15]` as a vector register folds: lane `l` plus lane `l + 8`, then `l + 4`,
+/// `l + 2`, `l + 1` (four dependent additions where a lane-order sum takes fifteen).
+#[inline(always)]
+fn fold_lanes(mut s: [f32; LANES]) -> f32 {
+    let mut half = LANES / 2;
+    while half > 0 {
+        for l in 0..half {
+            s[l] += s[l + half];
+        }
+        half /= 2;
+    }
+    s[0]
 }
 
 #[inline(always)]
@@ -343,7 +357,7 @@ fn softmax_row_body(row: &mut [f32]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{ERF_COEFFS, ERF_LIMIT, LANES, LN2_HI, LN2_LO, LOG2E, ROUND, SOFTMAX_ROWS};
+    use super::{ERF_COEFFS, ERF_LIMIT, LANES, LN2_HI, LN2_LO, LOG2E, SOFTMAX_ROWS};
 
     /// [`super::gelu_erf`] of every element: [`super::erf`]'s interval index picks each
     /// coefficient out of a register holding all 16 (`vpermps`), then the same operations in the
@@ -401,19 +415,33 @@ mod avx512 {
     }
 
     /// [`super::exp`] of 16 lanes: the same clamp (NaN passes through, as `f32::clamp`), the
-    /// same split `x = n ln 2 + r`, polynomial and exponent bits, and 0 below -87.
+    /// same split `x = n ln 2 + r`, polynomial and exponent, and 0 below -87.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and FMA.
+    #[cfg(test)]
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn exp16(x: __m512) -> __m512 {
+        // `min_ps(c, x)` returns `x` when it is NaN, as `clamp` does.
+        exp16_up_to_88(_mm512_min_ps(_mm512_set1_ps(88.0), x))
+    }
+
+    /// [`super::exp`] of 16 lanes that are at most 88 (or NaN), as the softmax's `x - max`.
+    /// Lanes below -87 come out 0 through the mask, so they need no clamp (whatever the
+    /// arithmetic makes of them is discarded); `round(x log2 e)` is `(x log2 e + ROUND) - ROUND`
+    /// in one instruction, and `vscalefps` multiplies by `2^n` exactly as the exponent bits do.
     ///
     /// # Safety
     /// The CPU has AVX-512F and FMA.
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
-    pub(super) unsafe fn exp16(x: __m512) -> __m512 {
+    unsafe fn exp16_up_to_88(x: __m512) -> __m512 {
         let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(-87.0));
-        // `max_ps(c, x)` returns `x` when either is NaN, as `clamp` does.
-        let x = _mm512_min_ps(_mm512_set1_ps(88.0), _mm512_max_ps(_mm512_set1_ps(-87.0), x));
-        let z = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)), _mm512_set1_ps(ROUND));
-        let n = _mm512_sub_ps(z, _mm512_set1_ps(ROUND));
-        let ni = _mm512_sub_epi32(_mm512_castps_si512(z), _mm512_set1_epi32(ROUND.to_bits() as i32));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(LOG2E),
+        ));
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
         let mut p = _mm512_set1_ps(1.987_569_1e-4);
@@ -421,8 +449,20 @@ mod avx512 {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
         let e = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
-        let pow2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(ni, _mm512_set1_epi32(127))));
-        _mm512_maskz_mul_ps(keep, e, pow2)
+        _mm512_maskz_scalef_ps(keep, e, n)
+    }
+
+    /// [`super::fold_lanes`] of a register.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fold_lanes(s: __m512) -> f32 {
+        let s8 = _mm512_castps512_ps256(_mm512_add_ps(s, _mm512_shuffle_f32x4::<0b11_10_11_10>(s, s)));
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
     }
 
     /// [`super::scaled_softmax_rows`] for rows of a multiple of 16 values.
@@ -455,14 +495,13 @@ mod avx512 {
                 let max = _mm512_set1_ps(max);
                 let mut sum = _mm512_setzero_ps();
                 for x in row.chunks_exact_mut(LANES) {
-                    let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr()), max));
+                    let e = exp16_up_to_88(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr()), max));
                     _mm512_storeu_ps(x.as_mut_ptr(), e);
                     sum = _mm512_add_ps(sum, e);
                 }
-                // Lane sums folded in lane order, as `row_sum` (whose tail is empty here).
-                let mut lanes = [0.0f32; LANES];
-                _mm512_storeu_ps(lanes.as_mut_ptr(), sum);
-                *inv = 1.0 / lanes.iter().sum::<f32>();
+                // As `row_sum`, whose tail is empty here (adding its zero changes no sum of
+                // exponentials).
+                *inv = 1.0 / fold_lanes(sum);
             }
             for (row, &inv) in block.chunks_exact_mut(n).zip(&inv) {
                 let inv = _mm512_set1_ps(inv);
