@@ -107,6 +107,21 @@ pub fn map<T: Send>(threads: usize, tasks: usize, f: &(dyn Fn(usize) -> T + Sync
         .collect()
 }
 
+/// Runs `f(item)` for every item as [`for_each`] does, handing each task its own item (for
+/// example the disjoint output rows it writes).
+pub fn for_each_item<P: Send>(threads: usize, items: Vec<P>, f: &(dyn Fn(P) + Sync)) {
+    map_items(threads, items, f);
+}
+
+/// [`for_each_item`] that returns each task's result, in item order.
+pub fn map_items<P: Send, R: Send>(threads: usize, items: Vec<P>, f: &(dyn Fn(P) -> R + Sync)) -> Vec<R> {
+    let slots: Vec<Mutex<Option<P>>> = items.into_iter().map(|p| Mutex::new(Some(p))).collect();
+    map(threads, slots.len(), &|i| {
+        let item = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+        f(item.expect("each task runs once"))
+    })
+}
+
 /// One published job: the caller's closure and each thread's range of tasks.
 struct Job<'a> {
     task: &'a (dyn Fn(usize) + Sync),
@@ -345,6 +360,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn each_item_reaches_one_task() {
+        let mut data = vec![0u32; 100];
+        for_each_item(3, data.chunks_mut(7).enumerate().collect(), &|(i, chunk)| {
+            chunk.iter_mut().for_each(|v| *v += i as u32 + 1)
+        });
+        assert!(data.iter().enumerate().all(|(j, &v)| v == (j / 7) as u32 + 1));
     }
 
     #[test]

@@ -16,7 +16,6 @@ use super::{gemm_u8s8, ActivationQuant, Dequantize, Epilogue, GemmConfig, GemmOu
 use crate::{KernelError, Result};
 use qtensor::quantize::{quantize_into, Affine};
 use qtensor::DType;
-use std::sync::Mutex;
 
 /// Elements below which splitting the quantization over threads costs more than it saves
 /// (about 1 us of work per task).
@@ -161,13 +160,10 @@ fn dynamic_into(
                     .div_ceil(tasks)
                     .next_multiple_of(64)
                     .min(qtensor::quantize::PARALLEL_THRESHOLD - 64);
-                let dst: Vec<Mutex<&mut [u8]>> = xq.chunks_mut(chunk).map(Mutex::new).collect();
-                crate::team::map(threads, dst.len(), &|i| {
-                    let mut dst = dst[i].lock().unwrap_or_else(|e| e.into_inner());
-                    quantize_into(&x[i * chunk..][..dst.len()], &mut dst, &affine)
-                })
-                .into_iter()
-                .collect::<std::result::Result<(), _>>()?;
+                let parts = x.chunks(chunk).zip(xq.chunks_mut(chunk)).collect();
+                crate::team::map_items(threads, parts, &|(src, dst)| quantize_into(src, dst, &affine))
+                    .into_iter()
+                    .collect::<std::result::Result<(), _>>()?;
             }
             ActivationQuant::PerTensor { scale, zero_point }
         }
@@ -208,20 +204,15 @@ fn dynamic_into(
             let result = if tasks == 1 {
                 quantize_rows(x, xq, &mut scratch.scales, &mut scratch.zero_points)
             } else {
-                type RowOut<'a> = (&'a mut [u8], &'a mut [f32], &'a mut [i32]);
-                let parts: Vec<Mutex<RowOut>> = xq
-                    .chunks_mut(rows * k)
+                let parts = x
+                    .chunks(rows * k)
+                    .zip(xq.chunks_mut(rows * k))
                     .zip(scratch.scales.chunks_mut(rows))
                     .zip(scratch.zero_points.chunks_mut(rows))
-                    .map(|((q, s), z)| Mutex::new((q, s, z)))
                     .collect();
-                crate::team::map(threads, parts.len(), &|i| {
-                    let mut part = parts[i].lock().unwrap_or_else(|e| e.into_inner());
-                    let (dst, s, z) = &mut *part;
-                    quantize_rows(&x[i * rows * k..][..dst.len()], dst, s, z)
-                })
-                .into_iter()
-                .collect::<Result<()>>()
+                crate::team::map_items(threads, parts, &|(((src, dst), s), z)| quantize_rows(src, dst, s, z))
+                    .into_iter()
+                    .collect::<Result<()>>()
             };
             if let Err(e) = result {
                 // Name the first non-finite value of the whole input, not of one row.
