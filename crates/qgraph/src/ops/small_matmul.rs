@@ -136,6 +136,11 @@ mod avx512 {
         if m == 0 || n == 0 {
             return;
         }
+        if k == 0 {
+            // Empty sums (and no pointer into `a` or `b`, which may hold nothing).
+            c[..m * n].fill(0.0);
+            return;
+        }
         // The bounds every pointer below stays within: row `m - 1` of `a` reaches column `k`,
         // row `k - 1` of `b` reaches column `n`, `c` holds `m * n` values.
         assert!(
@@ -252,6 +257,7 @@ mod tests {
             (13, 64, 50),
             (1, 1, 1),
             (9, 3, 17),
+            (3, 0, 20),
         ] {
             let stride_a = k + 3;
             let a = pseudo(m * stride_a, 1);

@@ -255,6 +255,9 @@ pub fn softmax_row(row: &mut [f32]) {
 /// multiple of 16 take an AVX-512 kernel when the CPU has it, with the same bits.
 pub fn scaled_softmax_rows(scores: &mut [f32], n: usize, scale: f32, bias: &[f32]) {
     assert_eq!(bias.len(), n, "one bias per column");
+    if n == 0 {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if n.is_multiple_of(LANES)
         && std::arch::is_x86_feature_detected!("avx512f")
