@@ -37,6 +37,7 @@ mod direct_avx512;
 pub mod geometry;
 mod im2col;
 pub mod layout;
+mod pixel_lanes;
 pub mod reference;
 pub mod requant;
 pub mod transpose;
@@ -313,6 +314,83 @@ impl PackedConv2d {
         let ys = self.output_shape(NhwcShape::new(first.n, first.h, first.w, self.geometry.c_in))?;
         let mut y = vec![0u8; ys.len()];
         self.run_concat(inputs, x_q, y_q, activation, &mut y)?;
+        Ok((y, ys))
+    }
+
+    /// The convolution followed by dequantization to NCHW `f32` (shape `(n, c_out, oh, ow)`):
+    /// the bits of [`PackedConv2d::forward`] then [`nhwc_u8_to_nchw_f32`] with `y_q`. A 1x1
+    /// convolution with at most 8 output channels (a segmentation head) runs on a kernel with
+    /// pixels in the vector lanes that writes the floats from its accumulators (`pixel_lanes.rs`)
+    /// where the CPU has it, unless `QFORGE_KERNEL=reference`.
+    pub fn forward_dequantized(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+    ) -> Result<(Vec<f32>, NhwcShape)> {
+        self.forward_dequantized_on(self.dequantizes_in_kernel(), x, xs, x_q, y_q, activation)
+    }
+
+    /// Whether [`PackedConv2d::forward_dequantized`] dequantizes inside the pixel-lane kernel on
+    /// this CPU (otherwise it runs the convolution and then the separate dequantization).
+    pub fn dequantizes_in_kernel(&self) -> bool {
+        !forced_reference() && matches!(self.packed, Packed::Gemm(_, Some(_))) && pixel_lanes::applies(&self.geometry)
+    }
+
+    /// [`PackedConv2d::forward_dequantized`] with the pixel-lane kernel (`in_kernel`, an error
+    /// where [`PackedConv2d::dequantizes_in_kernel`] is false) or the default path followed by
+    /// the separate dequantization (tests compare the two).
+    pub fn forward_dequantized_on(
+        &self,
+        in_kernel: bool,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+    ) -> Result<(Vec<f32>, NhwcShape)> {
+        if !in_kernel {
+            let (y, ys) = self.forward(x, xs, x_q, y_q, activation)?;
+            return Ok((nhwc_u8_to_nchw_f32(&y, ys, y_q)?, ys));
+        }
+        let g = &self.geometry;
+        let dc = match &self.packed {
+            Packed::Gemm(_, Some(dc)) if pixel_lanes::applies(g) => dc,
+            _ => {
+                return Err(KernelError::Param {
+                    op: "conv2d",
+                    detail: format!(
+                        "{g:?} has no in-kernel dequantization on this CPU (1x1, stride 1, no padding, one group,                          c_in a multiple of 16, at most 8 outputs, symmetric weights, AVX-512 VNNI); use forward_dequantized"
+                    ),
+                })
+            }
+        };
+        xs.check("conv2d", "input", x.len())?;
+        if xs.c != g.c_in {
+            return Err(KernelError::Shape {
+                op: "conv2d",
+                detail: format!("input has {} channels, the convolution expects {}", xs.c, g.c_in),
+            });
+        }
+        let ys = self.output_shape(xs)?;
+        let call = self.calls.get_or_try_insert(CallKey::new(x_q, y_q, activation), || {
+            let rq = ConvRequant::new(
+                "conv2d",
+                x_q,
+                &self.weight_quant,
+                g.c_out,
+                self.bias.as_deref(),
+                y_q,
+                activation,
+            )?;
+            Ok(ConvCall::new(rq))
+        })?;
+        let _span = tracing::debug_span!("conv2d_dequantized", ?xs, c_out = g.c_out).entered();
+        let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, &call.rq));
+        let mut y = vec![0f32; ys.len()];
+        pixel_lanes::run(g, x, xs, &self.weights, epi, y_q, &mut y);
         Ok((y, ys))
     }
 
