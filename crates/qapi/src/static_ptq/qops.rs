@@ -161,7 +161,8 @@ impl CustomOp for Dequantize {
     custom_op_boilerplate!();
 }
 
-/// Quantized Conv2d (with fused ReLU/ReLU6): NHWC u8 in, NHWC u8 out.
+/// Quantized Conv2d (with fused ReLU/ReLU6): NHWC u8 in, NHWC u8 out (NCHW f32 out with
+/// `dequantize`).
 #[derive(Debug)]
 pub struct QConv2d {
     pub conv: PackedConv2d,
@@ -173,6 +174,9 @@ pub struct QConv2d {
     /// requantized to these parameters (exactly as `QuantizedCat` does), as the kernel reads
     /// them, without storing the concatenation.
     pub concat: Option<ActQuant>,
+    /// The output leaves the quantized region here: NCHW f32, the bits [`Dequantize`] would
+    /// give for the quint8 output (`PackedConv2d::forward_dequantized`).
+    pub dequantize: bool,
 }
 
 /// Logical NCHW output shape of a packed convolution.
@@ -199,6 +203,9 @@ impl CustomOp for QConv2d {
     }
     fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
         const OP: &str = "QuantizedConv2d";
+        if self.dequantize {
+            return self.forward_dequantized(inputs);
+        }
         let (y, ys) = match (inputs, self.concat) {
             (_, Some(x_q)) => {
                 let parts = cat_parts(OP, inputs)?;
@@ -215,6 +222,32 @@ impl CustomOp for QConv2d {
         quant_value(OP, nhwc_dims(ys), y, self.output)
     }
     custom_op_boilerplate!();
+}
+
+impl QConv2d {
+    /// The convolution and its output's dequantization (`dequantize`): NCHW f32.
+    fn forward_dequantized(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
+        const OP: &str = "QuantizedConv2d";
+        let (y, ys) = match (inputs, self.concat) {
+            (_, Some(x_q)) => {
+                let parts = cat_parts(OP, inputs)?;
+                self.conv
+                    .forward_concat(&parts, x_q, self.output, self.activation)
+                    .and_then(|(q, ys)| Ok((nhwc_u8_to_nchw_f32(&q, ys, self.output)?, ys)))
+            }
+            ([x], None) => {
+                let (data, shape, xq) = quant_input(OP, x)?;
+                let xs = nhwc(OP, shape)?;
+                self.conv
+                    .forward_dequantized(data, xs, xq, self.output, self.activation)
+            }
+            _ => return Err(fail(OP, "expected one input")),
+        }
+        .map_err(|e| fail(OP, e))?;
+        Tensor::new(vec![ys.n, ys.c, ys.h, ys.w], y)
+            .map(Value::F32)
+            .map_err(|e| fail(OP, e))
+    }
 }
 
 /// Quantized ConvTranspose2d (per-tensor or per-channel weights).
