@@ -448,4 +448,11 @@ fn dequantize_after_the_head_convolution_is_fused_into_it_exactly() {
     };
     assert!(op.as_any().downcast_ref::<QConv2d>().unwrap().dequantize);
     assert_eq!(bits(&run(&loaded, input(4))), expected);
+    // A non-finite input is refused at the entry, naming the value.
+    let mut bad = input(4);
+    if let Value::F32(t) = &mut bad[0] {
+        t.data_mut()[5] = f32::INFINITY;
+    }
+    let err = q.run(bad).unwrap_err().to_string();
+    assert!(err.contains("inf") && err.contains("not finite"), "{err}");
 }

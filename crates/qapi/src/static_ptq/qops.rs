@@ -102,16 +102,17 @@ impl CustomOp for Quantize {
             [Value::F32(t)] => t,
             _ => return Err(fail("Quantize", "expected one f32 input")),
         };
-        if let Some((index, value)) = qtensor::quantize::first_non_finite(x.data()) {
-            return Err(fail("Quantize", format!("non-finite input {value} at index {index}")));
-        }
         match x.shape() {
+            // The layout conversion rejects non-finite inputs itself (one scan, not two).
             [n, c, h, w] => {
                 let s = NhwcShape::new(*n, *h, *w, *c);
                 let data = nchw_f32_to_nhwc_u8(x.data(), s, self.q).map_err(|e| fail("Quantize", e))?;
                 quant_value("Quantize", nhwc_dims(s), data, self.q)
             }
             shape => {
+                if let Some((index, value)) = qtensor::quantize::first_non_finite(x.data()) {
+                    return Err(fail("Quantize", format!("non-finite input {value} at index {index}")));
+                }
                 let mut data = vec![0u8; x.numel()];
                 let affine = qtensor::quantize::Affine::new(self.q.scale, self.q.zero_point, DType::QUInt8)
                     .map_err(|e| fail("Quantize", e))?;
