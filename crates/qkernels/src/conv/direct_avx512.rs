@@ -29,7 +29,8 @@ fn tile_shape(panels_left: usize, quads: bool) -> (usize, usize) {
     match panels_left {
         1 => (1, 16),
         3 => (3, 9),
-        n if quads && n >= 4 => (4, 7),
+        // 24 accumulators, 4 weight vectors and the broadcast: 29 of the 32 zmm registers.
+        n if quads && n >= 4 => (4, 6),
         _ => (2, 14),
     }
 }
@@ -108,7 +109,7 @@ pub(crate) unsafe fn row(
                 1 => go!(1; 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16),
                 2 => go!(2; 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14),
                 3 => go!(3; 1, 2, 3, 4, 5, 6, 7, 8, 9),
-                4 => go!(4; 1, 2, 3, 4, 5, 6, 7),
+                4 => go!(4; 1, 2, 3, 4, 5, 6),
                 _ => unreachable!("tiles have 1 to 4 panels"),
             }
             px += r;
