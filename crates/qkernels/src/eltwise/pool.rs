@@ -136,7 +136,7 @@ pub fn max_pool2d_on(path: EltwisePath, x: &[u8], xs: NhwcShape, pool: &Pool2d) 
         return Ok((y, ys));
     }
     // The column maxima of one output row (a scratch row per rayon task, reused across rows).
-    let columns = || Vec::with_capacity(xs.w * xs.c);
+    let columns = || Vec::<u8>::with_capacity(xs.w * xs.c);
     y.par_chunks_mut(ow_n * xs.c)
         .enumerate()
         .for_each_init(columns, |columns, (row, out)| {
