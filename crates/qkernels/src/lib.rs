@@ -13,6 +13,7 @@ mod error;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod prefetch;
+pub mod team;
 
 pub use gemm::available_paths;
 

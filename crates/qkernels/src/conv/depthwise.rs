@@ -18,8 +18,6 @@
 #[cfg(target_arch = "x86_64")]
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 #[cfg(target_arch = "x86_64")]
 use super::call_cache::CallCache;
 use super::geometry::Conv2dGeometry;
@@ -220,7 +218,8 @@ impl PackedDepthwise {
                 .pixel
                 .get_or_init(|| super::depthwise_avx512::Epilogue::new(self, x_zp, rq))
         });
-        y.par_chunks_mut(row_len).enumerate().for_each(|(row, out_row)| {
+        let rows: Vec<(usize, &mut [u8])> = y.chunks_mut(row_len).enumerate().collect();
+        crate::team::for_each_item(rayon::current_num_threads(), rows, &|(row, out_row)| {
             let n = row / oh_n;
             let oh = row % oh_n;
             let mut taps: Vec<&[u8]> = Vec::with_capacity(g.taps().next_multiple_of(TAP_GROUP));
@@ -292,42 +291,35 @@ impl PackedDepthwise {
         }
         .max(1);
         let image = xs.h * in_row;
-        y.par_chunks_mut(oh_n * out_row).enumerate().for_each(|(n, y_img)| {
+        let bands: Vec<(usize, usize, &mut [u8])> = y
+            .chunks_mut(oh_n * out_row)
+            .enumerate()
+            .flat_map(|(n, y_img)| {
+                let bands = y_img.chunks_mut(band * out_row).enumerate();
+                bands.map(move |(b, y_band)| (n, b, y_band))
+            })
+            .collect();
+        crate::team::for_each_item(threads, bands, &|(n, b, y_band)| {
             let x_img = &x[n * image..(n + 1) * image];
-            y_img
-                .par_chunks_mut(band * out_row)
-                .enumerate()
-                .for_each(|(b, y_band)| {
-                    let mut taps: Vec<*const u8> = Vec::with_capacity(g.taps());
-                    for (r, out) in y_band.chunks_exact_mut(out_row).enumerate() {
-                        let oh = b * band + r;
-                        taps.clear();
-                        for (t, &px) in plan.tap_px().iter().enumerate() {
-                            let ih = (oh * sh + (t / g.kernel.1) * dh) as i64 - ph as i64;
-                            let src = if ih < 0 || ih >= xs.h as i64 {
-                                &zp_row[..]
-                            } else {
-                                &x_img[ih as usize * in_row..][..in_row]
-                            };
-                            taps.push(src.as_ptr().wrapping_offset(px * c as isize));
-                        }
-                        // SAFETY: the row path is available (checked by `run`); every tap's row
-                        // (an input row or the zero-point row) holds `xs.w * c` bytes; `out` is
-                        // one output row of `ow_n` pixels as the plan describes; the weights and
-                        // epilogue are this convolution's row layout.
-                        unsafe {
-                            super::depthwise_avx512::row(
-                                self,
-                                &self.row_interleaved,
-                                &plan,
-                                &taps,
-                                x_zp as u8,
-                                epi,
-                                out,
-                            )
-                        }
-                    }
-                });
+            let mut taps: Vec<*const u8> = Vec::with_capacity(g.taps());
+            for (r, out) in y_band.chunks_exact_mut(out_row).enumerate() {
+                let oh = b * band + r;
+                taps.clear();
+                for (t, &px) in plan.tap_px().iter().enumerate() {
+                    let ih = (oh * sh + (t / g.kernel.1) * dh) as i64 - ph as i64;
+                    let src = if ih < 0 || ih >= xs.h as i64 {
+                        &zp_row[..]
+                    } else {
+                        &x_img[ih as usize * in_row..][..in_row]
+                    };
+                    taps.push(src.as_ptr().wrapping_offset(px * c as isize));
+                }
+                // SAFETY: the row path is available (checked by `run`); every tap's row
+                // (an input row or the zero-point row) holds `xs.w * c` bytes; `out` is
+                // one output row of `ow_n` pixels as the plan describes; the weights and
+                // epilogue are this convolution's row layout.
+                unsafe { super::depthwise_avx512::row(self, &self.row_interleaved, &plan, &taps, x_zp as u8, epi, out) }
+            }
         });
         Ok(())
     }

@@ -215,85 +215,86 @@ impl DirectConv {
                 offsets.extend((0..s.groups).map(|i| at + 4 * i));
             }
         };
-        y.par_chunks_mut(oh_n * out_row).enumerate().for_each(|(n, y_img)| {
+        let bands: Vec<(usize, usize, &mut [u8])> = y
+            .chunks_mut(oh_n * out_row)
+            .enumerate()
+            .flat_map(|(n, y_img)| {
+                let bands = y_img.chunks_mut(band * out_row).enumerate();
+                bands.map(move |(b, y_band)| (n, b, y_band))
+            })
+            .collect();
+        crate::team::for_each_item(threads, bands, &|(n, b, y_band)| {
             let x_img: &[u8] = match x {
                 InputRows::Tensor(x) => &x[n * image..(n + 1) * image],
                 InputRows::Concat(_) => &[],
             };
-            y_img
-                .par_chunks_mut(band * out_row)
-                .enumerate()
-                .for_each(|(b, y_band)| {
-                    let oh0 = b * band;
-                    let mut offsets = Vec::with_capacity(self.groups_total);
-                    // Padded input rows live in a ring of `span` slots: padded row `pr` in slot
-                    // `pr % span`, copied once when an output row first needs it (the rows one
-                    // output row reads differ by less than `span`, so they never share a slot).
-                    // Padding columns keep the zero point from this fill.
-                    let mut ring = if self.needs_copy {
-                        vec![zp; span * padded_row + SLACK]
-                    } else {
-                        Vec::new()
-                    };
-                    let mut tags = vec![usize::MAX; span];
-                    let rows = y_band.len() / out_row;
-                    for (bi, panels) in blocks.iter().cloned().enumerate() {
-                        for (r, y_row) in y_band.chunks_exact_mut(out_row).enumerate() {
-                            let pr0 = (oh0 + r) * sh;
-                            let src: &[u8] = if self.needs_copy {
-                                for s in &self.segments {
-                                    let pr = pr0 + s.row;
-                                    let slot = pr % span;
-                                    if tags[slot] == pr {
-                                        continue;
-                                    }
-                                    tags[slot] = pr;
-                                    let dst = &mut ring[slot * padded_row + pw * c..][..in_row];
-                                    match pr.checked_sub(ph).filter(|&ih| ih < xs.h) {
-                                        Some(ih) => match x {
-                                            InputRows::Tensor(_) => {
-                                                dst.copy_from_slice(&x_img[ih * in_row..][..in_row])
-                                            }
-                                            InputRows::Concat(rows) => rows.write_init((n * xs.h + ih) * xs.w, dst),
-                                        },
-                                        None => dst.fill(zp),
-                                    }
-                                }
-                                groups_at(&|row| (pr0 + row) % span * padded_row, &mut offsets);
-                                &ring
-                            } else {
-                                groups_at(&|row| (pr0 + row) * in_row, &mut offsets);
-                                x_img
-                            };
-                            let last = offsets.iter().copied().max().unwrap_or(0) + (ow_n - 1) * sw * c;
-                            assert!(last + 4 <= src.len() + 3 * usize::from(!self.needs_copy));
-                            let out = y_row[panels.start * PANEL..].as_mut_ptr();
-                            #[cfg(target_arch = "x86_64")]
-                            // SAFETY: `supported()` was checked by the caller; the assert above
-                            // keeps every 4-byte read inside `src` (the ring has SLACK bytes past
-                            // its last slot; in place, segments are whole groups so the last read
-                            // ends inside the input), and `y_row` holds `ow_n` pixels of `c_out`
-                            // bytes.
-                            unsafe {
-                                let (o, s) = (&offsets, sw * c);
-                                super::direct_avx512::row(
-                                    self,
-                                    epi,
-                                    src.as_ptr(),
-                                    o,
-                                    s,
-                                    ow_n,
-                                    panels.clone(),
-                                    out,
-                                    g.c_out,
-                                    self.row_prefetch(&blocks, bi, r, rows),
-                                )
+            let oh0 = b * band;
+            let mut offsets = Vec::with_capacity(self.groups_total);
+            // Padded input rows live in a ring of `span` slots: padded row `pr` in slot
+            // `pr % span`, copied once when an output row first needs it (the rows one
+            // output row reads differ by less than `span`, so they never share a slot).
+            // Padding columns keep the zero point from this fill.
+            let mut ring = if self.needs_copy {
+                vec![zp; span * padded_row + SLACK]
+            } else {
+                Vec::new()
+            };
+            let mut tags = vec![usize::MAX; span];
+            let rows = y_band.len() / out_row;
+            for (bi, panels) in blocks.iter().cloned().enumerate() {
+                for (r, y_row) in y_band.chunks_exact_mut(out_row).enumerate() {
+                    let pr0 = (oh0 + r) * sh;
+                    let src: &[u8] = if self.needs_copy {
+                        for s in &self.segments {
+                            let pr = pr0 + s.row;
+                            let slot = pr % span;
+                            if tags[slot] == pr {
+                                continue;
                             }
-                            #[cfg(not(target_arch = "x86_64"))]
-                            unreachable!("the direct path exists on x86_64 only: {out:?}");
+                            tags[slot] = pr;
+                            let dst = &mut ring[slot * padded_row + pw * c..][..in_row];
+                            match pr.checked_sub(ph).filter(|&ih| ih < xs.h) {
+                                Some(ih) => match x {
+                                    InputRows::Tensor(_) => dst.copy_from_slice(&x_img[ih * in_row..][..in_row]),
+                                    InputRows::Concat(rows) => rows.write_init((n * xs.h + ih) * xs.w, dst),
+                                },
+                                None => dst.fill(zp),
+                            }
                         }
+                        groups_at(&|row| (pr0 + row) % span * padded_row, &mut offsets);
+                        &ring
+                    } else {
+                        groups_at(&|row| (pr0 + row) * in_row, &mut offsets);
+                        x_img
+                    };
+                    let last = offsets.iter().copied().max().unwrap_or(0) + (ow_n - 1) * sw * c;
+                    assert!(last + 4 <= src.len() + 3 * usize::from(!self.needs_copy));
+                    let out = y_row[panels.start * PANEL..].as_mut_ptr();
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `supported()` was checked by the caller; the assert above
+                    // keeps every 4-byte read inside `src` (the ring has SLACK bytes past
+                    // its last slot; in place, segments are whole groups so the last read
+                    // ends inside the input), and `y_row` holds `ow_n` pixels of `c_out`
+                    // bytes.
+                    unsafe {
+                        let (o, s) = (&offsets, sw * c);
+                        super::direct_avx512::row(
+                            self,
+                            epi,
+                            src.as_ptr(),
+                            o,
+                            s,
+                            ow_n,
+                            panels.clone(),
+                            out,
+                            g.c_out,
+                            self.row_prefetch(&blocks, bi, r, rows),
+                        )
                     }
-                });
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("the direct path exists on x86_64 only: {out:?}");
+                }
+            }
         });
         Ok(())
     }

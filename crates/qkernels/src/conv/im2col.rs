@@ -8,8 +8,6 @@
 //! GEMM computes the exact `sum (x - x_zp) * (w - w_zp)` and the same requantization as
 //! [`super::requant`] for every path and thread count.
 
-use rayon::prelude::*;
-
 use super::geometry::Conv2dGeometry;
 use super::requant::{ActQuant, ConvWeightQuant, FusedActivation};
 use super::NhwcShape;
@@ -139,14 +137,16 @@ impl GemmConv {
             }
             Ok(())
         };
-        if blocks >= rayon::current_num_threads() && blocks > 1 {
+        let threads = rayon::current_num_threads();
+        if blocks >= threads && blocks > 1 {
             let config = GemmConfig {
                 path: Some(path),
                 threads: Some(1),
             };
-            y.par_chunks_mut(rows * g.c_out)
-                .enumerate()
-                .try_for_each(|bo| block(bo, &config))
+            let outputs = y.chunks_mut(rows * g.c_out).enumerate().collect();
+            crate::team::map_items(threads, outputs, &|bo| block(bo, &config))
+                .into_iter()
+                .collect()
         } else {
             let config = GemmConfig::with_path(path);
             y.chunks_mut(rows * g.c_out)

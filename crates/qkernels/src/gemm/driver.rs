@@ -10,7 +10,6 @@
 use super::dispatch::KernelPath;
 use super::epilogue::EpiloguePlan;
 use super::pack::PackedWeights;
-use rayon::prelude::*;
 use std::ops::Range;
 
 /// Packed weight bytes a column block may occupy.
@@ -141,14 +140,11 @@ pub(crate) fn blocked<K: BlockKernel>(
             unsafe { K::block(plan, a, w, rows, cols) }
         }
     };
-    if rb * cb == 1 || threads == 1 {
-        (0..rb * cb).for_each(task);
-    } else {
-        // Split down to single blocks: the first halves still go to different threads (so each
-        // keeps its column blocks' weights in its own L2), and a thread that starts late, or is
-        // descheduled on a busy machine, can still take any block not yet started.
-        (0..rb * cb).into_par_iter().with_max_len(1).for_each(task);
-    }
+    // Blocks are claimed one at a time in column-block-major order: the first ones still go
+    // to different threads (so each keeps its column blocks' weights in its own L2), and a
+    // thread that starts late, or is descheduled on a busy machine, can still take any block
+    // not yet started.
+    crate::team::for_each(threads, rb * cb, &task);
 }
 
 #[cfg(test)]

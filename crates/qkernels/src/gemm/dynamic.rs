@@ -6,7 +6,6 @@
 use crate::{KernelError, Result};
 use qtensor::quantize::{quantize_into, Affine};
 use qtensor::DType;
-use rayon::prelude::*;
 
 const LANES: usize = 16;
 /// Values ahead of the current position whose cache lines the AVX-512 scan requests.
@@ -47,10 +46,14 @@ pub(crate) fn finite_min_max_parallel(x: &[f32], threads: usize) -> Result<(f32,
         return finite_min_max(x);
     }
     let chunk = x.len().div_ceil(tasks).next_multiple_of(64);
-    let (min, max, all_finite) = x.par_chunks(chunk).map(lanes_min_max_dispatch).reduce(
-        || (f32::INFINITY, f32::NEG_INFINITY, true),
-        |a, b| (a.0.min(b.0), a.1.max(b.1), a.2 && b.2),
-    );
+    let parts = x.len().div_ceil(chunk);
+    let (min, max, all_finite) = crate::team::map(threads, parts, &|i| {
+        lanes_min_max_dispatch(&x[i * chunk..((i + 1) * chunk).min(x.len())])
+    })
+    .into_iter()
+    .fold((f32::INFINITY, f32::NEG_INFINITY, true), |a, b| {
+        (a.0.min(b.0), a.1.max(b.1), a.2 && b.2)
+    });
     if !all_finite {
         // The serial scan names the first non-finite value.
         return finite_min_max(x);

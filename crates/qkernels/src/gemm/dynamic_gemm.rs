@@ -16,7 +16,6 @@ use super::{gemm_u8s8, ActivationQuant, Dequantize, Epilogue, GemmConfig, GemmOu
 use crate::{KernelError, Result};
 use qtensor::quantize::{quantize_into, Affine};
 use qtensor::DType;
-use rayon::prelude::*;
 
 /// Elements below which splitting the quantization over threads costs more than it saves
 /// (about 1 us of work per task).
@@ -161,9 +160,10 @@ fn dynamic_into(
                     .div_ceil(tasks)
                     .next_multiple_of(64)
                     .min(qtensor::quantize::PARALLEL_THRESHOLD - 64);
-                x.par_chunks(chunk)
-                    .zip(xq.par_chunks_mut(chunk))
-                    .try_for_each(|(src, dst)| quantize_into(src, dst, &affine))?;
+                let parts = x.chunks(chunk).zip(xq.chunks_mut(chunk)).collect();
+                crate::team::map_items(threads, parts, &|(src, dst)| quantize_into(src, dst, &affine))
+                    .into_iter()
+                    .collect::<std::result::Result<(), _>>()?;
             }
             ActivationQuant::PerTensor { scale, zero_point }
         }
@@ -204,11 +204,15 @@ fn dynamic_into(
             let result = if tasks == 1 {
                 quantize_rows(x, xq, &mut scratch.scales, &mut scratch.zero_points)
             } else {
-                x.par_chunks(rows * k)
-                    .zip(xq.par_chunks_mut(rows * k))
-                    .zip(scratch.scales.par_chunks_mut(rows))
-                    .zip(scratch.zero_points.par_chunks_mut(rows))
-                    .try_for_each(|(((src, dst), s), z)| quantize_rows(src, dst, s, z))
+                let parts = x
+                    .chunks(rows * k)
+                    .zip(xq.chunks_mut(rows * k))
+                    .zip(scratch.scales.chunks_mut(rows))
+                    .zip(scratch.zero_points.chunks_mut(rows))
+                    .collect();
+                crate::team::map_items(threads, parts, &|(((src, dst), s), z)| quantize_rows(src, dst, s, z))
+                    .into_iter()
+                    .collect::<Result<()>>()
             };
             if let Err(e) = result {
                 // Name the first non-finite value of the whole input, not of one row.
