@@ -88,6 +88,9 @@ proptest! {
                 let mut y = vec![0u8; ys.len()];
                 pool.install(|| t.run_direct(&x, xs, x_q, y_q, act(a), &mut y)).unwrap();
                 prop_assert_eq!(&y, &expected, "direct on {} threads", threads);
+                let (y, shape) = pool.install(|| t.forward(&x, xs, x_q, y_q, act(a))).unwrap();
+                prop_assert_eq!(shape, ys);
+                prop_assert_eq!(&y, &expected, "forward on {} threads", threads);
             }
         }
     }

@@ -281,13 +281,9 @@ impl CustomOp for QConvTranspose2d {
         };
         let (data, shape, xq) = quant_input("QuantizedConvTranspose2d", x)?;
         let xs = nhwc("QuantizedConvTranspose2d", shape)?;
-        let ys = self
+        let (y, ys) = self
             .conv
-            .output_shape(xs)
-            .map_err(|e| fail("QuantizedConvTranspose2d", e))?;
-        let mut y = vec![0u8; ys.len()];
-        self.conv
-            .run(data, xs, xq, self.output, self.activation, &mut y)
+            .forward(data, xs, xq, self.output, self.activation)
             .map_err(|e| fail("QuantizedConvTranspose2d", e))?;
         quant_value("QuantizedConvTranspose2d", nhwc_dims(ys), y, self.output)
     }

@@ -279,6 +279,14 @@ impl PackedConv2d {
         activation: FusedActivation,
     ) -> Result<(Vec<u8>, NhwcShape)> {
         let ys = self.output_shape(xs)?;
+        if let (Packed::Gemm(_, Some(dc)), ConvPath::Direct) = (&self.packed, self.default_path()) {
+            if direct::supported() {
+                xs.check("conv2d", "input", x.len())?;
+                let call = self.call_for(xs, x_q, y_q, activation, ys.len())?;
+                let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, &call.rq));
+                return filled(ys, |y| dc.run(direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, y));
+            }
+        }
         let mut y = vec![0u8; ys.len()];
         self.run(x, xs, x_q, y_q, activation, &mut y)?;
         Ok((y, ys))
@@ -312,6 +320,14 @@ impl PackedConv2d {
             });
         };
         let ys = self.output_shape(NhwcShape::new(first.n, first.h, first.w, self.geometry.c_in))?;
+        if let Some(direct) = self.concat_kernel() {
+            let (rows, xs) = ConcatRows::new(EltwisePath::best(), inputs, x_q)?;
+            let call = self.call_for(xs, x_q, y_q, activation, ys.len())?;
+            let epi = call.direct.get_or_init(|| direct.epilogue(x_q.zero_point, &call.rq));
+            return filled(ys, |y| {
+                direct.run(direct::InputRows::Concat(&rows), xs, x_q.zero_point, epi, y)
+            });
+        }
         let mut y = vec![0u8; ys.len()];
         self.run_concat(inputs, x_q, y_q, activation, &mut y)?;
         Ok((y, ys))
@@ -389,8 +405,19 @@ impl PackedConv2d {
         })?;
         let _span = tracing::debug_span!("conv2d_dequantized", ?xs, c_out = g.c_out).entered();
         let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, &call.rq));
-        let mut y = vec![0f32; ys.len()];
-        pixel_lanes::run(g, x, xs, &self.weights, epi, y_q, &mut y);
+        let mut y = Vec::with_capacity(ys.len());
+        pixel_lanes::run(
+            g,
+            x,
+            xs,
+            &self.weights,
+            epi,
+            y_q,
+            &mut y.spare_capacity_mut()[..ys.len()],
+        );
+        // SAFETY: `pixel_lanes::run` stores every float of its output (each pixel block of
+        // every plane; the partial last block through a mask of exactly its pixels).
+        unsafe { y.set_len(ys.len()) };
         Ok((y, ys))
     }
 
@@ -413,9 +440,9 @@ impl PackedConv2d {
         };
         let (rows, xs) = ConcatRows::new(EltwisePath::best(), inputs, x_q)?;
         let _span = tracing::debug_span!("conv2d_concat", ?xs, c_out = self.geometry.c_out).entered();
-        let call = self.call_for(xs, x_q, y_q, activation, y)?;
+        let call = self.call_for(xs, x_q, y_q, activation, y.len())?;
         let epi = call.direct.get_or_init(|| direct.epilogue(x_q.zero_point, &call.rq));
-        direct.run(direct::InputRows::Concat(&rows), xs, x_q.zero_point, epi, y)
+        direct.run(direct::InputRows::Concat(&rows), xs, x_q.zero_point, epi, as_uninit(y))
     }
 
     /// Whether [`PackedConv2d::run_concat`] builds the concatenation inside the kernel's row
@@ -439,7 +466,7 @@ impl PackedConv2d {
         x_q: ActQuant,
         y_q: ActQuant,
         activation: FusedActivation,
-        y: &[u8],
+        y_len: usize,
     ) -> Result<std::sync::Arc<ConvCall>> {
         let g = &self.geometry;
         if xs.c != g.c_in {
@@ -449,7 +476,7 @@ impl PackedConv2d {
             });
         }
         let ys = self.output_shape(xs)?;
-        ys.check("conv2d", "output", y.len())?;
+        ys.check("conv2d", "output", y_len)?;
         self.calls.get_or_try_insert(CallKey::new(x_q, y_q, activation), || {
             let rq = ConvRequant::new(
                 "conv2d",
@@ -479,7 +506,7 @@ impl PackedConv2d {
         let g = &self.geometry;
         let _span = tracing::debug_span!("conv2d", ?path, ?xs, c_out = g.c_out).entered();
         xs.check("conv2d", "input", x.len())?;
-        let call = self.call_for(xs, x_q, y_q, activation, y)?;
+        let call = self.call_for(xs, x_q, y_q, activation, y.len())?;
         let rq = &call.rq;
         match (path, &self.packed) {
             (ConvPath::Reference, Packed::Depthwise(dw)) if dw.saturating_pairs => {
@@ -496,7 +523,7 @@ impl PackedConv2d {
             }
             (ConvPath::Direct, Packed::Gemm(_, Some(dc))) if direct::supported() => {
                 let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, rq));
-                dc.run(direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, y)
+                dc.run(direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, as_uninit(y))
             }
             (ConvPath::Gemm(p), Packed::Gemm(gc, _)) => {
                 let stages = get_or_try_init(&call.gemm, || {
@@ -510,4 +537,27 @@ impl PackedConv2d {
             }),
         }
     }
+}
+
+/// `y` as bytes a kernel may treat as uninitialized: the direct kernels only store into it
+/// (initialized values), so it stays initialized.
+pub(crate) fn as_uninit(y: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the callee writes only initialized
+    // bytes (it never stores `MaybeUninit::uninit()`), so `y` holds initialized bytes afterwards.
+    unsafe { &mut *(y as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) }
+}
+
+/// An output of `ys.len()` bytes that `store` writes completely (the direct kernels), without
+/// zero-filling it first: writing a large output once instead of twice.
+pub(crate) fn filled(
+    ys: NhwcShape,
+    store: impl FnOnce(&mut [std::mem::MaybeUninit<u8>]) -> Result<()>,
+) -> Result<(Vec<u8>, NhwcShape)> {
+    let mut y = Vec::with_capacity(ys.len());
+    store(&mut y.spare_capacity_mut()[..ys.len()])?;
+    // SAFETY: `store` returned Ok, and the kernels passed here store every byte of their output
+    // (each output row's pixel tiles cover every pixel and its panels every channel, the last
+    // panel's tail channels by masked stores).
+    unsafe { y.set_len(ys.len()) };
+    Ok((y, ys))
 }

@@ -14,6 +14,8 @@
 //! of the separate convolution followed by `nhwc_u8_to_nchw_f32`, on every thread count (each
 //! output is computed by one lane with the whole reduction).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::direct::Epilogue;
@@ -41,9 +43,18 @@ pub(crate) fn applies(g: &Conv2dGeometry) -> bool {
 }
 
 /// Convolves NHWC `x` (`xs`) with PyTorch-layout weights `w` (`[c_out, c_in]`) into NCHW
-/// `y` (`xs.n * c_out * xs.h * xs.w` floats), finishing with `epi` and dequantizing with
+/// `y` (`xs.n * c_out * xs.h * xs.w` floats, every one of which it stores, so `y` may start
+/// uninitialized), finishing with `epi` and dequantizing with
 /// `y_q`. The caller has checked [`applies`] and the lengths.
-pub(crate) fn run(g: &Conv2dGeometry, x: &[u8], xs: NhwcShape, w: &[i8], epi: &Epilogue, y_q: ActQuant, y: &mut [f32]) {
+pub(crate) fn run(
+    g: &Conv2dGeometry,
+    x: &[u8],
+    xs: NhwcShape,
+    w: &[i8],
+    epi: &Epilogue,
+    y_q: ActQuant,
+    y: &mut [MaybeUninit<f32>],
+) {
     let (c_in, c_out, plane) = (g.c_in, g.c_out, xs.h * xs.w);
     assert!(applies(g) && xs.c == c_in && x.len() == xs.len() && w.len() == c_out * c_in);
     assert_eq!(y.len(), xs.n * c_out * plane);
@@ -54,7 +65,7 @@ pub(crate) fn run(g: &Conv2dGeometry, x: &[u8], xs: NhwcShape, w: &[i8], epi: &E
     for (image, out) in x.chunks_exact(plane * c_in).zip(y.chunks_exact_mut(plane * c_out)) {
         let mut planes: Vec<_> = out.chunks_exact_mut(plane).map(|p| p.chunks_mut(TASK_PIXELS)).collect();
         for t in 0..plane.div_ceil(TASK_PIXELS) {
-            let slices: Vec<&mut [f32]> = planes.iter_mut().filter_map(|p| p.next()).collect();
+            let slices: Vec<&mut [MaybeUninit<f32>]> = planes.iter_mut().filter_map(|p| p.next()).collect();
             let end = ((t + 1) * TASK_PIXELS).min(plane);
             tasks.push((&image[t * TASK_PIXELS * c_in..end * c_in], slices));
         }
@@ -77,7 +88,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::super::requant::avx512::{requant16, requant16_in_range};
-    use super::{ActQuant, Epilogue, MAX_CHANNELS};
+    use super::{ActQuant, Epilogue, MaybeUninit, MAX_CHANNELS};
 
     /// Converts the pixels of `src` into `planes` (16 at a time; a last partial block goes
     /// through a zero-filled copy and masked stores).
@@ -93,13 +104,13 @@ mod avx512 {
         w: &[i8],
         epi: &Epilogue,
         y_q: ActQuant,
-        planes: &mut [&mut [f32]],
+        planes: &mut [&mut [MaybeUninit<f32>]],
     ) {
         let pixels = src.len() / c_in;
         let mut out: [*mut f32; MAX_CHANNELS] = [std::ptr::null_mut(); MAX_CHANNELS];
         for (o, p) in out.iter_mut().zip(planes.iter_mut()) {
             debug_assert_eq!(p.len(), pixels);
-            *o = p.as_mut_ptr();
+            *o = p.as_mut_ptr().cast::<f32>();
         }
         macro_rules! go {
             ($($c:literal),*) => {
