@@ -127,7 +127,11 @@ fn output_quant(op: &dyn CustomOp) -> Option<ActQuant> {
     let any = op.as_any();
     any.downcast_ref::<Quantize>()
         .map(|o| o.q)
-        .or_else(|| any.downcast_ref::<QConv2d>().map(|o| o.output))
+        .or_else(|| {
+            any.downcast_ref::<QConv2d>()
+                .filter(|o| !o.dequantize)
+                .map(|o| o.output)
+        })
         .or_else(|| any.downcast_ref::<QConvTranspose2d>().map(|o| o.output))
         .or_else(|| any.downcast_ref::<QLinear>().map(|o| o.output))
         .or_else(|| any.downcast_ref::<QBinary>().map(|o| o.output))
@@ -255,7 +259,8 @@ fn save_custom(node: &Node, op: &dyn CustomOp, tensors: &mut BTreeMap<String, St
         (
             "QuantizedConv2d",
             json!({"geometry": geometry, "output": act_json(c.output), "activation": fused_name(c.activation),
-                "exact": c.conv.arithmetic() == ConvArithmetic::Exact, "concat": c.concat.map(act_json)}),
+                "exact": c.conv.arithmetic() == ConvArithmetic::Exact, "concat": c.concat.map(act_json),
+                "dequantize": c.dequantize}),
         )
     } else if let Some(c) = any.downcast_ref::<QConvTranspose2d>() {
         let g = c.conv.geometry();
@@ -436,6 +441,8 @@ fn load_custom(kind: &str, attrs: &Json, ctx: &LoadContext<'_>) -> Result<Arc<dy
                     Json::Null => None,
                     q => Some(act_from(q)?),
                 },
+                // Files written before the fusion existed have no flag.
+                dequantize: attrs["dequantize"].as_bool().unwrap_or(false),
             })
         }
         "QuantizedConvTranspose2d" => {

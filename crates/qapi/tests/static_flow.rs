@@ -5,7 +5,7 @@ use qapi::static_ptq::QConv2d;
 use qapi::{load_graph, prepare, save_graph, FloatReason, NodeStatus, QConfigMap};
 use qgraph::Op;
 use qgraph::{Conv2dAttrs, ConvTranspose2dAttrs, Graph, GraphBuilder, OpKind, Pool2dAttrs, UpsampleMode, Value};
-use qkernels::conv::{ActQuant, NhwcShape};
+use qkernels::conv::{nhwc_u8_to_nchw_f32, ActQuant, NhwcShape};
 use qkernels::eltwise::cat_channels;
 use qtensor::{QParams, Tensor};
 use std::collections::HashMap;
@@ -71,6 +71,26 @@ fn run(g: &Graph, x: Vec<Value>) -> Vec<f32> {
     g.run(x).unwrap()[0].as_f32().unwrap().data().to_vec()
 }
 
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The NHWC bytes, shape and parameters of a quantized value.
+fn quant_parts(v: &Value) -> (Vec<u8>, NhwcShape, ActQuant) {
+    let Value::Quant(t) = v else {
+        panic!("expected a quantized value, got {v:?}")
+    };
+    let [n, h, w, c] = t.shape() else { panic!("not NHWC") };
+    let QParams::PerTensor { scale, zero_point } = t.qparams() else {
+        panic!("per-tensor expected")
+    };
+    (
+        t.int_repr().iter().map(|&v| v as u8).collect(),
+        NhwcShape::new(*n, *h, *w, *c),
+        ActQuant::new(*scale, *zero_point).unwrap(),
+    )
+}
+
 fn sqnr_db(reference: &[f32], approx: &[f32]) -> f32 {
     let signal: f32 = reference.iter().map(|v| v * v).sum();
     let noise: f32 = reference.iter().zip(approx).map(|(a, b)| (a - b) * (a - b)).sum();
@@ -101,10 +121,15 @@ fn whole_cnn_runs_int8_and_stays_close_to_fp32() {
     ] {
         assert!(report.quantized().contains(&name), "{name} not int8:\n{report}");
     }
-    // One quantize at the entry, one dequantize at the exit, nothing in between.
+    // One quantize at the entry; the head convolution hands back f32 itself (its dequantize
+    // fused), so there is no boundary node in between or at the exit.
     let kinds: Vec<String> = q.nodes().iter().map(|n| n.op.display_name()).collect();
     assert_eq!(kinds.iter().filter(|k| *k == "Quantize").count(), 1, "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|k| *k == "Dequantize").count(), 1, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "Dequantize").count(), 0, "{kinds:?}");
+    match &report.node("head").unwrap().status {
+        NodeStatus::Quantized { detail } => assert!(detail.contains("output dequantize fused"), "{detail}"),
+        other => panic!("head should be quantized, got {other:?}"),
+    }
     let x = input(99);
     let db = sqnr_db(&run(&g, x.clone()), &run(&q, x));
     assert!(db > 20.0, "SQNR {db:.1} dB");
@@ -340,15 +365,94 @@ fn cat_read_by_a_convolution_is_fused_into_it_exactly() {
         .conv
         .forward(&cat_bytes, xs, concat, conv.output, conv.activation)
         .unwrap();
-    let Value::Quant(got) = &values["fuse"] else {
-        panic!("fuse output is not quantized")
+    // `fuse` is the graph's output, so its dequantize is fused too: f32 NCHW.
+    assert!(conv.dequantize);
+    let ys = conv.conv.output_shape(xs).unwrap();
+    let expected = bits(&nhwc_u8_to_nchw_f32(&expected, ys, conv.output).unwrap());
+    let Value::F32(got) = &values["fuse"] else {
+        panic!("fuse output is not f32")
     };
-    let got: Vec<u8> = got.int_repr().iter().map(|&v| v as u8).collect();
-    assert_eq!(got, expected);
+    assert_eq!(bits(got.data()), expected);
     // Saved and loaded, the graph gives the same output.
     let path = std::env::temp_dir().join(format!("qforge-cat-fused-{}.qforge", std::process::id()));
     qapi::save_graph(&q, &path).unwrap();
     let loaded = qapi::load_graph(&path).unwrap();
     std::fs::remove_file(&path).ok();
     assert_eq!(run(&loaded, input(21)), run(&q, input(21)));
+}
+
+/// A segmentation head (1x1 convolution to 5 channels) at the graph's exit: convert fuses the
+/// exit's dequantize into it, the report says so, its f32 output has the bits of the separate
+/// convolution and dequantization on the values it read, and a save and load keeps the fusion
+/// and the bits.
+#[test]
+fn dequantize_after_the_head_convolution_is_fused_into_it_exactly() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[2, 3, 16, 16]);
+    let body = b.conv2d("body", x, Conv2dAttrs::new(3, 32, 3).padding(1));
+    let body = b.relu("body.relu", body);
+    let head = b.conv2d("head", body, Conv2dAttrs::new(32, 5, 1));
+    b.output(head);
+    let mut g = b.build().unwrap();
+    randomize(&mut g, 8);
+    let (q, report) = quantized(&g, &QConfigMap::qforge());
+    let kinds: Vec<String> = q.nodes().iter().map(|n| n.op.display_name()).collect();
+    assert!(!kinds.iter().any(|k| k == "Dequantize"), "{kinds:?}");
+    let node = q.find("head").map(|id| &q.nodes()[id.0]).unwrap();
+    assert_eq!(q.outputs(), [q.find("head").unwrap()]);
+    let Op::Custom(op) = &node.op else {
+        panic!("head is not quantized")
+    };
+    let conv = op.as_any().downcast_ref::<QConv2d>().unwrap();
+    assert!(conv.dequantize);
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(
+        conv.conv.dequantizes_in_kernel(),
+        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw")
+    );
+    match &report.node("head").unwrap().status {
+        NodeStatus::Quantized { detail } => {
+            assert!(detail.contains("output dequantize fused"), "{detail}");
+            assert_eq!(
+                detail.contains("straight from the accumulators"),
+                conv.conv.dequantizes_in_kernel(),
+                "{detail}"
+            );
+        }
+        other => panic!("head should be quantized, got {other:?}"),
+    }
+    let mut values: HashMap<String, Value> = HashMap::new();
+    q.run_with(input(4), |node, value| {
+        values.insert(node.name.clone(), value.clone());
+        Ok(())
+    })
+    .unwrap();
+    let (x_bytes, xs, x_q) = quant_parts(&values[&q.nodes()[node.inputs[0].0].name]);
+    let (y, ys) = conv
+        .conv
+        .forward(&x_bytes, xs, x_q, conv.output, conv.activation)
+        .unwrap();
+    let expected = bits(&nhwc_u8_to_nchw_f32(&y, ys, conv.output).unwrap());
+    let Value::F32(got) = &values["head"] else {
+        panic!("head output is not f32")
+    };
+    assert_eq!(got.shape(), [2, 5, 16, 16]);
+    assert_eq!(bits(got.data()), expected);
+    let path = std::env::temp_dir().join(format!("qforge-head-dequantize-{}.qforge", std::process::id()));
+    qapi::save_graph(&q, &path).unwrap();
+    let loaded = qapi::load_graph(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+    let loaded_head = &loaded.nodes()[loaded.find("head").unwrap().0];
+    let Op::Custom(op) = &loaded_head.op else {
+        panic!("loaded head is not quantized")
+    };
+    assert!(op.as_any().downcast_ref::<QConv2d>().unwrap().dequantize);
+    assert_eq!(bits(&run(&loaded, input(4))), expected);
+    // A non-finite input is refused at the entry, naming the value.
+    let mut bad = input(4);
+    if let Value::F32(t) = &mut bad[0] {
+        t.data_mut()[5] = f32::INFINITY;
+    }
+    let err = q.run(bad).unwrap_err().to_string();
+    assert!(err.contains("inf") && err.contains("not finite"), "{err}");
 }

@@ -174,8 +174,9 @@ fn main() {
     let filter = arg("--filter");
     let best = args.iter().any(|a| a == "--best");
     let flush = args.iter().any(|a| a == "--flush");
+    let dequantized = args.iter().any(|a| a == "--dequantized");
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("bench_conv [--threads 1,2] [--filter NAME] [--json FILE] [--layer C_IN,HW,C_OUT,K,STRIDE[,GROUPS]] [--best (report the fastest run instead of the median)] [--flush (evict L2 before every run)]");
+        println!("bench_conv [--threads 1,2] [--filter NAME] [--json FILE] [--layer C_IN,HW,C_OUT,K,STRIDE[,GROUPS]] [--best (report the fastest run instead of the median)] [--flush (evict L2 before every run)] [--dequantized (convolutions time forward_dequantized: NCHW f32 out, allocation included)]");
         return;
     }
     let mut json = arg("--json").map(|p| {
@@ -232,13 +233,26 @@ fn main() {
             let c = PackedConv2d::new(g, &w, wq, bias).unwrap();
             let ys = c.output_shape(xs).unwrap();
             let macs = (ys.len() * (l.c_in / l.groups) * l.k * l.k) as f64;
-            let path = format!("{:?}", c.default_path());
-            (
-                ys,
-                macs,
-                path,
-                Box::new(move |y| c.run(&x, xs, x_q, y_q, FusedActivation::Relu, y).unwrap()),
-            )
+            if dequantized {
+                let path = if c.dequantizes_in_kernel() {
+                    "f32 (in kernel)".to_string()
+                } else {
+                    "f32 (separate)".to_string()
+                };
+                let run = move |_: &mut [u8]| {
+                    let out = c.forward_dequantized(&x, xs, x_q, y_q, FusedActivation::Relu).unwrap();
+                    std::hint::black_box(out);
+                };
+                (ys, macs, path, Box::new(run))
+            } else {
+                let path = format!("{:?}", c.default_path());
+                (
+                    ys,
+                    macs,
+                    path,
+                    Box::new(move |y| c.run(&x, xs, x_q, y_q, FusedActivation::Relu, y).unwrap()),
+                )
+            }
         };
         for &t in &threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();

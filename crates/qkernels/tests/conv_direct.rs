@@ -72,6 +72,10 @@ proptest! {
             let mut y = vec![0u8; ys.len()];
             pool.install(|| conv.run_with(ConvPath::Direct, &x, xs, x_q, y_q, activation, &mut y)).unwrap();
             prop_assert_eq!(&y, &expected, "{:?} on {} threads", g, threads);
+            // The allocating form writes the direct kernel's output without zero-filling it.
+            let (y, shape) = pool.install(|| conv.forward(&x, xs, x_q, y_q, activation)).unwrap();
+            prop_assert_eq!(shape, ys);
+            prop_assert_eq!(&y, &expected, "forward ({:?}) on {} threads", conv.default_path(), threads);
         }
     }
 }

@@ -83,11 +83,14 @@ proptest! {
             prop_assert_eq!(&y, &expected, "{:?}", path);
         }
         if t.has_direct() {
-            for threads in [1, 3] {
+            for threads in [1, 2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let mut y = vec![0u8; ys.len()];
                 pool.install(|| t.run_direct(&x, xs, x_q, y_q, act(a), &mut y)).unwrap();
                 prop_assert_eq!(&y, &expected, "direct on {} threads", threads);
+                let (y, shape) = pool.install(|| t.forward(&x, xs, x_q, y_q, act(a))).unwrap();
+                prop_assert_eq!(shape, ys);
+                prop_assert_eq!(&y, &expected, "forward on {} threads", threads);
             }
         }
     }

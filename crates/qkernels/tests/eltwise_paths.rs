@@ -134,7 +134,7 @@ proptest! {
         let x = bytes(xs.len(), seed);
         let expected = eltwise::max_pool2d_on(EltwisePath::Portable, &x, xs, &pool).unwrap();
         for path in EltwisePath::available() {
-            for threads in [1, 2] {
+            for threads in [1, 2, 3] {
                 let got = on_threads(threads, || eltwise::max_pool2d_on(path, &x, xs, &pool)).unwrap();
                 prop_assert_eq!(&got, &expected, "{:?} on {} threads", path, threads);
             }

@@ -23,6 +23,12 @@
 //! Cat's observed parameters while it copies its padded input rows, so the concatenated tensor
 //! is never stored. The integers are those of the separate Cat and Conv2d.
 //!
+//! A quantized Conv2d that is a graph output and read by no node (a segmentation head) absorbs
+//! the dequantize node its output would get: it hands back NCHW f32 itself
+//! (`QConv2d::dequantize`), through a kernel that dequantizes from its accumulators where the
+//! geometry allows (`PackedConv2d::forward_dequantized`). The floats are the bits of the
+//! separate convolution and dequantization.
+//!
 //! Everything else stays f32 and the [`QuantReport`] says why.
 
 mod qops;
@@ -223,6 +229,21 @@ fn fuse_cat_conv(graph: &Graph, plans: &[Plan]) -> BTreeMap<usize, usize> {
                 && nodes[r].inputs == [NodeId(i)]
         })
         .map(|(i, r)| (r, i))
+        .collect()
+}
+
+/// Quantized Conv2d nodes that are graph outputs (listed once) and read by no node: their
+/// output's dequantize node is fused into them (`QConv2d::dequantize`).
+fn fuse_conv_dequantize(graph: &Graph, plans: &[Plan]) -> Vec<usize> {
+    let readers = graph.consumers();
+    let outputs = graph.outputs();
+    (0..graph.nodes().len())
+        .filter(|&i| {
+            matches!(graph.nodes()[i].op, Op::Conv2d(_))
+                && matches!(plans[i], Plan::Anchor(_))
+                && readers[i].is_empty()
+                && outputs.iter().filter(|o| o.0 == i).count() == 1
+        })
         .collect()
 }
 
@@ -493,6 +514,7 @@ impl<'a> Converter<'a> {
         let graph = &self.prepared.graph;
         let fused_cat = fuse_cat_conv(graph, &self.prepared.plans);
         let cat_reader: BTreeMap<usize, usize> = fused_cat.iter().map(|(&conv, &cat)| (cat, conv)).collect();
+        let fused_dequantize = fuse_conv_dequantize(graph, &self.prepared.plans);
         for (i, node) in graph.nodes().iter().enumerate() {
             let display = node.op.display_name();
             if let Some(&conv) = cat_reader.get(&i) {
@@ -553,18 +575,17 @@ impl<'a> Converter<'a> {
                         in_q.push(q);
                     }
                     let fused_relu = self.prepared.fused_relu.get(&i).copied();
+                    let dequantize = fused_dequantize.contains(&i);
                     let (op, q, detail): (Arc<dyn CustomOp>, ActQuant, String) = match plan {
                         Plan::Anchor(cfg) => {
                             let out = self.act[&i];
-                            let (op, detail) = build_anchor(
-                                node,
-                                &cfg,
-                                &in_q,
-                                out,
-                                self.weights.get(&node.name),
-                                fused_relu.is_some(),
+                            let fusion = AnchorFusion {
+                                relu: fused_relu.is_some(),
                                 concat,
-                            )?;
+                                dequantize,
+                            };
+                            let (op, detail) =
+                                build_anchor(node, &cfg, &in_q, out, self.weights.get(&node.name), fusion)?;
                             (op, out, detail)
                         }
                         _ => {
@@ -575,7 +596,12 @@ impl<'a> Converter<'a> {
                     // A fused add_relu produces the ReLU's value and takes its name.
                     let name = fused_relu.map_or(&node.name, |r| &graph.nodes()[r].name).clone();
                     let id = self.push(name, Op::Custom(op), inputs, BTreeMap::new());
-                    self.quant_id[i] = Some(id);
+                    if dequantize {
+                        // The node's value is already the float output (read by no node).
+                        self.float_id[i] = Some(id);
+                    } else {
+                        self.quant_id[i] = Some(id);
+                    }
                     self.out_q[i] = Some(q);
                     self.report.push(NodeReport {
                         name: node.name.clone(),
@@ -654,15 +680,30 @@ fn fused(a: GraphActivation) -> FusedActivation {
     }
 }
 
+/// What an anchor absorbs from its neighbours.
+#[derive(Debug, Clone, Copy)]
+struct AnchorFusion {
+    /// The ReLU after an Add (`add_relu`).
+    relu: bool,
+    /// A Conv2d reads a cat's inputs, requantized to these parameters.
+    concat: Option<ActQuant>,
+    /// A Conv2d hands back the dequantized float output.
+    dequantize: bool,
+}
+
 fn build_anchor(
     node: &Node,
     cfg: &QConfig,
     in_q: &[ActQuant],
     out: ActQuant,
     weight: Option<&QParams>,
-    fused_relu: bool,
-    concat: Option<ActQuant>,
+    fusion: AnchorFusion,
 ) -> Result<(Arc<dyn CustomOp>, String)> {
+    let AnchorFusion {
+        relu: fused_relu,
+        concat,
+        dequantize,
+    } = fusion;
     Ok(match &node.op {
         Op::Conv2d(a) => {
             let (w, detail) = quantize_weight(node, cfg, 0, true, weight)?;
@@ -691,10 +732,21 @@ fn build_anchor(
                 output: out,
                 activation: fused(a.activation),
                 concat,
+                dequantize,
             };
             let detail = match concat {
                 Some(_) => format!("{detail}; reads the concatenation of its inputs (fused cat)"),
                 None => detail,
+            };
+            let detail = if dequantize {
+                let how = if op.conv.dequantizes_in_kernel() {
+                    "f32 NCHW straight from the accumulators"
+                } else {
+                    "f32 NCHW"
+                };
+                format!("{detail}; output dequantize fused ({how})")
+            } else {
+                detail
             };
             (Arc::new(op), detail)
         }

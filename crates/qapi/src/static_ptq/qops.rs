@@ -102,16 +102,17 @@ impl CustomOp for Quantize {
             [Value::F32(t)] => t,
             _ => return Err(fail("Quantize", "expected one f32 input")),
         };
-        if let Some((index, value)) = qtensor::quantize::first_non_finite(x.data()) {
-            return Err(fail("Quantize", format!("non-finite input {value} at index {index}")));
-        }
         match x.shape() {
+            // The layout conversion rejects non-finite inputs itself (one scan, not two).
             [n, c, h, w] => {
                 let s = NhwcShape::new(*n, *h, *w, *c);
                 let data = nchw_f32_to_nhwc_u8(x.data(), s, self.q).map_err(|e| fail("Quantize", e))?;
                 quant_value("Quantize", nhwc_dims(s), data, self.q)
             }
             shape => {
+                if let Some((index, value)) = qtensor::quantize::first_non_finite(x.data()) {
+                    return Err(fail("Quantize", format!("non-finite input {value} at index {index}")));
+                }
                 let mut data = vec![0u8; x.numel()];
                 let affine = qtensor::quantize::Affine::new(self.q.scale, self.q.zero_point, DType::QUInt8)
                     .map_err(|e| fail("Quantize", e))?;
@@ -161,7 +162,8 @@ impl CustomOp for Dequantize {
     custom_op_boilerplate!();
 }
 
-/// Quantized Conv2d (with fused ReLU/ReLU6): NHWC u8 in, NHWC u8 out.
+/// Quantized Conv2d (with fused ReLU/ReLU6): NHWC u8 in, NHWC u8 out (NCHW f32 out with
+/// `dequantize`).
 #[derive(Debug)]
 pub struct QConv2d {
     pub conv: PackedConv2d,
@@ -173,6 +175,9 @@ pub struct QConv2d {
     /// requantized to these parameters (exactly as `QuantizedCat` does), as the kernel reads
     /// them, without storing the concatenation.
     pub concat: Option<ActQuant>,
+    /// The output leaves the quantized region here: NCHW f32, the bits [`Dequantize`] would
+    /// give for the quint8 output (`PackedConv2d::forward_dequantized`).
+    pub dequantize: bool,
 }
 
 /// Logical NCHW output shape of a packed convolution.
@@ -199,6 +204,9 @@ impl CustomOp for QConv2d {
     }
     fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
         const OP: &str = "QuantizedConv2d";
+        if self.dequantize {
+            return self.forward_dequantized(inputs);
+        }
         let (y, ys) = match (inputs, self.concat) {
             (_, Some(x_q)) => {
                 let parts = cat_parts(OP, inputs)?;
@@ -215,6 +223,32 @@ impl CustomOp for QConv2d {
         quant_value(OP, nhwc_dims(ys), y, self.output)
     }
     custom_op_boilerplate!();
+}
+
+impl QConv2d {
+    /// The convolution and its output's dequantization (`dequantize`): NCHW f32.
+    fn forward_dequantized(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
+        const OP: &str = "QuantizedConv2d";
+        let (y, ys) = match (inputs, self.concat) {
+            (_, Some(x_q)) => {
+                let parts = cat_parts(OP, inputs)?;
+                self.conv
+                    .forward_concat(&parts, x_q, self.output, self.activation)
+                    .and_then(|(q, ys)| Ok((nhwc_u8_to_nchw_f32(&q, ys, self.output)?, ys)))
+            }
+            ([x], None) => {
+                let (data, shape, xq) = quant_input(OP, x)?;
+                let xs = nhwc(OP, shape)?;
+                self.conv
+                    .forward_dequantized(data, xs, xq, self.output, self.activation)
+            }
+            _ => return Err(fail(OP, "expected one input")),
+        }
+        .map_err(|e| fail(OP, e))?;
+        Tensor::new(vec![ys.n, ys.c, ys.h, ys.w], y)
+            .map(Value::F32)
+            .map_err(|e| fail(OP, e))
+    }
 }
 
 /// Quantized ConvTranspose2d (per-tensor or per-channel weights).
@@ -247,13 +281,9 @@ impl CustomOp for QConvTranspose2d {
         };
         let (data, shape, xq) = quant_input("QuantizedConvTranspose2d", x)?;
         let xs = nhwc("QuantizedConvTranspose2d", shape)?;
-        let ys = self
+        let (y, ys) = self
             .conv
-            .output_shape(xs)
-            .map_err(|e| fail("QuantizedConvTranspose2d", e))?;
-        let mut y = vec![0u8; ys.len()];
-        self.conv
-            .run(data, xs, xq, self.output, self.activation, &mut y)
+            .forward(data, xs, xq, self.output, self.activation)
             .map_err(|e| fail("QuantizedConvTranspose2d", e))?;
         quant_value("QuantizedConvTranspose2d", nhwc_dims(ys), y, self.output)
     }

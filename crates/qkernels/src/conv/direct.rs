@@ -25,6 +25,8 @@
 // Off x86-64 the kernel calls below are `unreachable!`: their loops never run a second time.
 #![cfg_attr(not(target_arch = "x86_64"), allow(clippy::never_loop))]
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::geometry::Conv2dGeometry;
@@ -177,9 +179,17 @@ impl DirectConv {
         })
     }
 
-    /// Convolves NHWC `x` into NHWC `y`, finishing with `epi` ([`DirectConv::epilogue`] for
+    /// Convolves NHWC `x` into NHWC `y` (every byte of which it stores, so `y` may start
+    /// uninitialized), finishing with `epi` ([`DirectConv::epilogue`] for
     /// `x_zp`). The caller has checked the shapes and that the CPU runs the kernel ([`supported`]).
-    pub(crate) fn run(&self, x: InputRows<'_>, xs: NhwcShape, x_zp: i32, epi: &Epilogue, y: &mut [u8]) -> Result<()> {
+    pub(crate) fn run(
+        &self,
+        x: InputRows<'_>,
+        xs: NhwcShape,
+        x_zp: i32,
+        epi: &Epilogue,
+        y: &mut [MaybeUninit<u8>],
+    ) -> Result<()> {
         let g = &self.geometry;
         if matches!(x, InputRows::Concat(_)) && !self.needs_copy {
             return Err(crate::KernelError::Param {
@@ -215,7 +225,7 @@ impl DirectConv {
                 offsets.extend((0..s.groups).map(|i| at + 4 * i));
             }
         };
-        let bands: Vec<(usize, usize, &mut [u8])> = y
+        let bands: Vec<(usize, usize, &mut [MaybeUninit<u8>])> = y
             .chunks_mut(oh_n * out_row)
             .enumerate()
             .flat_map(|(n, y_img)| {
@@ -269,7 +279,7 @@ impl DirectConv {
                     };
                     let last = offsets.iter().copied().max().unwrap_or(0) + (ow_n - 1) * sw * c;
                     assert!(last + 4 <= src.len() + 3 * usize::from(!self.needs_copy));
-                    let out = y_row[panels.start * PANEL..].as_mut_ptr();
+                    let out = y_row[panels.start * PANEL..].as_mut_ptr().cast::<u8>();
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `supported()` was checked by the caller; the assert above
                     // keeps every 4-byte read inside `src` (the ring has SLACK bytes past
@@ -361,9 +371,17 @@ impl DirectConv {
     /// `ConvTranspose2d` with kernel = stride = `(kh, kw)`), written straight to the transposed
     /// convolution's NHWC output `[n, h * kh, w * kw, c]`: run `t` of input pixel `(i, j)` is
     /// output pixels `j * kw ..` of output row `i * kh + t`, one contiguous run of bytes.
+    /// Every byte of `y` is stored (it may start uninitialized).
     /// Requires [`DirectConv::can_spread`]; the caller has checked `y` holds
     /// `n * h * w * c_out` bytes and that the CPU runs the kernel ([`supported`]).
-    pub(crate) fn run_spread(&self, x: &[u8], xs: NhwcShape, epi: &Epilogue, kh: usize, y: &mut [u8]) -> Result<()> {
+    pub(crate) fn run_spread(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        epi: &Epilogue,
+        kh: usize,
+        y: &mut [MaybeUninit<u8>],
+    ) -> Result<()> {
         let c = self.geometry.c_in;
         debug_assert!(self.can_spread(kh) && xs.c == c && y.len() == xs.n * xs.h * xs.w * self.geometry.c_out);
         let run = self.geometry.c_out / kh;
@@ -381,7 +399,7 @@ impl DirectConv {
                     // pixel ends at byte `c` of it (`c` is a multiple of 4: no copy needed), and
                     // `y_row` holds `w` pixels of `run` bytes, the columns of `panels`.
                     unsafe {
-                        let out = y_row.as_mut_ptr();
+                        let out = y_row.as_mut_ptr().cast::<u8>();
                         super::direct_avx512::row(
                             self,
                             epi,

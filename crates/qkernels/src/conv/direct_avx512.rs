@@ -7,7 +7,8 @@
 //! (`requant::avx512::requant16`, without its float clamp when the layer's bounds show it
 //! cannot act), clamp, and a 16-byte store per pixel and panel (masked on the last panel when
 //! `c_out` is not a multiple of 16); with exactly 32 output channels two pixels are packed to
-//! bytes together and leave in one 64-byte store.
+//! bytes together and leave in one 64-byte store, and 4-panel tiles (shallow reductions, where
+//! the finishing weighs most) store each pixel's 64 bytes at once.
 
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -17,11 +18,19 @@ use super::direct::{DirectConv, Epilogue, PANEL, PANEL_ROW};
 use super::requant::avx512::{requant16, requant16_in_range};
 use crate::prefetch::Prefetch;
 
-/// Panels per column tile and the most pixels a tile of that width holds.
-fn tile_shape(panels_left: usize) -> (usize, usize) {
+/// Reductions up to this many packed groups use 4-panel tiles: with so few products per
+/// output value the finishing (requantize and store) is a large share of the work, and a
+/// 4-panel tile stores each pixel's 64 bytes at once instead of four narrowing stores.
+const QUAD_MAX_GROUPS: usize = 32;
+
+/// Panels per column tile and the most pixels a tile of that width holds (`quads`: 4-panel
+/// tiles where at least 4 panels are left).
+fn tile_shape(panels_left: usize, quads: bool) -> (usize, usize) {
     match panels_left {
         1 => (1, 16),
         3 => (3, 9),
+        // 24 accumulators, 4 weight vectors and the broadcast: 29 of the 32 zmm registers.
+        n if quads && n >= 4 => (4, 6),
         _ => (2, 14),
     }
 }
@@ -52,11 +61,12 @@ pub(crate) unsafe fn row(
 ) {
     let c_out = p.c_out();
     let wstride = p.groups_total * PANEL_ROW;
+    let quads = p.groups_total <= QUAD_MAX_GROUPS;
     // Register tiles in this row, for sharing out a prefetch region.
     let row_tiles = {
         let (mut panel, mut count) = (panels.start, 0);
         while panel < panels.end {
-            let (pp, r_max) = tile_shape(panels.end - panel);
+            let (pp, r_max) = tile_shape(panels.end - panel, quads);
             count += pixels.div_ceil(r_max);
             panel += pp;
         }
@@ -65,7 +75,7 @@ pub(crate) unsafe fn row(
     let mut done = 0;
     let mut panel = panels.start;
     while panel < panels.end {
-        let (pp, r_max) = tile_shape(panels.end - panel);
+        let (pp, r_max) = tile_shape(panels.end - panel, quads);
         let last = panel + pp == p.panels;
         let tail = c_out - (p.panels - 1) * PANEL;
         let last_mask: __mmask16 = if last && tail < PANEL { (1u16 << tail) - 1 } else { !0 };
@@ -99,7 +109,8 @@ pub(crate) unsafe fn row(
                 1 => go!(1; 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16),
                 2 => go!(2; 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14),
                 3 => go!(3; 1, 2, 3, 4, 5, 6, 7, 8, 9),
-                _ => unreachable!("tiles have 1 to 3 panels"),
+                4 => go!(4; 1, 2, 3, 4, 5, 6),
+                _ => unreachable!("tiles have 1 to 4 panels"),
             }
             px += r;
         }
@@ -160,7 +171,20 @@ macro_rules! broadcast_dot {
             a2 = inout(zmm_reg) acc[2], w2 = in(zmm_reg) w[2],
             options(nostack, preserves_flags, readonly),
         ),
-        _ => unreachable!("tiles have 1 to 3 panels"),
+        4 => asm!(
+            $bcast,
+            "vpdpbusd {a0}, {t}, {w0}",
+            "vpdpbusd {a1}, {t}, {w1}",
+            "vpdpbusd {a2}, {t}, {w2}",
+            "vpdpbusd {a3}, {t}, {w3}",
+            $($regs)* t = out(zmm_reg) _tmp,
+            a0 = inout(zmm_reg) acc[0], w0 = in(zmm_reg) w[0],
+            a1 = inout(zmm_reg) acc[1], w1 = in(zmm_reg) w[1],
+            a2 = inout(zmm_reg) acc[2], w2 = in(zmm_reg) w[2],
+            a3 = inout(zmm_reg) acc[3], w3 = in(zmm_reg) w[3],
+            options(nostack, preserves_flags, readonly),
+        ),
+        _ => unreachable!("tiles have 1 to 4 panels"),
     }
     }};
 }
@@ -293,10 +317,31 @@ unsafe fn tile<const R: usize, const P: usize>(
     // `packs` / `packus` saturate to [0, 255] (the clamp every output gets anyway) and leave
     // channels `4l..4l + 4` of (pixel, panel) `k` in dword `4l + k`; the permutation moves
     // them to dword `4k + l`, channel order.
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let (lo8, hi8) = (_mm512_set1_epi8(epi.lo as i8), _mm512_set1_epi8(epi.hi as i8));
+    if P == 4 {
+        // A pixel's 4 panels are its 64 consecutive output bytes, packed as the pairs below;
+        // only the last panel's real channels are stored when it is partial.
+        let tail = last_mask.count_ones() as usize;
+        let mask: __mmask64 = if tail == PANEL {
+            !0
+        } else {
+            (1u64 << (3 * PANEL + tail)) - 1
+        };
+        unrolled!(R, PIXEL => {
+            // SAFETY: `PIXEL < R` and `P == 4`.
+            let a = acc.get_unchecked(PIXEL);
+            let lo16 = _mm512_packs_epi32(*a.get_unchecked(0), *a.get_unchecked(1));
+            let hi16 = _mm512_packs_epi32(*a.get_unchecked(2), *a.get_unchecked(3));
+            let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(lo16, hi16));
+            let bytes = _mm512_min_epu8(_mm512_max_epu8(bytes, lo8), hi8);
+            // SAFETY: the tile's channels of pixel `PIXEL` are these (masked) 64 bytes.
+            _mm512_mask_storeu_epi8(out.add(PIXEL * ostride).cast(), mask, bytes);
+        });
+        return;
+    }
     let pairs = P == 2 && ostride == 2 * PANEL && last_mask == !0;
     if pairs {
-        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-        let (lo8, hi8) = (_mm512_set1_epi8(epi.lo as i8), _mm512_set1_epi8(epi.hi as i8));
         unrolled!(R, PIXEL => {
             if PIXEL.is_multiple_of(2) && PIXEL + 1 < R {
                 // SAFETY: `PIXEL + 1 < R` and `P == 2`.

@@ -37,6 +37,7 @@ mod direct_avx512;
 pub mod geometry;
 mod im2col;
 pub mod layout;
+mod pixel_lanes;
 pub mod reference;
 pub mod requant;
 pub mod transpose;
@@ -278,6 +279,14 @@ impl PackedConv2d {
         activation: FusedActivation,
     ) -> Result<(Vec<u8>, NhwcShape)> {
         let ys = self.output_shape(xs)?;
+        if let (Packed::Gemm(_, Some(dc)), ConvPath::Direct) = (&self.packed, self.default_path()) {
+            if direct::supported() {
+                xs.check("conv2d", "input", x.len())?;
+                let call = self.call_for(xs, x_q, y_q, activation, ys.len())?;
+                let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, &call.rq));
+                return filled(ys, |y| dc.run(direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, y));
+            }
+        }
         let mut y = vec![0u8; ys.len()];
         self.run(x, xs, x_q, y_q, activation, &mut y)?;
         Ok((y, ys))
@@ -311,8 +320,104 @@ impl PackedConv2d {
             });
         };
         let ys = self.output_shape(NhwcShape::new(first.n, first.h, first.w, self.geometry.c_in))?;
+        if let Some(direct) = self.concat_kernel() {
+            let (rows, xs) = ConcatRows::new(EltwisePath::best(), inputs, x_q)?;
+            let call = self.call_for(xs, x_q, y_q, activation, ys.len())?;
+            let epi = call.direct.get_or_init(|| direct.epilogue(x_q.zero_point, &call.rq));
+            return filled(ys, |y| {
+                direct.run(direct::InputRows::Concat(&rows), xs, x_q.zero_point, epi, y)
+            });
+        }
         let mut y = vec![0u8; ys.len()];
         self.run_concat(inputs, x_q, y_q, activation, &mut y)?;
+        Ok((y, ys))
+    }
+
+    /// The convolution followed by dequantization to NCHW `f32` (shape `(n, c_out, oh, ow)`):
+    /// the bits of [`PackedConv2d::forward`] then [`nhwc_u8_to_nchw_f32`] with `y_q`. A 1x1
+    /// convolution with at most 8 output channels (a segmentation head) runs on a kernel with
+    /// pixels in the vector lanes that writes the floats from its accumulators (`pixel_lanes.rs`)
+    /// where the CPU has it, unless `QFORGE_KERNEL=reference`.
+    pub fn forward_dequantized(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+    ) -> Result<(Vec<f32>, NhwcShape)> {
+        self.forward_dequantized_on(self.dequantizes_in_kernel(), x, xs, x_q, y_q, activation)
+    }
+
+    /// Whether [`PackedConv2d::forward_dequantized`] dequantizes inside the pixel-lane kernel on
+    /// this CPU (otherwise it runs the convolution and then the separate dequantization).
+    pub fn dequantizes_in_kernel(&self) -> bool {
+        !forced_reference() && matches!(self.packed, Packed::Gemm(_, Some(_))) && pixel_lanes::applies(&self.geometry)
+    }
+
+    /// [`PackedConv2d::forward_dequantized`] with the pixel-lane kernel (`in_kernel`, an error
+    /// where [`PackedConv2d::dequantizes_in_kernel`] is false) or the default path followed by
+    /// the separate dequantization (tests compare the two).
+    pub fn forward_dequantized_on(
+        &self,
+        in_kernel: bool,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+    ) -> Result<(Vec<f32>, NhwcShape)> {
+        if !in_kernel {
+            let (y, ys) = self.forward(x, xs, x_q, y_q, activation)?;
+            return Ok((nhwc_u8_to_nchw_f32(&y, ys, y_q)?, ys));
+        }
+        let g = &self.geometry;
+        let dc = match &self.packed {
+            Packed::Gemm(_, Some(dc)) if pixel_lanes::applies(g) => dc,
+            _ => {
+                return Err(KernelError::Param {
+                    op: "conv2d",
+                    detail: format!(
+                        "{g:?} has no in-kernel dequantization on this CPU (1x1, stride 1, no padding, one group,                          c_in a multiple of 16, at most 8 outputs, symmetric weights, AVX-512 VNNI); use forward_dequantized"
+                    ),
+                })
+            }
+        };
+        xs.check("conv2d", "input", x.len())?;
+        if xs.c != g.c_in {
+            return Err(KernelError::Shape {
+                op: "conv2d",
+                detail: format!("input has {} channels, the convolution expects {}", xs.c, g.c_in),
+            });
+        }
+        let ys = self.output_shape(xs)?;
+        let call = self.calls.get_or_try_insert(CallKey::new(x_q, y_q, activation), || {
+            let rq = ConvRequant::new(
+                "conv2d",
+                x_q,
+                &self.weight_quant,
+                g.c_out,
+                self.bias.as_deref(),
+                y_q,
+                activation,
+            )?;
+            Ok(ConvCall::new(rq))
+        })?;
+        let _span = tracing::debug_span!("conv2d_dequantized", ?xs, c_out = g.c_out).entered();
+        let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, &call.rq));
+        let mut y = Vec::with_capacity(ys.len());
+        pixel_lanes::run(
+            g,
+            x,
+            xs,
+            &self.weights,
+            epi,
+            y_q,
+            &mut y.spare_capacity_mut()[..ys.len()],
+        );
+        // SAFETY: `pixel_lanes::run` stores every float of its output (each pixel block of
+        // every plane; the partial last block through a mask of exactly its pixels).
+        unsafe { y.set_len(ys.len()) };
         Ok((y, ys))
     }
 
@@ -335,9 +440,9 @@ impl PackedConv2d {
         };
         let (rows, xs) = ConcatRows::new(EltwisePath::best(), inputs, x_q)?;
         let _span = tracing::debug_span!("conv2d_concat", ?xs, c_out = self.geometry.c_out).entered();
-        let call = self.call_for(xs, x_q, y_q, activation, y)?;
+        let call = self.call_for(xs, x_q, y_q, activation, y.len())?;
         let epi = call.direct.get_or_init(|| direct.epilogue(x_q.zero_point, &call.rq));
-        direct.run(direct::InputRows::Concat(&rows), xs, x_q.zero_point, epi, y)
+        direct.run(direct::InputRows::Concat(&rows), xs, x_q.zero_point, epi, as_uninit(y))
     }
 
     /// Whether [`PackedConv2d::run_concat`] builds the concatenation inside the kernel's row
@@ -361,7 +466,7 @@ impl PackedConv2d {
         x_q: ActQuant,
         y_q: ActQuant,
         activation: FusedActivation,
-        y: &[u8],
+        y_len: usize,
     ) -> Result<std::sync::Arc<ConvCall>> {
         let g = &self.geometry;
         if xs.c != g.c_in {
@@ -371,7 +476,7 @@ impl PackedConv2d {
             });
         }
         let ys = self.output_shape(xs)?;
-        ys.check("conv2d", "output", y.len())?;
+        ys.check("conv2d", "output", y_len)?;
         self.calls.get_or_try_insert(CallKey::new(x_q, y_q, activation), || {
             let rq = ConvRequant::new(
                 "conv2d",
@@ -401,7 +506,7 @@ impl PackedConv2d {
         let g = &self.geometry;
         let _span = tracing::debug_span!("conv2d", ?path, ?xs, c_out = g.c_out).entered();
         xs.check("conv2d", "input", x.len())?;
-        let call = self.call_for(xs, x_q, y_q, activation, y)?;
+        let call = self.call_for(xs, x_q, y_q, activation, y.len())?;
         let rq = &call.rq;
         match (path, &self.packed) {
             (ConvPath::Reference, Packed::Depthwise(dw)) if dw.saturating_pairs => {
@@ -418,7 +523,7 @@ impl PackedConv2d {
             }
             (ConvPath::Direct, Packed::Gemm(_, Some(dc))) if direct::supported() => {
                 let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, rq));
-                dc.run(direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, y)
+                dc.run(direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, as_uninit(y))
             }
             (ConvPath::Gemm(p), Packed::Gemm(gc, _)) => {
                 let stages = get_or_try_init(&call.gemm, || {
@@ -432,4 +537,27 @@ impl PackedConv2d {
             }),
         }
     }
+}
+
+/// `y` as bytes a kernel may treat as uninitialized: the direct kernels only store into it
+/// (initialized values), so it stays initialized.
+pub(crate) fn as_uninit(y: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the callee writes only initialized
+    // bytes (it never stores `MaybeUninit::uninit()`), so `y` holds initialized bytes afterwards.
+    unsafe { &mut *(y as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) }
+}
+
+/// An output of `ys.len()` bytes that `store` writes completely (the direct kernels), without
+/// zero-filling it first: writing a large output once instead of twice.
+pub(crate) fn filled(
+    ys: NhwcShape,
+    store: impl FnOnce(&mut [std::mem::MaybeUninit<u8>]) -> Result<()>,
+) -> Result<(Vec<u8>, NhwcShape)> {
+    let mut y = Vec::with_capacity(ys.len());
+    store(&mut y.spare_capacity_mut()[..ys.len()])?;
+    // SAFETY: `store` returned Ok, and the kernels passed here store every byte of their output
+    // (each output row's pixel tiles cover every pixel and its panels every channel, the last
+    // panel's tail channels by masked stores).
+    unsafe { y.set_len(ys.len()) };
+    Ok((y, ys))
 }

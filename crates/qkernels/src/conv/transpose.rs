@@ -136,6 +136,43 @@ impl PackedConvTranspose2d {
         Ok(NhwcShape::new(xs.n, oh, ow, self.geometry.c_out))
     }
 
+    /// Allocating form of [`PackedConvTranspose2d::run`]: returns the output and its shape
+    /// (written once, without a zero fill, where the direct kernel spreads its products
+    /// straight to the output).
+    pub fn forward(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+    ) -> Result<(Vec<u8>, NhwcShape)> {
+        let ys = self.output_shape(xs)?;
+        let (kh, kw) = self.geometry.kernel;
+        let spread = self.direct.as_ref().filter(|(d, _, _)| {
+            self.path_name() == "direct" && ys.h == xs.h * kh && ys.w == xs.w * kw && d.can_spread(kh)
+        });
+        if let Some((direct, column_quant, bias)) = spread {
+            let (_, call) = self.check_len(x, xs, x_q, y_q, activation, ys.len())?;
+            let column_rq = get_or_try_init(&call.column_rq, || {
+                ConvRequant::new(
+                    "conv_transpose2d",
+                    x_q,
+                    column_quant,
+                    direct.c_out(),
+                    bias.as_deref(),
+                    y_q,
+                    activation,
+                )
+            })?;
+            let epi = call.direct.get_or_init(|| direct.epilogue(x_q.zero_point, column_rq));
+            return super::filled(ys, |y| direct.run_spread(x, xs, epi, kh, y));
+        }
+        let mut y = vec![0u8; ys.len()];
+        self.run(x, xs, x_q, y_q, activation, &mut y)?;
+        Ok((y, ys))
+    }
+
     /// Transposed convolution of NHWC `x` into NHWC `y` (GEMM for non-overlapping layers,
     /// unless `QFORGE_KERNEL=reference`).
     pub fn run(
@@ -191,10 +228,11 @@ impl PackedConvTranspose2d {
         let (kh, kw) = self.geometry.kernel;
         if ys.h == xs.h * kh && ys.w == xs.w * kw && direct.can_spread(kh) {
             // No output padding: every output pixel is one tap of one input pixel.
-            return direct.run_spread(x, xs, epi, kh, y);
+            return direct.run_spread(x, xs, epi, kh, super::as_uninit(y));
         }
-        let mut tmp = vec![0u8; xs.n * xs.h * xs.w * cols];
-        direct.run(super::direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, &mut tmp)?;
+        let (tmp, _) = super::filled(NhwcShape::new(xs.n, xs.h, xs.w, cols), |tmp| {
+            direct.run(super::direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, tmp)
+        })?;
         self.scatter(&tmp, xs, ys, &call, y);
         Ok(())
     }
@@ -210,6 +248,19 @@ impl PackedConvTranspose2d {
         activation: FusedActivation,
         y: &[u8],
     ) -> Result<(NhwcShape, std::sync::Arc<TransposeCall>)> {
+        self.check_len(x, xs, x_q, y_q, activation, y.len())
+    }
+
+    /// [`PackedConvTranspose2d::check`] for an output of `y_len` bytes.
+    fn check_len(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+        y_len: usize,
+    ) -> Result<(NhwcShape, std::sync::Arc<TransposeCall>)> {
         let g = &self.geometry;
         if xs.c != g.c_in {
             return Err(KernelError::Shape {
@@ -219,7 +270,7 @@ impl PackedConvTranspose2d {
         }
         xs.check("conv_transpose2d", "input", x.len())?;
         let ys = self.output_shape(xs)?;
-        ys.check("conv_transpose2d", "output", y.len())?;
+        ys.check("conv_transpose2d", "output", y_len)?;
         let call = self.calls.get_or_try_insert(CallKey::new(x_q, y_q, activation), || {
             let rq = ConvRequant::new(
                 "conv_transpose2d",

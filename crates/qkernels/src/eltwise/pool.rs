@@ -123,8 +123,9 @@ pub fn max_pool2d(x: &[u8], xs: NhwcShape, pool: &Pool2d) -> Result<(Vec<u8>, Nh
     max_pool2d_on(EltwisePath::best(), x, xs, pool)
 }
 
-/// [`max_pool2d`] on a chosen path: the portable loop (the oracle) or the channel-blocked loop
-/// compiled for AVX2 or AVX-512, whose fixed-width blocks become one vector max per tap.
+/// [`max_pool2d`] on a chosen path: the portable loop (the oracle) or the separable,
+/// channel-blocked loop compiled for AVX2 or AVX-512, whose fixed-width blocks become one vector
+/// max per tap (see `max_pool_row_blocked`).
 pub fn max_pool2d_on(path: EltwisePath, x: &[u8], xs: NhwcShape, pool: &Pool2d) -> Result<(Vec<u8>, NhwcShape)> {
     xs.check("max_pool2d", "input", x.len())?;
     path.check("max_pool2d")?;
@@ -134,19 +135,26 @@ pub fn max_pool2d_on(path: EltwisePath, x: &[u8], xs: NhwcShape, pool: &Pool2d) 
     if ys.is_empty() {
         return Ok((y, ys));
     }
-    y.par_chunks_mut(ow_n * xs.c).enumerate().for_each(|(row, out)| {
-        let (n, oh) = (row / oh_n, row % oh_n);
-        match path {
-            EltwisePath::Portable => max_pool_row_portable(x, xs, pool, n, oh, out),
-            // SAFETY: `path.check` confirmed the CPU features.
-            #[cfg(target_arch = "x86_64")]
-            EltwisePath::Avx2 => unsafe { max_pool_row_avx2(x, xs, pool, n, oh, out) },
-            #[cfg(target_arch = "x86_64")]
-            EltwisePath::Avx512 => unsafe { max_pool_row_avx512(x, xs, pool, n, oh, out) },
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => max_pool_row_portable(x, xs, pool, n, oh, out),
-        }
-    });
+    // The column maxima of one output row (a scratch row per rayon task, reused across rows).
+    let columns = || Vec::<u8>::with_capacity(xs.w * xs.c);
+    y.par_chunks_mut(ow_n * xs.c)
+        .enumerate()
+        .for_each_init(columns, |columns, (row, out)| {
+            let (n, oh) = (row / oh_n, row % oh_n);
+            match path {
+                EltwisePath::Portable => max_pool_row_portable(x, xs, pool, n, oh, out),
+                // SAFETY: `path.check` confirmed the CPU features.
+                #[cfg(target_arch = "x86_64")]
+                EltwisePath::Avx2 => unsafe { max_pool_row_avx2(x, xs, pool, n, oh, out, columns) },
+                #[cfg(target_arch = "x86_64")]
+                EltwisePath::Avx512 => unsafe { max_pool_row_avx512(x, xs, pool, n, oh, out, columns) },
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => {
+                    let _ = columns;
+                    max_pool_row_portable(x, xs, pool, n, oh, out)
+                }
+            }
+        });
     Ok((y, ys))
 }
 
@@ -192,43 +200,82 @@ fn max_block<const W: usize>(x: &[u8], offsets: &[usize], ch: usize) -> [u8; W] 
     acc
 }
 
-/// One output row of max pooling in blocks of 64, 32 and 16 channels, then single channels.
+/// `acc[i] = max(acc[i], src[i])` over equal-length rows, in blocks of 64 bytes.
 #[inline(always)]
-fn max_pool_row_blocked(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [u8]) {
+fn max_rows(acc: &mut [u8], src: &[u8]) {
+    let mut acc_blocks = acc.chunks_exact_mut(64);
+    let mut src_blocks = src.chunks_exact(64);
+    for (a, s) in (&mut acc_blocks).zip(&mut src_blocks) {
+        let a: &mut [u8; 64] = a.try_into().expect("64-byte block");
+        let s: &[u8; 64] = s.try_into().expect("64-byte block");
+        for (m, &v) in a.iter_mut().zip(s) {
+            *m = (*m).max(v);
+        }
+    }
+    for (m, &v) in acc_blocks.into_remainder().iter_mut().zip(src_blocks.remainder()) {
+        *m = (*m).max(v);
+    }
+}
+
+/// One output row of max pooling, separably: the in-bounds input rows of the window are
+/// first reduced to one row of column maxima (contiguous bytes, whole vectors), then each
+/// output pixel takes the max of its `kw` columns of that row, in blocks of 64, 32 and 16
+/// channels, then single channels. Max is associative and commutative and the padded taps never
+/// win, so this is the same byte as the tap-by-tap reference.
+#[inline(always)]
+fn max_pool_row_blocked(
+    x: &[u8],
+    xs: NhwcShape,
+    pool: &Pool2d,
+    n: usize,
+    oh: usize,
+    out: &mut [u8],
+    columns: &mut Vec<u8>,
+) {
     let c = xs.c;
-    // Start offsets of the in-bounds input rows of this output row.
-    let row_starts: Vec<usize> = (0..pool.kernel.0)
-        .filter_map(|kh| {
-            let ih = (oh * pool.stride.0 + kh * pool.dilation.0) as i64 - pool.padding.0 as i64;
-            (ih >= 0 && ih < xs.h as i64).then(|| xs.offset(n, ih as usize, 0))
-        })
-        .collect();
-    let mut offsets = Vec::with_capacity(pool.kernel.0 * pool.kernel.1);
+    let in_row = xs.w * c;
+    columns.clear();
+    for kh in 0..pool.kernel.0 {
+        let ih = (oh * pool.stride.0 + kh * pool.dilation.0) as i64 - pool.padding.0 as i64;
+        if ih < 0 || ih >= xs.h as i64 {
+            continue;
+        }
+        let row = &x[xs.offset(n, ih as usize, 0)..][..in_row];
+        if columns.is_empty() {
+            columns.extend_from_slice(row);
+        } else {
+            max_rows(columns, row);
+        }
+    }
+    if columns.is_empty() {
+        // No in-bounds row (PyTorch's output-shape rule never makes one): nothing wins.
+        out.fill(0);
+        return;
+    }
+    let mut offsets = Vec::with_capacity(pool.kernel.1);
     for (ow, o) in out.chunks_exact_mut(c).enumerate() {
         offsets.clear();
-        for &start in &row_starts {
-            for kw in 0..pool.kernel.1 {
-                let iw = (ow * pool.stride.1 + kw * pool.dilation.1) as i64 - pool.padding.1 as i64;
-                if iw >= 0 && iw < xs.w as i64 {
-                    offsets.push(start + iw as usize * c);
-                }
+        for kw in 0..pool.kernel.1 {
+            let iw = (ow * pool.stride.1 + kw * pool.dilation.1) as i64 - pool.padding.1 as i64;
+            if iw >= 0 && iw < xs.w as i64 {
+                offsets.push(iw as usize * c);
             }
         }
         let mut ch = 0;
         while ch + 64 <= c {
-            o[ch..ch + 64].copy_from_slice(&max_block::<64>(x, &offsets, ch));
+            o[ch..ch + 64].copy_from_slice(&max_block::<64>(columns, &offsets, ch));
             ch += 64;
         }
         while ch + 32 <= c {
-            o[ch..ch + 32].copy_from_slice(&max_block::<32>(x, &offsets, ch));
+            o[ch..ch + 32].copy_from_slice(&max_block::<32>(columns, &offsets, ch));
             ch += 32;
         }
         while ch + 16 <= c {
-            o[ch..ch + 16].copy_from_slice(&max_block::<16>(x, &offsets, ch));
+            o[ch..ch + 16].copy_from_slice(&max_block::<16>(columns, &offsets, ch));
             ch += 16;
         }
         while ch < c {
-            o[ch] = max_block::<1>(x, &offsets, ch)[0];
+            o[ch] = max_block::<1>(columns, &offsets, ch)[0];
             ch += 1;
         }
     }
@@ -237,15 +284,31 @@ fn max_pool_row_blocked(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: us
 /// [`max_pool_row_blocked`] compiled for AVX2. Safety: the CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn max_pool_row_avx2(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [u8]) {
-    max_pool_row_blocked(x, xs, pool, n, oh, out)
+unsafe fn max_pool_row_avx2(
+    x: &[u8],
+    xs: NhwcShape,
+    pool: &Pool2d,
+    n: usize,
+    oh: usize,
+    out: &mut [u8],
+    columns: &mut Vec<u8>,
+) {
+    max_pool_row_blocked(x, xs, pool, n, oh, out, columns)
 }
 
 /// [`max_pool_row_blocked`] compiled for AVX-512. Safety: the CPU has AVX-512 F/BW/VL.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn max_pool_row_avx512(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [u8]) {
-    max_pool_row_blocked(x, xs, pool, n, oh, out)
+unsafe fn max_pool_row_avx512(
+    x: &[u8],
+    xs: NhwcShape,
+    pool: &Pool2d,
+    n: usize,
+    oh: usize,
+    out: &mut [u8],
+    columns: &mut Vec<u8>,
+) {
+    max_pool_row_blocked(x, xs, pool, n, oh, out, columns)
 }
 
 /// Average pooling (dilation must be 1, as in PyTorch). `divisor_override` replaces the
