@@ -283,22 +283,8 @@ impl PackedDepthwise {
             .get_or_try_insert(xs.w, || Ok(super::depthwise_avx512::RowPlan::new(g, xs.w, ow_n)))?;
         let out_row = ow_n * c;
         let threads = rayon::current_num_threads();
-        // One thread computes a whole image; more threads get about two bands each.
-        let band = if threads > 1 {
-            oh_n.div_ceil((2 * threads).div_ceil(xs.n))
-        } else {
-            oh_n
-        }
-        .max(1);
         let image = xs.h * in_row;
-        let bands: Vec<(usize, usize, &mut [u8])> = y
-            .chunks_mut(oh_n * out_row)
-            .enumerate()
-            .flat_map(|(n, y_img)| {
-                let bands = y_img.chunks_mut(band * out_row).enumerate();
-                bands.map(move |(b, y_band)| (n, b, y_band))
-            })
-            .collect();
+        let (band, bands) = super::output_bands(y, xs.n, oh_n, out_row, threads);
         crate::team::for_each_item(threads, bands, &|(n, b, y_band)| {
             let x_img = &x[n * image..(n + 1) * image];
             let mut taps: Vec<*const u8> = Vec::with_capacity(g.taps());

@@ -206,14 +206,6 @@ impl DirectConv {
         let padded_row = (xs.w + 2 * pw) * c;
         let out_row = ow_n * g.c_out;
         let threads = rayon::current_num_threads();
-        let tasks_per_image = (2 * threads).div_ceil(xs.n);
-        // One thread computes a whole image; more threads get about two bands each.
-        let band = if threads > 1 {
-            oh_n.div_ceil(tasks_per_image)
-        } else {
-            oh_n
-        }
-        .max(1);
         let zp = x_zp as u8;
         // Weight blocks, shared by every band (each band runs them in order).
         let blocks: Vec<_> = self.panel_blocks().collect();
@@ -225,14 +217,7 @@ impl DirectConv {
                 offsets.extend((0..s.groups).map(|i| at + 4 * i));
             }
         };
-        let bands: Vec<(usize, usize, &mut [MaybeUninit<u8>])> = y
-            .chunks_mut(oh_n * out_row)
-            .enumerate()
-            .flat_map(|(n, y_img)| {
-                let bands = y_img.chunks_mut(band * out_row).enumerate();
-                bands.map(move |(b, y_band)| (n, b, y_band))
-            })
-            .collect();
+        let (band, bands) = super::output_bands(y, xs.n, oh_n, out_row, threads);
         crate::team::for_each_item(threads, bands, &|(n, b, y_band)| {
             let x_img: &[u8] = match x {
                 InputRows::Tensor(x) => &x[n * image..(n + 1) * image],

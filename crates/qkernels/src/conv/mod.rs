@@ -378,31 +378,14 @@ impl PackedConv2d {
                 return Err(KernelError::Param {
                     op: "conv2d",
                     detail: format!(
-                        "{g:?} has no in-kernel dequantization on this CPU (1x1, stride 1, no padding, one group,                          c_in a multiple of 16, at most 8 outputs, symmetric weights, AVX-512 VNNI); use forward_dequantized"
+                        "{g:?} has no in-kernel dequantization on this CPU (1x1, stride 1, no padding, one group, c_in a multiple of 16, at most 8 outputs, symmetric weights, AVX-512 VNNI); use forward_dequantized"
                     ),
                 })
             }
         };
         xs.check("conv2d", "input", x.len())?;
-        if xs.c != g.c_in {
-            return Err(KernelError::Shape {
-                op: "conv2d",
-                detail: format!("input has {} channels, the convolution expects {}", xs.c, g.c_in),
-            });
-        }
         let ys = self.output_shape(xs)?;
-        let call = self.calls.get_or_try_insert(CallKey::new(x_q, y_q, activation), || {
-            let rq = ConvRequant::new(
-                "conv2d",
-                x_q,
-                &self.weight_quant,
-                g.c_out,
-                self.bias.as_deref(),
-                y_q,
-                activation,
-            )?;
-            Ok(ConvCall::new(rq))
-        })?;
+        let call = self.call_for(xs, x_q, y_q, activation, ys.len())?;
         let _span = tracing::debug_span!("conv2d_dequantized", ?xs, c_out = g.c_out).entered();
         let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, &call.rq));
         let mut y = Vec::with_capacity(ys.len());
@@ -545,6 +528,36 @@ pub(crate) fn as_uninit(y: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
     // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the callee writes only initialized
     // bytes (it never stores `MaybeUninit::uninit()`), so `y` holds initialized bytes afterwards.
     unsafe { &mut *(y as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) }
+}
+
+/// A band of output rows: its image, its index within the image, and its rows.
+pub(crate) type Band<'a, T> = (usize, usize, &'a mut [T]);
+
+/// Cuts an output of `images` images of `rows` rows (`row_len` elements each) into bands of
+/// whole rows for `threads` threads: one band per image on one thread, otherwise about two per
+/// thread. Returns the band height and each band with its image and its index in the image.
+pub(crate) fn output_bands<T>(
+    y: &mut [T],
+    images: usize,
+    rows: usize,
+    row_len: usize,
+    threads: usize,
+) -> (usize, Vec<Band<'_, T>>) {
+    let band = if threads > 1 {
+        rows.div_ceil((2 * threads).div_ceil(images))
+    } else {
+        rows
+    }
+    .max(1);
+    let bands = y
+        .chunks_mut(rows * row_len)
+        .enumerate()
+        .flat_map(|(n, y_img)| {
+            let bands = y_img.chunks_mut(band * row_len).enumerate();
+            bands.map(move |(b, y_band)| (n, b, y_band))
+        })
+        .collect();
+    (band, bands)
 }
 
 /// An output of `ys.len()` bytes that `store` writes completely (the direct kernels), without
