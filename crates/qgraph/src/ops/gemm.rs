@@ -88,7 +88,7 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
     if a.col_stride == 1
         && b.row_stride == 1
-        && m >= 8
+        && m >= 64
         && n >= 16
         && m * n * k >= AVX512_MIN_WORK
         && super::gemm_avx512::sgemm_xwt(a.data, a.row_stride, b.data, b.col_stride, m, k, n, c, accumulate)

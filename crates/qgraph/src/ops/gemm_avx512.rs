@@ -15,13 +15,16 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-/// Weight rows (output columns) per register tile.
-const R: usize = 12;
-/// Rows of `x` per packed panel: two 16-lane vectors.
-const P: usize = 32;
+/// Weight rows (output columns) per register tile: with [`V`] = 4 the tile holds 24 accumulators
+/// and each inner step loads 4 vectors and broadcasts 6 values for 24 fused multiply-adds.
+const R: usize = 6;
+/// Rows of `x` per packed panel: [`V`] 16-lane vectors.
+const P: usize = 16 * V;
+/// Vectors of 16 lanes per panel.
+const V: usize = 4;
 /// Inner-dimension block: a packed panel block is `P * KC * 4` = 32 KiB, inside L1 with the
 /// weight rows it meets.
-const KC: usize = 256;
+const KC: usize = 128;
 
 thread_local! {
     /// Per-thread scratch reused across calls (packed `x^T` block, transposed partial sums).
@@ -71,17 +74,17 @@ pub(super) fn sgemm_xwt(
         while p0 < k {
             let kc = KC.min(k - p0);
             pack_xt(x, ldx, m, p0, kc, &mut xt[..panels * P * KC]);
-            for panel in 0..panels {
-                let block = &xt[panel * P * KC..][..P * kc];
-                let mut j = 0;
-                while j < n {
-                    let rows = if j + R <= n {
-                        R
-                    } else if j + 4 <= n {
-                        4
-                    } else {
-                        1
-                    };
+            let mut j = 0;
+            while j < n {
+                let rows = if j + R <= n {
+                    R
+                } else if j + 2 <= n {
+                    2
+                } else {
+                    1
+                };
+                for panel in 0..panels {
+                    let block = &xt[panel * P * KC..][..P * kc];
                     // SAFETY: weight rows `j..j + rows` (`rows <= n - j`) hold columns
                     // `p0..p0 + kc` (`p0 + kc <= k`) inside `w` (asserted above); `block` holds
                     // `kc` steps of `P` floats; `ct` rows `j..j + rows` have `mp` floats each and
@@ -93,12 +96,12 @@ pub(super) fn sgemm_xwt(
                         let first = p0 == 0;
                         match rows {
                             R => tile::<R>(wp, ldw, block.as_ptr(), kc, cp, mp, first),
-                            4 => tile::<4>(wp, ldw, block.as_ptr(), kc, cp, mp, first),
+                            2 => tile::<2>(wp, ldw, block.as_ptr(), kc, cp, mp, first),
                             _ => tile::<1>(wp, ldw, block.as_ptr(), kc, cp, mp, first),
                         }
                     }
-                    j += rows;
                 }
+                j += rows;
             }
             p0 += kc;
         }
@@ -161,25 +164,30 @@ unsafe fn tile<const RR: usize>(
     ldc: usize,
     first: bool,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; RR];
+    let mut acc = [[_mm512_setzero_ps(); V]; RR];
     if !first {
         for (r, acc) in acc.iter_mut().enumerate() {
-            acc[0] = _mm512_loadu_ps(ct.add(r * ldc));
-            acc[1] = _mm512_loadu_ps(ct.add(r * ldc + 16));
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(ct.add(r * ldc + 16 * v));
+            }
         }
     }
     for p in 0..kc {
-        let b0 = _mm512_loadu_ps(xt.add(p * P));
-        let b1 = _mm512_loadu_ps(xt.add(p * P + 16));
+        let mut b = [_mm512_setzero_ps(); V];
+        for (v, y) in b.iter_mut().enumerate() {
+            *y = _mm512_loadu_ps(xt.add(p * P + 16 * v));
+        }
         for (r, acc) in acc.iter_mut().enumerate() {
             let s = _mm512_set1_ps(*w.add(r * ldw + p));
-            acc[0] = _mm512_fmadd_ps(s, b0, acc[0]);
-            acc[1] = _mm512_fmadd_ps(s, b1, acc[1]);
+            for (a, &y) in acc.iter_mut().zip(&b) {
+                *a = _mm512_fmadd_ps(s, y, *a);
+            }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        _mm512_storeu_ps(ct.add(r * ldc), acc[0]);
-        _mm512_storeu_ps(ct.add(r * ldc + 16), acc[1]);
+        for (v, &a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(ct.add(r * ldc + 16 * v), a);
+        }
     }
 }
 
