@@ -6,7 +6,9 @@
 //! the packing does not pay off, so those use contiguous dot products against the `[N, K]`
 //! weight rows, which stay bandwidth-bound like a BLAS gemv. On CPUs with AVX-512, large
 //! products in Linear's layout (`x W^T`, both with contiguous rows) use the zmm kernel of
-//! [`super::gemm_avx512`] instead (about 1.4x matrixmultiply's rate on the same shapes).
+//! [`super::gemm_avx512`] instead (on the MiniLM shapes it measured 120-135 GF/s against
+//! 115-130 for matrixmultiply; its kernel alone reaches ~168 GF/s with the weights in L1, so
+//! the rest goes to streaming the weights and the transposed scratch).
 
 /// A row-major or strided view of a matrix: element (r, c) is at `r * row_stride + c * col_stride`.
 #[derive(Debug, Clone, Copy)]
