@@ -162,7 +162,7 @@ impl PackedDepthwise {
         &self.geometry
     }
 
-    /// Runs the convolution on `path`; `y` is `[n, oh, ow, c]`, rows split across rayon threads
+    /// Runs the convolution on `path`; `y` is `[n, oh, ow, c]`, rows split across threads
     /// (each output row is computed by one thread, so results do not depend on the thread count).
     pub fn run(
         &self,

@@ -19,8 +19,9 @@
 //! Arithmetic: the kernel sums the raw products `x * w` (i32, exact: `K <= MAX_K`) on top of
 //! `-x_zp * sum w`, which makes the reference's `sum (x - x_zp) * w` (symmetric weights only;
 //! other weight zero points take the GEMM path), followed by the shared requantization
-//! ([`super::requant`]). Bands are independent rayon tasks and each output value is computed by
-//! one register tile with the whole reduction, so results do not depend on the thread count.
+//! ([`super::requant`]). Bands are independent tasks of the thread team ([`crate::team`]),
+//! and each output value is computed by one register tile with the whole reduction, so results
+//! do not depend on the thread count.
 
 // Off x86-64 the kernel calls below are `unreachable!`: their loops never run a second time.
 #![cfg_attr(not(target_arch = "x86_64"), allow(clippy::never_loop))]

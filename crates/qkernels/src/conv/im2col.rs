@@ -3,8 +3,8 @@
 //! convolution multiplies the NHWC input in place (`[n*h*w, c_in]` is already the A matrix);
 //! every other geometry gathers blocks of output pixels into im2col rows (taps outside the input
 //! hold the input zero point, so their corrected products are 0) and multiplies them block by
-//! block, the block sized to stay in L2. Blocks run as rayon tasks, each with a single-threaded
-//! GEMM; when there are fewer blocks than threads they run in turn with a threaded GEMM. The
+//! block, the block sized to stay in L2. Blocks run as tasks of the thread team, each with a
+//! single-threaded GEMM; when there are fewer blocks than threads they run in turn with a threaded GEMM. The
 //! GEMM computes the exact `sum (x - x_zp) * (w - w_zp)` and the same requantization as
 //! [`super::requant`] for every path and thread count.
 

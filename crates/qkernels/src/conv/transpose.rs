@@ -152,21 +152,10 @@ impl PackedConvTranspose2d {
         let spread = self.direct.as_ref().filter(|(d, _, _)| {
             self.path_name() == "direct" && ys.h == xs.h * kh && ys.w == xs.w * kw && d.can_spread(kh)
         });
-        if let Some((direct, column_quant, bias)) = spread {
+        if let Some(parts) = spread {
             let (_, call) = self.check_len(x, xs, x_q, y_q, activation, ys.len())?;
-            let column_rq = get_or_try_init(&call.column_rq, || {
-                ConvRequant::new(
-                    "conv_transpose2d",
-                    x_q,
-                    column_quant,
-                    direct.c_out(),
-                    bias.as_deref(),
-                    y_q,
-                    activation,
-                )
-            })?;
-            let epi = call.direct.get_or_init(|| direct.epilogue(x_q.zero_point, column_rq));
-            return super::filled(ys, |y| direct.run_spread(x, xs, epi, kh, y));
+            let epi = direct_epilogue(parts, &call, x_q, y_q, activation)?;
+            return super::filled(ys, |y| parts.0.run_spread(x, xs, epi, kh, y));
         }
         let mut y = vec![0u8; ys.len()];
         self.run(x, xs, x_q, y_q, activation, &mut y)?;
@@ -202,7 +191,7 @@ impl PackedConvTranspose2d {
         activation: FusedActivation,
         y: &mut [u8],
     ) -> Result<()> {
-        let Some((direct, column_quant, bias)) = self.direct.as_ref().filter(|_| super::direct::supported()) else {
+        let Some(parts) = self.direct.as_ref().filter(|_| super::direct::supported()) else {
             return Err(KernelError::Param {
                 op: "conv_transpose2d",
                 detail: format!(
@@ -212,19 +201,8 @@ impl PackedConvTranspose2d {
             });
         };
         let (ys, call) = self.check(x, xs, x_q, y_q, activation, y)?;
-        let cols = direct.c_out();
-        let column_rq = get_or_try_init(&call.column_rq, || {
-            ConvRequant::new(
-                "conv_transpose2d",
-                x_q,
-                column_quant,
-                cols,
-                bias.as_deref(),
-                y_q,
-                activation,
-            )
-        })?;
-        let epi = call.direct.get_or_init(|| direct.epilogue(x_q.zero_point, column_rq));
+        let epi = direct_epilogue(parts, &call, x_q, y_q, activation)?;
+        let (direct, cols) = (&parts.0, parts.0.c_out());
         let (kh, kw) = self.geometry.kernel;
         if ys.h == xs.h * kh && ys.w == xs.w * kw && direct.can_spread(kh) {
             // No output padding: every output pixel is one tap of one input pixel.
@@ -365,4 +343,27 @@ impl PackedConvTranspose2d {
             }),
         }
     }
+}
+
+/// The direct kernel's epilogue for a call's parameters: the per-column requantization of the
+/// kernel's `kh * kw * c_out` columns, built once per parameter set and kept in `call`.
+fn direct_epilogue<'c>(
+    (direct, column_quant, bias): &(super::direct::DirectConv, ConvWeightQuant, Option<Vec<f32>>),
+    call: &'c TransposeCall,
+    x_q: ActQuant,
+    y_q: ActQuant,
+    activation: FusedActivation,
+) -> Result<&'c super::direct::Epilogue> {
+    let column_rq = get_or_try_init(&call.column_rq, || {
+        ConvRequant::new(
+            "conv_transpose2d",
+            x_q,
+            column_quant,
+            direct.c_out(),
+            bias.as_deref(),
+            y_q,
+            activation,
+        )
+    })?;
+    Ok(call.direct.get_or_init(|| direct.epilogue(x_q.zero_point, column_rq)))
 }

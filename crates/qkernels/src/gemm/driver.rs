@@ -4,7 +4,7 @@
 //! (`Nc x K` bytes) stay in about half of a 2 MB L2, row blocks of up to [`ROWS_PER_BLOCK`]
 //! rows. Inside a block a path walks row tiles of `MR` rows and, for each, column tiles of
 //! `NR` columns, so the `MR x K` activation rows stay in L1 while the block's weights stream
-//! from L2. Blocks go to rayon tasks. Every element is computed entirely by one tile with the
+//! from L2. Blocks go to the thread team ([`crate::team`]). Every element is computed entirely by one tile with the
 //! full K and the same epilogue, so the grid (and the thread count) never changes a result.
 
 use super::dispatch::KernelPath;

@@ -38,7 +38,7 @@ pub fn finite_min_max(x: &[f32]) -> Result<(f32, f32)> {
     Ok((min, max))
 }
 
-/// [`finite_min_max`] split over up to `threads` rayon tasks (serial for short inputs). The
+/// [`finite_min_max`] split over up to `threads` tasks of the thread team (serial for short inputs). The
 /// minimum and maximum do not depend on how the values are split.
 pub(crate) fn finite_min_max_parallel(x: &[f32], threads: usize) -> Result<(f32, f32)> {
     let tasks = super::dynamic_gemm::element_tasks(x.len(), threads);
