@@ -3,6 +3,9 @@
 //! 256x256 images for the CNNs) and the size on disk, printed and appended as a JSON line
 //! `{"suite":"model","model":..,"mode":..,"batch":..,"seq"|"hw":..,"threads":..,"median_ms":..,"size_bytes":..}`.
 //! `qforge bench --report --json FILE` renders such a file as Markdown and SVG.
+//! `qforge bench ... --interleave` serves timings call by call to a harness on stdin (see
+//! [`interleave`]), so that a peer engine can be timed in turn with qforge under the same
+//! machine state.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,6 +41,10 @@ pub struct Args {
     /// Render the rows of `--json FILE` as FILE.md and FILE.svg instead of measuring.
     #[arg(long)]
     report: bool,
+    /// Prepare the model, print one `{"ready":..}` line, then answer each line `N` read from
+    /// stdin with the times of `N` runs as `{"times_ms":[..]}`, until stdin closes.
+    #[arg(long, conflicts_with = "report")]
+    interleave: bool,
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
@@ -59,6 +66,13 @@ pub fn run(args: Args) -> Result<(), CliError> {
                 )))
             }
         };
+        if args.interleave {
+            let (graph, x) = qapi::benchmark::cnn_input(&args.model, mode)?;
+            let ready = serde_json::json!({"ready": true, "model": args.model, "mode": mode});
+            return interleave(&ready, args.threads, || {
+                graph.run(x.clone()).map(|_| ()).map_err(CliError::from)
+            });
+        }
         let row = qapi::benchmark::bench_cnn(&args.model, mode, args.threads, args.reps)?;
         return emit(&row.json(), args.json.as_deref());
     }
@@ -69,15 +83,6 @@ pub fn run(args: Args) -> Result<(), CliError> {
             qapi::benchmark::CNN_MODELS.join(", ")
         )));
     }
-    let model = minilm_or_random()?;
-    let graph = prepare(&model.graph, args.mode, args.preset)?;
-    let size_bytes = qapi::stored_size_bytes(&graph);
-    let enc = bench_input(&model, args.batch, args.seq)?;
-    let ms = with_threads(args.threads, || {
-        median_ms(3, args.reps, || {
-            last_hidden_state(&graph, &enc).map(|_| ()).map_err(CliError::from)
-        })
-    })??;
     let mode = match args.mode {
         Mode::Fp32 => "fp32",
         Mode::Dynamic => "dynamic",
@@ -87,12 +92,67 @@ pub fn run(args: Args) -> Result<(), CliError> {
             ))
         }
     };
+    let model = minilm_or_random()?;
+    let graph = prepare(&model.graph, args.mode, args.preset)?;
+    let size_bytes = qapi::stored_size_bytes(&graph);
+    let enc = bench_input(&model, args.batch, args.seq)?;
+    if args.interleave {
+        let ready = serde_json::json!({
+            "ready": true, "model": args.model, "mode": mode, "source": model.source,
+        });
+        return interleave(&ready, args.threads, || {
+            last_hidden_state(&graph, &enc).map(|_| ()).map_err(CliError::from)
+        });
+    }
+    let ms = with_threads(args.threads, || {
+        median_ms(3, args.reps, || {
+            last_hidden_state(&graph, &enc).map(|_| ()).map_err(CliError::from)
+        })
+    })??;
     let line = serde_json::json!({
         "suite": "model", "model": args.model, "mode": mode, "batch": args.batch, "seq": enc.seq,
         "threads": args.threads, "median_ms": ms, "size_bytes": size_bytes,
     });
     eprintln!("model: {}", model.source);
     emit(&line.to_string(), args.json.as_deref())
+}
+
+/// Serves timings on request: prints `ready`, then for each stdin line holding a count `N`
+/// runs `f` `N` times on `threads` threads and prints `{"times_ms":[..]}` (one entry per
+/// run); an empty line is skipped, anything else is an error. Returns when stdin closes.
+fn interleave(
+    ready: &serde_json::Value,
+    threads: usize,
+    f: impl FnMut() -> Result<(), CliError> + Send,
+) -> Result<(), CliError> {
+    let mut f = f;
+    println!("{ready}");
+    std::io::stdout()
+        .flush()
+        .map_err(|e| CliError::io(std::path::Path::new("stdout"), e))?;
+    with_threads(threads, || {
+        for line in std::io::stdin().lines() {
+            let line = line.map_err(|e| CliError::io(std::path::Path::new("stdin"), e))?;
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let n: usize = line
+                .parse()
+                .map_err(|_| CliError::Usage(format!("--interleave reads run counts, one per line; got `{line}`")))?;
+            let mut times = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = std::time::Instant::now();
+                f()?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            println!("{}", serde_json::json!({ "times_ms": times }));
+            std::io::stdout()
+                .flush()
+                .map_err(|e| CliError::io(std::path::Path::new("stdout"), e))?;
+        }
+        Ok(())
+    })?
 }
 
 /// Prints a JSON line and appends it to `json` when given.

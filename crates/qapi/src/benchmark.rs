@@ -130,9 +130,15 @@ pub fn static_int8(graph: &Graph, shape: &[usize], config: &QConfigMap, batches:
     Ok(prepared.convert()?.0)
 }
 
-/// Latency (batch `shape[0]`, `threads` threads) and file size of a model in `mode`
-/// (`fp32` or `static`).
-pub fn bench_cnn(name: &str, mode: &str, threads: usize, reps: usize) -> Result<ModelBench> {
+/// A vision model at batch 1 in `mode` (`fp32`, or `static`: quantized with the qforge
+/// defaults, calibrated on 4 random images) and the seeded random image it is benchmarked on.
+pub fn cnn_input(name: &str, mode: &str) -> Result<(Graph, Vec<Value>)> {
+    let (graph, shape) = cnn_in_mode(name, mode)?;
+    Ok((graph, image(&shape, 7)?))
+}
+
+/// A vision model at batch 1 in `mode`, with its input shape.
+fn cnn_in_mode(name: &str, mode: &str) -> Result<(Graph, Vec<usize>)> {
     let (graph, shape) = cnn(name, 1)?;
     let graph = match mode {
         "fp32" => graph,
@@ -143,6 +149,13 @@ pub fn bench_cnn(name: &str, mode: &str, threads: usize, reps: usize) -> Result<
             })
         }
     };
+    Ok((graph, shape))
+}
+
+/// Latency (batch `shape[0]`, `threads` threads) and file size of a model in `mode`
+/// (`fp32` or `static`).
+pub fn bench_cnn(name: &str, mode: &str, threads: usize, reps: usize) -> Result<ModelBench> {
+    let (graph, shape) = cnn_in_mode(name, mode)?;
     let x = image(&shape, 7)?;
     let median = with_threads(threads, || {
         median_ms(|| graph.run(x.clone()).map(|_| ()).map_err(ApiError::from), 2, reps)
