@@ -91,3 +91,30 @@ fn embed_writes_normalized_embeddings() {
     }
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+#[test]
+fn bench_interleave_answers_each_count() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(["bench", "--model", "mobilenet_v2", "--mode", "fp32", "--interleave"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"2\n\n1\nmany\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0]["ready"], true);
+    assert_eq!(lines[0]["model"], "mobilenet_v2");
+    for (line, n) in lines[1..].iter().zip([2, 1]) {
+        let times = line["times_ms"].as_array().unwrap();
+        assert_eq!(times.len(), n, "{line}");
+        assert!(times.iter().all(|t| t.as_f64().unwrap() > 0.0), "{line}");
+    }
+    // A line that is not a count ends the session with an error naming it.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`many`"), "{err}");
+}
