@@ -51,7 +51,8 @@ fn low_bits(n: usize) -> u64 {
 ///
 /// Rows of 64 bytes or more go 64 bytes at a time with a masked tail. Narrower rows are
 /// consecutive in `src`, so one load takes `64 / width` of them; each is stored by a masked
-/// store of the whole vector placed so that its bytes land on the row's destination.
+/// store of the whole vector placed so that its bytes land on the row's destination (rows of
+/// 32 bytes, UNet's, by 256-bit stores of the vector's halves).
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 pub(super) unsafe fn map_rows(src: &[u8], width: usize, dst: &mut [MaybeUninit<u8>], stride: usize, table: &ByteTable) {
     if width == 0 {
@@ -85,9 +86,25 @@ pub(super) unsafe fn map_rows(src: &[u8], width: usize, dst: &mut [MaybeUninit<u
         }
         return;
     }
+    let mut r = 0;
+    if width == 32 {
+        // Two rows per load, each stored as a 256-bit half: a whole-vector masked store placed
+        // half a vector early would straddle one more cache line than the row does.
+        while r + 2 <= rows {
+            // SAFETY: the load reads `src[r * 32..][..64]` (rows `r`, `r + 1`), the stores
+            // write `dst[(r + j) * stride..][..32]` for `j` = 0, 1, inside the slices as
+            // `r + 2 <= rows`.
+            unsafe {
+                let v = table.lookup(_mm512_loadu_si512(s.add(r * 32).cast()));
+                let d = d.add(r * stride);
+                _mm256_storeu_si256(d.cast(), _mm512_castsi512_si256(v));
+                _mm256_storeu_si256(d.add(stride).cast(), _mm512_extracti64x4_epi64::<1>(v));
+            }
+            r += 2;
+        }
+    }
     let per_load = 64 / width;
     let row_mask = low_bits(width);
-    let mut r = 0;
     while r < rows {
         let k = per_load.min(rows - r);
         // SAFETY: the load selects `src[r * width..][..k * width]`, inside `src` as
