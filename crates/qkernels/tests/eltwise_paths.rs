@@ -243,7 +243,7 @@ fn requant_maps() -> Vec<(ActQuant, ActQuant)> {
 fn cat_maps_every_byte_on_every_path() {
     let copy = ActQuant::new(0.04, 0).unwrap();
     for (i, (from, to)) in requant_maps().into_iter().enumerate() {
-        for &c in &[1usize, 3, 16, 21, 31, 32, 33, 63, 64, 65, 96, 128, 129] {
+        for &c in &[1usize, 3, 16, 21, 22, 31, 32, 33, 63, 64, 65, 96, 128, 129] {
             for &other in &[0usize, 5, 32, 64] {
                 // Enough pixels for every byte value in each channel position, and a ragged end.
                 let pixels = 256 / c.min(256) + 37;

@@ -49,10 +49,12 @@ fn low_bits(n: usize) -> u64 {
 /// Writes `src.len() / width` rows of `width` bytes to `dst` every `stride >= width` bytes,
 /// each byte `v` as `table[v]`. `dst.len() >= (rows - 1) * stride + width`.
 ///
-/// Rows of 64 bytes or more go 64 bytes at a time with a masked tail. Narrower rows are
-/// consecutive in `src`, so one load takes `64 / width` of them; each is stored by a masked
-/// store of the whole vector placed so that its bytes land on the row's destination (rows of
-/// 32 bytes, UNet's, by 256-bit stores of the vector's halves).
+/// Rows of 64 bytes or more go 64 bytes at a time with a masked tail; rows of 22 to 63 bytes
+/// one masked load and store each. Narrower rows are consecutive in `src`, so one load takes
+/// `64 / width` of them, and each next row is moved down to byte 0 by a byte permute before its
+/// masked store (a whole-vector store placed so that its selected bytes land on the row, with
+/// the vector's other bytes over the rows around it, measured up to twice as slow). Rows of 32
+/// bytes, UNet's, go two per load, stored as the vector's 256-bit halves.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 pub(super) unsafe fn map_rows(src: &[u8], width: usize, dst: &mut [MaybeUninit<u8>], stride: usize, table: &ByteTable) {
     if width == 0 {
@@ -103,20 +105,47 @@ pub(super) unsafe fn map_rows(src: &[u8], width: usize, dst: &mut [MaybeUninit<u
             r += 2;
         }
     }
-    let per_load = 64 / width;
     let row_mask = low_bits(width);
+    if width > 21 {
+        // One row per load: measured faster than two rows and a shift from 24 bytes on.
+        while r < rows {
+            // SAFETY: the masked load and store select row `r`'s bytes, `src[r * width..]
+            // [..width]` and `dst[r * stride..][..width]`, inside the slices as `r < rows`.
+            unsafe {
+                let v = table.lookup(_mm512_maskz_loadu_epi8(row_mask, s.add(r * width).cast()));
+                _mm512_mask_storeu_epi8(d.add(r * stride).cast(), row_mask, v);
+            }
+            r += 1;
+        }
+        return;
+    }
+    let per_load = 64 / width;
+    // Byte `i` of a vector moved down by one row: byte `i + width` (mod 64; the bytes that
+    // wrap around are masked out of the store).
+    let step = _mm512_add_epi8(
+        _mm512_set_epi64(
+            0x3f3e3d3c3b3a3938,
+            0x3736353433323130,
+            0x2f2e2d2c2b2a2928,
+            0x2726252423222120,
+            0x1f1e1d1c1b1a1918,
+            0x1716151413121110,
+            0x0f0e0d0c0b0a0908,
+            0x0706050403020100,
+        ),
+        _mm512_set1_epi8(width as i8),
+    );
     while r < rows {
         let k = per_load.min(rows - r);
         // SAFETY: the load selects `src[r * width..][..k * width]`, inside `src` as
-        // `r + k <= rows`. Store `j` starts at `dst[(r + j) * stride - j * width]` (at or after
-        // row `r`'s start, as `stride >= width`) and selects its bytes `j * width..(j + 1) *
-        // width`, which are `dst[(r + j) * stride..][..width]`, inside `dst`; masked-out bytes
-        // are neither read nor written.
+        // `r + k <= rows`; store `j` selects `dst[(r + j) * stride..][..width]`, inside `dst`.
         unsafe {
-            let v = table.lookup(_mm512_maskz_loadu_epi8(low_bits(k * width), s.add(r * width).cast()));
+            let mut v = table.lookup(_mm512_maskz_loadu_epi8(low_bits(k * width), s.add(r * width).cast()));
             let d = d.add(r * stride);
-            for j in 0..k {
-                _mm512_mask_storeu_epi8(d.add(j * (stride - width)).cast(), row_mask << (j * width), v);
+            _mm512_mask_storeu_epi8(d.cast(), row_mask, v);
+            for j in 1..k {
+                v = _mm512_permutexvar_epi8(step, v);
+                _mm512_mask_storeu_epi8(d.add(j * stride).cast(), row_mask, v);
             }
         }
         r += k;
