@@ -175,8 +175,9 @@ fn main() {
     let best = args.iter().any(|a| a == "--best");
     let flush = args.iter().any(|a| a == "--flush");
     let dequantized = args.iter().any(|a| a == "--dequantized");
+    let concat = args.iter().any(|a| a == "--concat");
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("bench_conv [--threads 1,2] [--filter NAME] [--json FILE] [--layer C_IN,HW,C_OUT,K,STRIDE[,GROUPS]] [--best (report the fastest run instead of the median)] [--flush (evict L2 before every run)] [--dequantized (convolutions time forward_dequantized: NCHW f32 out, allocation included)]");
+        println!("bench_conv [--threads 1,2] [--filter NAME] [--json FILE] [--layer C_IN,HW,C_OUT,K,STRIDE[,GROUPS]] [--best (report the fastest run instead of the median)] [--flush (evict L2 before every run)] [--dequantized (convolutions time forward_dequantized: NCHW f32 out, allocation included)] [--concat (convolutions with an even c_in time run_concat of two halves with their own parameters, as UNet's decoder convs read a cat)]");
         return;
     }
     let mut json = arg("--json").map(|p| {
@@ -242,6 +243,19 @@ fn main() {
                 let run = move |_: &mut [u8]| {
                     let out = c.forward_dequantized(&x, xs, x_q, y_q, FusedActivation::Relu).unwrap();
                     std::hint::black_box(out);
+                };
+                (ys, macs, path, Box::new(run))
+            } else if concat && l.groups == 1 && l.c_in % 2 == 0 {
+                let path = format!("{:?}+cat", c.default_path());
+                let hs = NhwcShape::new(1, l.hw, l.hw, l.c_in / 2);
+                let (a, b): (Vec<u8>, Vec<u8>) = (
+                    x.chunks_exact(l.c_in).flat_map(|p| p[..l.c_in / 2].to_vec()).collect(),
+                    x.chunks_exact(l.c_in).flat_map(|p| p[l.c_in / 2..].to_vec()).collect(),
+                );
+                let (aq, bq) = (ActQuant::new(0.021, 5).unwrap(), ActQuant::new(0.019, 2).unwrap());
+                let run = move |y: &mut [u8]| {
+                    let inputs = [(a.as_slice(), hs, aq), (b.as_slice(), hs, bq)];
+                    c.run_concat(&inputs, x_q, y_q, FusedActivation::Relu, y).unwrap()
                 };
                 (ys, macs, path, Box::new(run))
             } else {

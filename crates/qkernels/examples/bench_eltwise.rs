@@ -1,6 +1,6 @@
 //! Element-wise benchmark: the non-conv int8 ops of the CNN models at their real sizes (ResNet18
-//! residual add, UNet channel cat with requantization, max pools, the boundary conversions),
-//! on one thread, through every path this CPU offers.
+//! residual add, UNet channel cat with requantization, activation tables, max pools, the
+//! boundary conversions), on one thread, through every path this CPU offers.
 //!
 //! `cargo run --release -p qkernels --example bench_eltwise`. Prints the median time per call
 //! and the rate in elements per second.
@@ -64,6 +64,19 @@ fn run() {
             eltwise::cat_channels_on(path, &same, yq).unwrap();
         });
         report("cat 2x 256x256x32 copied", &p, 2 * xs.len(), us);
+        for c in [3, 8, 16, 24, 48, 96] {
+            let cs = NhwcShape::new(1, 64, 64, c);
+            let (a, b) = (bytes(cs.len()), bytes(cs.len() + 5)[5..].to_vec());
+            let inputs = [(a.as_slice(), cs, aq), (b.as_slice(), cs, bq)];
+            let us = median_us(|| {
+                eltwise::cat_channels_on(path, &inputs, yq).unwrap();
+            });
+            report(&format!("cat 2x 64x64x{c} requantized"), &p, 2 * cs.len(), us);
+        }
+        let lut = eltwise::ActivationLut::hardswish(aq, yq, FloatRule::Vectorized).unwrap();
+        let mut v = vec![0u8; xs.len()];
+        let us = median_us(|| lut.apply_on(path, &u, &mut v).unwrap());
+        report("activation table 256x256x32", &p, xs.len(), us);
         let us = median_us(|| {
             eltwise::max_pool2d_on(path, &u, xs, &Pool2d::new(2, 2)).unwrap();
         });

@@ -1,6 +1,6 @@
-//! Property tests: every element-wise path the CPU offers (add, add+ReLU, mul, cat, max pool)
-//! and the layout conversions give the reference's bytes, for odd lengths, extreme
-//! quantization parameters and 1, 2 or 3 threads.
+//! Property tests: every element-wise path the CPU offers (add, add+ReLU, mul, cat, max pool,
+//! activation tables) and the layout conversions give the reference's bytes, for odd lengths,
+//! extreme quantization parameters and 1, 2 or 3 threads.
 
 use proptest::prelude::*;
 use qkernels::conv::{nchw_f32_to_nhwc_u8, nhwc_u8_to_nchw_f32, ActQuant, NhwcShape};
@@ -213,6 +213,97 @@ fn extreme_parameters_match_reference_on_all_byte_pairs() {
                         assert!(y == expected, "op {which} on {path:?}, scales {sa} {sb} {sy}");
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Requantizing cat maps: identity-like ones (equal scales, equal zero points), zero points at
+/// 0 and 255, ratios that send most values to 0 or 255, and extreme scales.
+fn requant_maps() -> Vec<(ActQuant, ActQuant)> {
+    let q = |s: f32, zp: i32| ActQuant::new(s, zp).unwrap();
+    vec![
+        (q(0.05, 10), q(0.05, 11)),
+        (q(0.05, 128), q(0.05000001, 128)),
+        (q(0.1, 0), q(0.05, 255)),
+        (q(0.1, 255), q(0.2, 0)),
+        (q(0.031, 131), q(0.04, 0)),
+        (q(0.017, 7), q(0.04, 90)),
+        (q(1.0, 0), q(1e-4, 128)),
+        (q(1e-4, 255), q(1.0, 3)),
+        (q(1e-45, 0), q(1e-45, 255)),
+        (q(3e38, 200), q(1e-12, 17)),
+        (q(1e-12, 40), q(3e38, 250)),
+    ]
+}
+
+/// Every byte value of each requantizing input, at channel counts narrower and wider than a
+/// vector, beside a copied or another requantized input, on every path and 1, 2, 3 threads.
+#[test]
+fn cat_maps_every_byte_on_every_path() {
+    let copy = ActQuant::new(0.04, 0).unwrap();
+    for (i, (from, to)) in requant_maps().into_iter().enumerate() {
+        for &c in &[1usize, 3, 16, 21, 22, 31, 32, 33, 63, 64, 65, 96, 128, 129] {
+            for &other in &[0usize, 5, 32, 64] {
+                // Enough pixels for every byte value in each channel position, and a ragged end.
+                let pixels = 256 / c.min(256) + 37;
+                let xs = NhwcShape::new(1, 1, pixels, c);
+                let x: Vec<u8> = (0..xs.len()).map(|j| (j * 13 + j / 256) as u8).collect();
+                let os = NhwcShape::new(1, 1, pixels, other);
+                let o = bytes(os.len(), i as u64);
+                let oq = if c % 2 == 0 {
+                    copy
+                } else {
+                    ActQuant::new(0.3, 77).unwrap()
+                };
+                let inputs: Vec<(&[u8], NhwcShape, ActQuant)> = if other == 0 {
+                    vec![(&x, xs, from)]
+                } else if c % 3 == 0 {
+                    vec![(&o, os, oq), (&x, xs, from)]
+                } else {
+                    vec![(&x, xs, from), (&o, os, oq)]
+                };
+                let out = if other == 0 { to } else { copy };
+                let expected = eltwise::cat_channels_on(EltwisePath::Portable, &inputs, out).unwrap();
+                for path in EltwisePath::available() {
+                    for threads in [1, 2, 3] {
+                        let got = on_threads(threads, || eltwise::cat_channels_on(path, &inputs, out)).unwrap();
+                        assert!(
+                            got == expected,
+                            "map {i}, {c} + {other} channels on {path:?}, {threads} threads"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Activation tables give `table[x]` on every path, for every length up to a few vectors,
+/// copying and in place.
+#[test]
+fn activation_tables_match_on_every_path() {
+    let q = ActQuant::new(0.05, 100).unwrap();
+    let luts = [
+        eltwise::ActivationLut::hardswish(q, ActQuant::new(0.03, 10).unwrap(), FloatRule::Vectorized).unwrap(),
+        eltwise::ActivationLut::relu6(q),
+        eltwise::ActivationLut::from_table(std::array::from_fn(|v| (v as u8).wrapping_mul(167).rotate_left(3))),
+    ];
+    for lut in &luts {
+        for len in (0..300).chain([4095, 4096, 4097]) {
+            let x = bytes(len, len as u64);
+            let expected: Vec<u8> = x.iter().map(|&v| lut.table()[v as usize]).collect();
+            for path in EltwisePath::available() {
+                let mut y = vec![0u8; len];
+                if len == 0 {
+                    assert!(lut.apply_on(path, &x, &mut y).is_err());
+                } else {
+                    lut.apply_on(path, &x, &mut y).unwrap();
+                    assert!(y == expected, "{len} bytes on {path:?}");
+                }
+                let mut z = x.clone();
+                lut.apply_in_place_on(path, &mut z).unwrap();
+                assert!(z == expected, "{len} bytes in place on {path:?}");
             }
         }
     }

@@ -189,7 +189,7 @@ fn add_chunk(path: EltwisePath, a: &[u8], b: &[u8], y: &mut [u8], p: &AddParams)
         #[cfg(target_arch = "x86_64")]
         EltwisePath::Avx2 => unsafe { super::x86_avx2::add(a, b, y, p) },
         #[cfg(target_arch = "x86_64")]
-        EltwisePath::Avx512 => unsafe { super::x86_avx512::add(a, b, y, p) },
+        EltwisePath::Avx512 | EltwisePath::Avx512Vbmi => unsafe { super::x86_avx512::add(a, b, y, p) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => 0,
     };
@@ -205,7 +205,7 @@ fn mul_chunk(path: EltwisePath, a: &[u8], b: &[u8], y: &mut [u8], p: &MulParams)
         #[cfg(target_arch = "x86_64")]
         EltwisePath::Avx2 => unsafe { super::x86_avx2::mul(a, b, y, p) },
         #[cfg(target_arch = "x86_64")]
-        EltwisePath::Avx512 => unsafe { super::x86_avx512::mul(a, b, y, p) },
+        EltwisePath::Avx512 | EltwisePath::Avx512Vbmi => unsafe { super::x86_avx512::mul(a, b, y, p) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => 0,
     };

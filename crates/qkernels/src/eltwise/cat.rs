@@ -3,10 +3,12 @@
 //! other value becomes `quantize_out((q - zp_in) as f32 * s_in)` (dequantize, then fbgemm
 //! `Quantize` with the f32 reciprocal of the output scale, [`RequantParams::one`]).
 //!
-//! The portable path looks each value up in a 256-entry table of that formula; the vector paths
-//! evaluate it on 8 or 16 lanes (the subtraction and the product of exact small integers are
-//! exact in f32, the rounding is the same half-to-even conversion, the clamp in f32 equals the
-//! integer clamp). Each input is written as a strided block of rows (one row per pixel) into
+//! The portable path looks each value up in a 256-entry table of that formula; the AVX2 and
+//! AVX-512 paths evaluate it on 8 or 16 lanes (the subtraction and the product of exact small
+//! integers are exact in f32, the rounding is the same half-to-even conversion, the clamp in
+//! f32 equals the integer clamp); the AVX-512 VBMI path builds the table with the AVX-512
+//! evaluation (on the 256 byte values, once per concatenation) and looks values up 64 at a time
+//! with byte permutes. Each input is written as a strided block of rows (one row per pixel) into
 //! the output; pixels are split into chunks across rayon threads.
 
 use std::mem::MaybeUninit;
@@ -88,7 +90,7 @@ struct Part<'a> {
     channels: usize,
     /// `None` when the input already has the output's parameters (a plain copy).
     map: Option<RequantParams>,
-    /// The portable path's 256-entry form of `map`.
+    /// The 256-entry form of `map` on the paths that look values up (portable, VBMI).
     table: Option<[u8; 256]>,
 }
 
@@ -130,10 +132,7 @@ impl<'a> ConcatRows<'a> {
             .iter()
             .map(|&(data, xs, q)| {
                 let map = (q != y_q).then(|| RequantParams::new(q, y_q));
-                let table = match path {
-                    EltwisePath::Portable => map.map(|m| std::array::from_fn(|v| m.one(v as u8))),
-                    _ => None,
-                };
+                let table = map.and_then(|m| requant_table(path, &m));
                 Part {
                     data,
                     channels: xs.c,
@@ -171,6 +170,16 @@ impl<'a> ConcatRows<'a> {
                 EltwisePath::Avx512 => unsafe {
                     super::x86_avx512::cat_rows(src, part.channels, dst, c, part.map.as_ref())
                 },
+                // SAFETY: as above; `new` built the table of every requantized input.
+                #[cfg(target_arch = "x86_64")]
+                EltwisePath::Avx512Vbmi => unsafe {
+                    match &part.table {
+                        Some(t) => {
+                            super::x86_vbmi::map_rows(src, part.channels, dst, c, &super::x86_vbmi::ByteTable::load(t))
+                        }
+                        None => super::x86_avx512::cat_rows(src, part.channels, dst, c, None),
+                    }
+                },
                 #[cfg(not(target_arch = "x86_64"))]
                 _ => portable_rows(src, part.channels, dst, c, part.table.as_ref()),
             }
@@ -184,6 +193,28 @@ impl<'a> ConcatRows<'a> {
         // bytes, so `out` stays initialized.
         let out = unsafe { &mut *(out as *mut [u8] as *mut [MaybeUninit<u8>]) };
         self.write(p0, out);
+    }
+}
+
+/// The 256 values of `map` on the paths that look them up ([`RequantParams::one`] of every
+/// byte), `None` on the others.
+fn requant_table(path: EltwisePath, map: &RequantParams) -> Option<[u8; 256]> {
+    match path {
+        EltwisePath::Portable => Some(std::array::from_fn(|v| map.one(v as u8))),
+        #[cfg(target_arch = "x86_64")]
+        EltwisePath::Avx512Vbmi => {
+            let bytes: [u8; 256] = std::array::from_fn(|v| v as u8);
+            let mut table = [MaybeUninit::<u8>::uninit(); 256];
+            // SAFETY: the VBMI path implies AVX-512 F/BW/VL + FMA (checked by the caller's
+            // `path.check`); one row of 256 bytes into 256 bytes.
+            unsafe { super::x86_avx512::cat_rows(&bytes, 256, &mut table, 256, Some(map)) };
+            // `cat_rows` stored all 256 bytes.
+            Some(table.map(|b| {
+                // SAFETY: initialized by `cat_rows` above.
+                unsafe { b.assume_init() }
+            }))
+        }
+        _ => None,
     }
 }
 

@@ -8,7 +8,7 @@
 //! takes that reciprocal from the f32 scale (exact whenever the scale came from an observer);
 //! [`ActivationLut::with_inverse`] takes it explicitly for scales that are not f32 values.
 
-use super::{quantize_u8, FloatRule};
+use super::{quantize_u8, EltwisePath, FloatRule};
 use crate::conv::ActQuant;
 use crate::{KernelError, Result};
 
@@ -101,18 +101,56 @@ impl ActivationLut {
         &self.table
     }
 
-    /// `y[i] = table[x[i]]`.
+    /// `y[i] = table[x[i]]`, on the fastest path.
     pub fn apply(&self, x: &[u8], y: &mut [u8]) -> Result<()> {
+        self.apply_on(EltwisePath::best(), x, y)
+    }
+
+    /// [`ActivationLut::apply`] on a chosen path: VBMI byte permutes 64 values at a time, or
+    /// one value at a time on every other path.
+    pub fn apply_on(&self, path: EltwisePath, x: &[u8], y: &mut [u8]) -> Result<()> {
         super::check_same_len("activation table", x.len(), y.len())?;
-        for (o, &q) in y.iter_mut().zip(x) {
-            *o = self.table[q as usize];
+        path.check("activation table")?;
+        match path {
+            // SAFETY: `path.check` confirmed AVX-512 F/BW and VBMI; equal lengths.
+            #[cfg(target_arch = "x86_64")]
+            EltwisePath::Avx512Vbmi => unsafe {
+                super::x86_vbmi::map(x, y, &super::x86_vbmi::ByteTable::load(&self.table))
+            },
+            _ => {
+                for (o, &q) in y.iter_mut().zip(x) {
+                    *o = self.table[q as usize];
+                }
+            }
         }
         Ok(())
     }
 
+    /// `x[i] = table[x[i]]`, on the fastest path.
     pub fn apply_in_place(&self, x: &mut [u8]) {
-        for q in x {
-            *q = self.table[*q as usize];
+        self.map_in_place(EltwisePath::best(), x);
+    }
+
+    /// [`ActivationLut::apply_in_place`] on a chosen path.
+    pub fn apply_in_place_on(&self, path: EltwisePath, x: &mut [u8]) -> Result<()> {
+        path.check("activation table")?;
+        self.map_in_place(path, x);
+        Ok(())
+    }
+
+    /// `x[i] = table[x[i]]` on `path`, which this CPU runs.
+    fn map_in_place(&self, path: EltwisePath, x: &mut [u8]) {
+        match path {
+            // SAFETY: callers pass a path the CPU runs, so the VBMI path has its features.
+            #[cfg(target_arch = "x86_64")]
+            EltwisePath::Avx512Vbmi => unsafe {
+                super::x86_vbmi::map_in_place(x, &super::x86_vbmi::ByteTable::load(&self.table))
+            },
+            _ => {
+                for q in x {
+                    *q = self.table[*q as usize];
+                }
+            }
         }
     }
 }

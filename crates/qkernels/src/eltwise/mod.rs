@@ -18,6 +18,8 @@ pub mod resize;
 mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86_vbmi;
 
 pub use add_mul::{add, add_on, mul, mul_on};
 pub use cat::{cat_channels, cat_channels_on};

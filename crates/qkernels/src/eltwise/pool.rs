@@ -147,7 +147,9 @@ pub fn max_pool2d_on(path: EltwisePath, x: &[u8], xs: NhwcShape, pool: &Pool2d) 
                 #[cfg(target_arch = "x86_64")]
                 EltwisePath::Avx2 => unsafe { max_pool_row_avx2(x, xs, pool, n, oh, out, columns) },
                 #[cfg(target_arch = "x86_64")]
-                EltwisePath::Avx512 => unsafe { max_pool_row_avx512(x, xs, pool, n, oh, out, columns) },
+                EltwisePath::Avx512 | EltwisePath::Avx512Vbmi => unsafe {
+                    max_pool_row_avx512(x, xs, pool, n, oh, out, columns)
+                },
                 #[cfg(not(target_arch = "x86_64"))]
                 _ => {
                     let _ = columns;
