@@ -220,6 +220,7 @@ def duel(label, ours, peers, rounds, reps, target, out):
         "suite": "peers", "case": label, "rounds": rounds, "reps": reps, "median_ms": med,
         "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
         "target": target, "rounds_meeting_target": met,
+        "per_round_ms": {k: [round(t * 1e3, 3) for t in v] for k, v in per_round.items()},
     }
     print(f"{label:22s} qforge {med['qforge']:7.2f} ms | best peer {best_peer} {med[best_peer]:7.2f} ms | "
           f"ratio median {summary['ratio_median']:.2f} (range {summary['ratio_min']:.2f}-{summary['ratio_max']:.2f}), "
