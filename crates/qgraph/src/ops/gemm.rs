@@ -10,6 +10,8 @@
 //! 115-130 for matrixmultiply; its kernel alone reaches ~168 GF/s with the weights in L1, so
 //! the rest goes to streaming the weights and the transposed scratch).
 
+use qtensor::Tensor;
+
 /// A row-major or strided view of a matrix: element (r, c) is at `r * row_stride + c * col_stride`.
 #[derive(Debug, Clone, Copy)]
 pub struct MatRef<'a> {
@@ -51,15 +53,10 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// Multiply-adds (`m * k * n`) from which a Linear-layout product takes the AVX-512 kernel.
+/// Multiply-adds (`m * k * n`) from which a product without a cached weight takes the AVX-512
+/// kernel (below, the dot products or matrixmultiply do as well).
 #[cfg(target_arch = "x86_64")]
-const AVX512_MIN_WORK: usize = 1 << 17;
-
-/// Weight elements (`n * k`) from which the AVX-512 kernel is taken: its per-call packing and
-/// transposed write-back did not pay off on `384 x 384` weights (measured ~6% slower than
-/// matrixmultiply there, 3-8% faster on `384 x 1152`, `384 x 1536` and `1536 x 384`).
-#[cfg(target_arch = "x86_64")]
-const AVX512_MIN_WEIGHT: usize = 1 << 18;
+const AVX512_MIN_WORK: usize = 1 << 15;
 
 /// `c = a * b + (accumulate ? c : 0)`, `c` dense row-major `a.rows x b.cols`.
 ///
@@ -91,18 +88,22 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool) {
         }
         return;
     }
-    // `x W^T` with contiguous rows of `x` and of `W` (Linear's layout), large enough for the
-    // transposed scratch to pay off: the AVX-512 kernel when the CPU has it.
     #[cfg(target_arch = "x86_64")]
-    if a.col_stride == 1
-        && b.row_stride == 1
-        && m >= 64
-        && n >= 16
-        && n * k >= AVX512_MIN_WEIGHT
-        && m * n * k >= AVX512_MIN_WORK
-        && super::gemm_avx512::sgemm_xwt(a.data, a.row_stride, b.data, b.col_stride, m, k, n, c, accumulate)
-    {
-        return;
+    if a.col_stride == 1 && b.col_stride == 1 && m * n * k >= AVX512_MIN_WORK && super::gemm_avx512::available() {
+        use super::gemm_avx512::{sgemm_panels, Panels};
+        let a_rows = &a.data[..(m - 1) * a.row_stride + k];
+        {
+            // Row-major `b` (MatMul, im2col columns): its panels are read in place.
+            let data = &b.data[..(k - 1) * b.row_stride + n];
+            let panels = Panels::RowMajor {
+                data,
+                ldb: b.row_stride,
+                n,
+            };
+            if sgemm_panels(a_rows, a.row_stride, m, k, panels, c, accumulate) {
+                return;
+            }
+        }
     }
     let beta = if accumulate { 1.0 } else { 0.0 };
     // SAFETY: `fits()` checked above that every element (r, c) of both views, at
@@ -127,6 +128,30 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool) {
             1,
         );
     }
+}
+
+/// `c = x W^T + (accumulate ? c : 0)` for the weight tensor `w` (`[n, k]` row-major, as
+/// `torch.nn.Linear` stores it) and `x` `[m, k]` row-major, `c` `[m, n]`. On CPUs with AVX-512 the
+/// weight's packed panels are built on first use and kept with the tensor ([`Tensor::derived`],
+/// dropped whenever the weight is mutated), so later calls only compute.
+///
+/// Panics if `w` does not hold `n * k` elements or a slice is too short.
+pub fn sgemm_weight(x: &[f32], m: usize, w: &Tensor, n: usize, k: usize, c: &mut [f32], accumulate: bool) {
+    assert_eq!(w.numel(), n * k, "weight is not [n, k]");
+    #[cfg(target_arch = "x86_64")]
+    if m > 0 && n > 0 && k > 0 && super::gemm_avx512::available() {
+        use super::gemm_avx512::{sgemm_panels, PackedPanels, Panels};
+        let packed = w.derived(|w| PackedPanels::from_transposed(w.data(), n, k, k));
+        if packed.n() == n && packed.k() == k && sgemm_panels(x, k, m, k, Panels::Packed(&packed), c, accumulate) {
+            return;
+        }
+    }
+    sgemm(
+        MatRef::row_major(x, m, k),
+        MatRef::transposed(w.data(), k, n),
+        c,
+        accumulate,
+    );
 }
 
 /// Dot product with 16 independent partial sums (vectorizes without fast-math).

@@ -4,7 +4,7 @@
 use qtensor::Tensor;
 
 use super::elementwise::broadcast_shape;
-use super::gemm::{sgemm, MatRef};
+use super::gemm::{sgemm, sgemm_weight, MatRef};
 use crate::error::shape_err;
 use crate::graph::Node;
 use crate::op::LinearAttrs;
@@ -39,12 +39,7 @@ pub fn linear(node: &Node, a: &LinearAttrs, x: &Tensor, out_shape: Vec<usize>) -
     } else {
         false
     };
-    sgemm(
-        MatRef::row_major(x.data(), m, k),
-        MatRef::transposed(w.data(), k, n),
-        &mut y,
-        accumulate,
-    );
+    sgemm_weight(x.data(), m, w, n, k, &mut y, accumulate);
     a.activation.apply(&mut y);
     Ok(Tensor::new(out_shape, y)?)
 }
