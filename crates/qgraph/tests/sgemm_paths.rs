@@ -249,3 +249,21 @@ fn mutating_a_linear_weight_after_a_run_changes_the_next_run() {
     old.node_mut(y).params.insert("weight".into(), weight);
     assert_eq!(before, run(&old));
 }
+
+/// A Linear whose weight or bias does not match its features is an error naming the node.
+#[test]
+fn a_linear_with_a_misshapen_weight_or_bias_is_an_error() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[3, 4]);
+    let y = b.linear("fc", x, 4, 5);
+    b.output(y);
+    let g = b.build().unwrap();
+    let input = || vec![Value::F32(Tensor::new([3, 4], pseudo(12, 1)).unwrap())];
+    for (w, bias) in [([5, 3], 5), ([5, 4], 4)] {
+        let mut g = g.clone();
+        g.node_mut(y).params.insert("weight".into(), Tensor::zeros(w));
+        g.node_mut(y).params.insert("bias".into(), Tensor::zeros([bias]));
+        let err = g.run(input()).unwrap_err().to_string();
+        assert!(err.contains("fc") && err.contains("Linear"), "{err}");
+    }
+}
