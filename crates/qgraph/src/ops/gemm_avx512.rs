@@ -22,9 +22,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 /// Rows of `a` per register tile.
-pub(super) const MR: usize = 8;
+const MR: usize = 8;
 /// Columns per panel: three 16-lane vectors.
-pub(super) const NR: usize = 48;
+const NR: usize = 48;
 /// Inner-dimension block: the panel slice `KC x NR` is 36 KiB, inside L1. (On the MiniLM shapes
 /// 64..384 and no blocking measured alike, 155-167 GF/s, in the host's fast state.)
 const KC: usize = 192;
