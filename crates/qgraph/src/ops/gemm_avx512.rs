@@ -30,6 +30,8 @@ const NR: usize = 48;
 const KC: usize = 192;
 /// Rows of `a` per outer block: an `MC x KC` slice of `a` is 144 KiB, in L2.
 const MC: usize = 192;
+/// Row tiles per panel slice from which the next slice is prefetched in parts.
+const PREFETCH_MIN_TILES: usize = 4;
 /// Multiply-adds per thread below which the product stays on the calling thread.
 const MIN_WORK_PER_THREAD: usize = 1 << 20;
 
@@ -214,11 +216,29 @@ fn run_panels(
         let resume = accumulate || p0 > 0;
         for i0 in (0..m).step_by(MC) {
             let i1 = (i0 + MC).min(m);
+            let tiles = (i1 - i0).div_ceil(MR);
             for q in qs.clone() {
                 let (panel, ldb, cols) = b.panel(q);
                 let vectors = cols.div_ceil(16);
                 let mask: __mmask16 = (u32::MAX >> (32 - (cols - 16 * (vectors - 1)))) as __mmask16;
-                for i in (i0..i1).step_by(MR) {
+                // The slice the next panel step multiplies, fetched into L2 a part per tile while
+                // this one computes: a weight last used a whole model run ago sits in L3, and
+                // the first tile to meet it would otherwise wait on every line. (With few tiles
+                // per slice the hardware prefetcher keeps up and the hints only cost.)
+                let next = if tiles < PREFETCH_MIN_TILES {
+                    None
+                } else if q + 1 < qs.end {
+                    Some((q + 1, p0))
+                } else if p0 + KC < k && i1 == m {
+                    Some((qs.start, p0 + KC))
+                } else {
+                    None
+                };
+                for (t, i) in (i0..i1).step_by(MR).enumerate() {
+                    if let Some((nq, np0)) = next {
+                        let nkc = KC.min(k - np0);
+                        prefetch_rows(b, nq, np0 + nkc * t / tiles..np0 + nkc * (t + 1) / tiles);
+                    }
                     let rows = MR.min(i1 - i);
                     // SAFETY: rows `i..i + rows` of `a` (`i + rows <= m`) hold columns
                     // `p0..p0 + kc` (`p0 + kc <= k`), inside `a` by the assertion in
@@ -246,6 +266,19 @@ fn run_panels(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Asks for rows `ps` of panel `q` of `b` to be brought into L2 (a hint; it reads nothing).
+fn prefetch_rows(b: Panels<'_>, q: usize, ps: Range<usize>) {
+    let (panel, ldb, cols) = b.panel(q);
+    for p in ps {
+        let row = &panel[p * ldb..p * ldb + cols];
+        for line in row.chunks(16) {
+            // SAFETY: `line` is inside `b`'s slice; a prefetch reads nothing architecturally and
+            // cannot fault. SSE is part of x86_64.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
         }
     }
 }
