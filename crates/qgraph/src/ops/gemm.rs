@@ -6,13 +6,15 @@
 //!   packs the weight `[N, K]` into column panels of `W^T` once and keeps them with the weight
 //!   tensor ([`Tensor::derived`], dropped whenever the weight is mutated), so a call only computes;
 //!   products whose `b` is row-major (MatMul, Conv2d's im2col columns) read `b`'s panels in place.
-//!   Measured single-threaded on the reference machine (fast state, best of 30): 155-167 GF/s on
+//!   Measured single-threaded on the reference machine (fast state, best of 30): 150-164 GF/s on
 //!   the MiniLM shapes `128 x 384 x {384, 1152, 1536}` and `128 x 1536 x 384` (matrixmultiply:
-//!   122-137), 165 on `64 x 128 x 96` (112), 155 on `4 x 384 x 384` (19), 60 on `1 x 384 x 384`
-//!   (5); one core's FMA peak is ~179 GF/s. End to end, fp32 MiniLM (batch 1, seq 128, one
-//!   thread) went from 31-44 ms to 28-35 ms (median of per-round ratios 1.24 over 12 alternating
-//!   rounds; PyTorch fp32 33-60 ms in the same session). The kept panels are a second copy of each
-//!   weight (padded to 16 columns), the price of packing once.
+//!   122-137), 136-147 when each call meets a weight last used long ago (in L3, as in a model
+//!   run), 162 on `64 x 128 x 96` (112), 156 on `4 x 384 x 384` (19), 61 on `1 x 384 x 384` (5);
+//!   one core's FMA peak is ~179 GF/s. End to end, fp32 MiniLM (batch 1, seq 128, one thread)
+//!   went from 29-43 ms to 23-28 ms (best 23.0 against 29.2, per-round ratio median 1.29 over 12
+//!   alternating rounds; PyTorch fp32 28.8-36.0 ms in the same session, 1.23x our time). The
+//!   kept panels are a second copy of each weight (padded to 16 columns), the price of packing
+//!   once.
 //! - `Portable`: `matrixmultiply` (BLIS-style packing, AVX/FMA kernels chosen at run time;
 //!   114-137 GF/s on those shapes, against 70-75 for the `gemm` crate on stable Rust), and for
 //!   one or two rows of `x W^T` contiguous dot products against the weight rows (a gemv). Also
