@@ -1,6 +1,6 @@
-//! fp32 Linear throughput on the anchor GEMM shapes (M x K x N), one thread, median of repeated
-//! runs, in GF/s (2 M K N per second). Compare with `gemm_torch.py` fp32 in the same run.
-//! `--json FILE` appends one JSON line per shape.
+//! fp32 Linear throughput on the anchor GEMM shapes (M x K x N), one thread (`--threads T` for
+//! more), median of repeated runs, in GF/s (2 M K N per second). Compare with `gemm_torch.py` fp32
+//! in the same run. `--json FILE` appends one JSON line per shape.
 
 use std::io::Write;
 use std::time::Instant;
@@ -24,6 +24,22 @@ fn main() {
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    let threads: usize = match args.iter().position(|a| a == "--threads") {
+        Some(i) => args[i + 1].parse().expect("--threads T"),
+        None => 1,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let lines = pool.install(measure);
+    if let Some(path) = json {
+        write_json(path, lines);
+    }
+}
+
+/// One JSON line per shape, after printing its rate.
+fn measure() -> Vec<String> {
     let mut lines = Vec::new();
     for (m, k, n) in SHAPES {
         let mut b = GraphBuilder::new();
@@ -54,14 +70,16 @@ fn main() {
             "{{\"suite\":\"linear_f32\",\"m\":{m},\"k\":{k},\"n\":{n},\"gflops\":{gfs:.2}}}"
         ));
     }
-    if let Some(path) = json {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .expect("open json file");
-        for l in lines {
-            writeln!(f, "{l}").expect("write json");
-        }
+    lines
+}
+
+fn write_json(path: String, lines: Vec<String>) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open json file");
+    for l in lines {
+        writeln!(f, "{l}").expect("write json");
     }
 }

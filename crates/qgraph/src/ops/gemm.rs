@@ -1,14 +1,31 @@
 //! The fp32 matrix multiply behind Linear, MatMul, Conv2d (im2col) and the recurrent cells.
 //!
-//! Large products go to `matrixmultiply` (BLIS-style packing, AVX/FMA kernels chosen at run
-//! time): measured on the reference machine it reached 114-127 GF/s single-threaded on the
-//! anchor shapes, against 70-75 GF/s for the `gemm` crate on stable Rust. For one or two rows
-//! the packing does not pay off, so those use contiguous dot products against the `[N, K]`
-//! weight rows, which stay bandwidth-bound like a BLAS gemv. On CPUs with AVX-512, large
-//! products in Linear's layout (`x W^T`, both with contiguous rows) use the zmm kernel of
-//! [`super::gemm_avx512`] instead (on the MiniLM shapes it measured 120-135 GF/s against
-//! 115-130 for matrixmultiply; its kernel alone reaches ~168 GF/s with the weights in L1, so
-//! the rest goes to streaming the weights and the transposed scratch).
+//! Two paths, [`SgemmPath`]:
+//! - `Avx512` (CPUs with AVX-512F, the default there): the panel kernel of
+//!   [`super::gemm_avx512`]. Linear and the recurrent projections call [`sgemm_weight`], which
+//!   packs the weight `[N, K]` into column panels of `W^T` once and keeps them with the weight
+//!   tensor ([`Tensor::derived`], dropped whenever the weight is mutated), so a call only computes;
+//!   products whose `b` is row-major (MatMul, Conv2d's im2col columns) read `b`'s panels in place.
+//!   Measured single-threaded on the reference machine (fast state, best of 30): 150-164 GF/s on
+//!   the MiniLM shapes `128 x 384 x {384, 1152, 1536}` and `128 x 1536 x 384` (matrixmultiply:
+//!   122-137), 136-147 when each call meets a weight last used long ago (in L3, as in a model
+//!   run), 162 on `64 x 128 x 96` (112), 156 on `4 x 384 x 384` (19), 61 on `1 x 384 x 384` (5);
+//!   one core's FMA peak is ~179 GF/s. End to end, fp32 MiniLM (batch 1, seq 128, one thread)
+//!   went from 29-43 ms to 23-28 ms (best 23.0 against 29.2, per-round ratio median 1.29 over 12
+//!   alternating rounds; PyTorch fp32 28.8-36.0 ms in the same session, 1.23x our time). The
+//!   kept panels are a second copy of each weight (padded to 16 columns), the price of packing
+//!   once.
+//! - `Portable`: `matrixmultiply` (BLIS-style packing, AVX/FMA kernels chosen at run time;
+//!   114-137 GF/s on those shapes, against 70-75 for the `gemm` crate on stable Rust), and for
+//!   one or two rows of `x W^T` contiguous dot products against the weight rows (a gemv). Also
+//!   the `Avx512` path's fallback for layouts its kernel does not read (transposed `a`, strided
+//!   `b` that is not a kept weight): packing such a `W^T` per call cost more than it saved.
+//!
+//! `QFORGE_KERNEL=reference` selects the portable path, as for the int8 kernels.
+
+use std::sync::OnceLock;
+
+use qtensor::Tensor;
 
 /// A row-major or strided view of a matrix: element (r, c) is at `r * row_stride + c * col_stride`.
 #[derive(Debug, Clone, Copy)]
@@ -51,21 +68,57 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// Multiply-adds (`m * k * n`) from which a Linear-layout product takes the AVX-512 kernel.
-#[cfg(target_arch = "x86_64")]
-const AVX512_MIN_WORK: usize = 1 << 17;
+/// The implementations behind [`sgemm`] and [`sgemm_weight`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SgemmPath {
+    /// `matrixmultiply` and dot products, on every CPU.
+    Portable,
+    /// The AVX-512 panel kernel with kept packed weights.
+    Avx512,
+}
 
-/// Weight elements (`n * k`) from which the AVX-512 kernel is taken: its per-call packing and
-/// transposed write-back did not pay off on `384 x 384` weights (measured ~6% slower than
-/// matrixmultiply there, 3-8% faster on `384 x 1152`, `384 x 1536` and `1536 x 384`).
-#[cfg(target_arch = "x86_64")]
-const AVX512_MIN_WEIGHT: usize = 1 << 18;
+impl SgemmPath {
+    /// Whether this CPU runs the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            SgemmPath::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            SgemmPath::Avx512 => super::gemm_avx512::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            SgemmPath::Avx512 => false,
+        }
+    }
 
-/// `c = a * b + (accumulate ? c : 0)`, `c` dense row-major `a.rows x b.cols`.
+    /// The fastest available path, or `Portable` when `QFORGE_KERNEL=reference` (read once).
+    pub fn best() -> SgemmPath {
+        static BEST: OnceLock<SgemmPath> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let reference = std::env::var("QFORGE_KERNEL").is_ok_and(|v| v.trim().eq_ignore_ascii_case("reference"));
+            if !reference && SgemmPath::Avx512.is_available() {
+                SgemmPath::Avx512
+            } else {
+                SgemmPath::Portable
+            }
+        })
+    }
+}
+
+/// Multiply-adds (`m * k * n`) from which a row-major `b` takes the AVX-512 kernel on that path.
+#[cfg(target_arch = "x86_64")]
+const AVX512_MIN_WORK: usize = 1 << 15;
+
+/// `c = a * b + (accumulate ? c : 0)`, `c` dense row-major `a.rows x b.cols`, on
+/// [`SgemmPath::best`].
 ///
 /// Panics if the views do not fit their slices or the dimensions disagree (callers check shapes
 /// and report errors before calling).
 pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool) {
+    sgemm_on(SgemmPath::best(), a, b, c, accumulate)
+}
+
+/// [`sgemm`] on `path` (an unavailable path runs the portable one). The paths agree within fp32
+/// rounding; each is deterministic for any thread count.
+pub fn sgemm_on(path: SgemmPath, a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dimensions differ");
     assert!(a.fits() && b.fits() && c.len() >= m * n, "matrix view out of bounds");
@@ -78,6 +131,22 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool) {
         }
         return;
     }
+    // Row-major `b` (MatMul, im2col columns): the AVX-512 kernel reads its panels in place.
+    #[cfg(target_arch = "x86_64")]
+    if path == SgemmPath::Avx512 && a.col_stride == 1 && b.col_stride == 1 && m * n * k >= AVX512_MIN_WORK {
+        use super::gemm_avx512::{sgemm_panels, Panels};
+        let a_rows = &a.data[..(m - 1) * a.row_stride + k];
+        let panels = Panels::RowMajor {
+            data: &b.data[..(k - 1) * b.row_stride + n],
+            ldb: b.row_stride,
+            n,
+        };
+        if sgemm_panels(a_rows, a.row_stride, m, k, panels, c, accumulate) {
+            return;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
     // Rows of `a` against contiguous columns of `b` (b = W^T with W row-major): dot products.
     if m <= 2 && a.col_stride == 1 && b.row_stride == 1 {
         for i in 0..m {
@@ -89,19 +158,6 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool) {
                 *out = if accumulate { *out + d } else { d };
             }
         }
-        return;
-    }
-    // `x W^T` with contiguous rows of `x` and of `W` (Linear's layout), large enough for the
-    // transposed scratch to pay off: the AVX-512 kernel when the CPU has it.
-    #[cfg(target_arch = "x86_64")]
-    if a.col_stride == 1
-        && b.row_stride == 1
-        && m >= 64
-        && n >= 16
-        && n * k >= AVX512_MIN_WEIGHT
-        && m * n * k >= AVX512_MIN_WORK
-        && super::gemm_avx512::sgemm_xwt(a.data, a.row_stride, b.data, b.col_stride, m, k, n, c, accumulate)
-    {
         return;
     }
     let beta = if accumulate { 1.0 } else { 0.0 };
@@ -127,6 +183,55 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool) {
             1,
         );
     }
+}
+
+/// `c = x W^T + (accumulate ? c : 0)` for the weight tensor `w` (`[n, k]` row-major, as
+/// `torch.nn.Linear` stores it) and `x` `[m, k]` row-major, `c` `[m, n]`, on [`SgemmPath::best`].
+/// On the AVX-512 path the weight's packed panels are built on first use and kept with the
+/// tensor ([`Tensor::derived`], dropped whenever the weight is mutated), so later calls only
+/// compute.
+///
+/// Panics if `w` does not hold `n * k` elements or a slice is too short.
+pub fn sgemm_weight(x: &[f32], m: usize, w: &Tensor, n: usize, k: usize, c: &mut [f32], accumulate: bool) {
+    sgemm_weight_on(SgemmPath::best(), x, m, w, n, k, c, accumulate)
+}
+
+/// [`sgemm_weight`] on `path` (an unavailable path runs the portable one).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_weight_on(
+    path: SgemmPath,
+    x: &[f32],
+    m: usize,
+    w: &Tensor,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    assert_eq!(w.numel(), n * k, "weight is not [n, k]");
+    #[cfg(target_arch = "x86_64")]
+    if path == SgemmPath::Avx512 && m > 0 && n > 0 && k > 0 && path.is_available() {
+        use super::gemm_avx512::{sgemm_panels, PackedPanels, Panels};
+        let packed = w.derived(|w| PackedPanels::from_transposed(w.data(), n, k, k));
+        // A tensor read with another shape, or carrying another derived form, packs per call.
+        let fresh;
+        let panels = if packed.n() == n && packed.k() == k {
+            &*packed
+        } else {
+            fresh = PackedPanels::from_transposed(w.data(), n, k, k);
+            &fresh
+        };
+        if sgemm_panels(x, k, m, k, Panels::Packed(panels), c, accumulate) {
+            return;
+        }
+    }
+    sgemm_on(
+        SgemmPath::Portable,
+        MatRef::row_major(x, m, k),
+        MatRef::transposed(w.data(), k, n),
+        c,
+        accumulate,
+    );
 }
 
 /// Dot product with 16 independent partial sums (vectorizes without fast-math).

@@ -1,262 +1,376 @@
-//! The AVX-512 fp32 product behind Linear: `c = x w^T (+ c)` with `x` `[m, k]` (rows contiguous)
-//! and `w` `[n, k]` (rows contiguous), the layout `torch.nn.Linear` stores its weight in.
+//! The AVX-512 fp32 product `c (+)= a b` with `a` `[m, k]` read in place (rows contiguous) and `b`
+//! `[k, n]` given as column panels: either read in place (`b` row-major, e.g. im2col columns or a
+//! MatMul operand) or a weight `W [n, k]` packed once by [`PackedPanels::from_transposed`], so
+//! Linear's `x W^T` needs no per-call packing at all.
 //!
-//! The product is formed transposed, `c^T = w x^T`, so the weight never needs packing: a block
-//! of `x^T` (32 rows of `x` by up to [`KC`] columns, interleaved so each inner step reads 32
-//! consecutive floats) is packed per call, and a register tile of [`R`] weight rows by 32 rows of
-//! `x` (24 accumulators) broadcasts weight values straight from their rows. The inner dimension
-//! is blocked by [`KC`] so the packed `x^T` block and the weight rows in use stay in cache; the
-//! partial sums of each block are kept in a transposed scratch and finally added to `c`.
+//! A register tile is up to [`MR`] = 8 rows of `a` by one panel of up to [`NR`] = 48 columns
+//! (3 zmm vectors, 24 accumulators): each inner step loads the panel's 3 vectors for that `k` and
+//! broadcasts one element of each of the 8 rows of `a`, 24 fused multiply-adds per 11 loads, which
+//! keeps both FMA ports busy. Column remainders use masked loads and stores, row remainders a
+//! smaller tile; the result goes straight into the row-major `c`. The inner dimension is blocked
+//! by [`KC`] and the rows by [`MC`] so the panel slice in use stays in L1 and the rows of `a` in
+//! L2. With several rayon threads the panels are split between them.
 //!
-//! Numerics: every element is `c_old + s` (or `s`) where `s = fma(w[j][k-1], x[i][k-1], ..
-//! fma(w[j][0], x[i][0], 0))`, one fused multiply-add per term in increasing inner index, so the
-//! result depends on neither the tiling nor the thread count.
+//! Numerics: every element is one chain of fused multiply-adds in increasing inner index,
+//! `c[i][j] = fma(a[i][k-1], b[k-1][j], .. fma(a[i][0], b[0][j], c0))` with `c0` the old `c[i][j]`
+//! when accumulating and 0 otherwise (the chain is stored and resumed between `KC` blocks, which
+//! rounds nothing), so the result depends on neither the tiling nor the thread count.
 
 use std::arch::x86_64::*;
-use std::cell::RefCell;
+use std::ops::Range;
 
-/// Weight rows (output columns) per register tile: with [`V`] = 4 the tile holds 24 accumulators
-/// and each inner step loads 4 vectors and broadcasts 6 values for 24 fused multiply-adds.
-const R: usize = 6;
-/// Rows of `x` per packed panel: [`V`] 16-lane vectors.
-const P: usize = 16 * V;
-/// Vectors of 16 lanes per panel.
-const V: usize = 4;
-/// Inner-dimension block: a packed panel block is `P * KC * 4` = 32 KiB, inside L1 with the
-/// weight rows it meets.
-const KC: usize = 128;
+use rayon::prelude::*;
 
-thread_local! {
-    /// Per-thread scratch reused across calls (packed `x^T` block, transposed partial sums).
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
+/// Rows of `a` per register tile.
+const MR: usize = 8;
+/// Columns per panel: three 16-lane vectors.
+const NR: usize = 48;
+/// Inner-dimension block: the panel slice `KC x NR` is 36 KiB, inside L1. (On the MiniLM shapes
+/// 64..384 and no blocking measured alike, 155-167 GF/s, in the host's fast state.)
+const KC: usize = 192;
+/// Rows of `a` per outer block: an `MC x KC` slice of `a` is 144 KiB, in L2.
+const MC: usize = 192;
+/// Row tiles per panel slice from which the next slice is prefetched in parts.
+const PREFETCH_MIN_TILES: usize = 4;
+/// Multiply-adds per thread below which the product stays on the calling thread.
+const MIN_WORK_PER_THREAD: usize = 1 << 20;
 
-/// Whether this CPU runs [`sgemm_xwt`].
+/// Whether this CPU runs the kernels of this module.
 pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma")
 }
 
-/// `c[i][j] = (accumulate ? c[i][j] : 0) + sum_p x[i * ldx + p] * w[j * ldw + p]`, `c` dense
-/// `[m, n]`, sums as described in the module doc. Returns `false` (and leaves `c` untouched) when
-/// the CPU lacks AVX-512F or FMA.
+/// A weight `W [n, k]` stored as the column panels of `W^T`: panel `q` holds columns
+/// `q * NR..` of `W^T` (rows of `W`), `width(q)` wide (`NR`, or the remainder rounded up to 16 and
+/// zero-padded), `k` rows of `width(q)` floats each; every panel row starts on a 64-byte line.
+#[derive(Debug)]
+pub struct PackedPanels {
+    n: usize,
+    k: usize,
+    data: Vec<f32>,
+    /// Index of the first element in `data` (the first 64-byte aligned one).
+    start: usize,
+}
+
+impl PackedPanels {
+    /// Packs the weight `w` (`n` rows of `k`, `ldw` apart) as panels of `W^T`.
+    pub fn from_transposed(w: &[f32], n: usize, k: usize, ldw: usize) -> PackedPanels {
+        assert!(
+            ldw >= k && (n == 0 || w.len() >= (n - 1) * ldw + k),
+            "weight is shorter than its shape"
+        );
+        let len: usize = (0..n.div_ceil(NR)).map(|q| panel_width(n, q) * k).sum();
+        let mut data = vec![0.0f32; len + 15];
+        let start = data.as_ptr().align_offset(64).min(15);
+        let packed = &mut data[start..start + len];
+        let mut off = 0;
+        for q in 0..n.div_ceil(NR) {
+            let width = panel_width(n, q);
+            let cols = panel_cols(n, q);
+            let panel = &mut packed[off..off + width * k];
+            for c in 0..cols {
+                let row = &w[(q * NR + c) * ldw..][..k];
+                for (p, &v) in row.iter().enumerate() {
+                    panel[p * width + c] = v;
+                }
+            }
+            off += width * k;
+        }
+        PackedPanels { n, k, data, start }
+    }
+
+    /// Output columns (rows of `W`).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inner dimension (columns of `W`).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    fn packed(&self) -> &[f32] {
+        &self.data[self.start..]
+    }
+}
+
+/// Stored width of panel `q` of an `n`-column operand: `NR`, or the remainder rounded up to 16.
+fn panel_width(n: usize, q: usize) -> usize {
+    panel_cols(n, q).next_multiple_of(16)
+}
+
+/// Real columns of panel `q`.
+fn panel_cols(n: usize, q: usize) -> usize {
+    NR.min(n - q * NR)
+}
+
+/// The `b` operand of [`sgemm_panels`].
+#[derive(Clone, Copy)]
+pub(super) enum Panels<'a> {
+    /// `b[p][j] = data[p * ldb + j]`.
+    RowMajor { data: &'a [f32], ldb: usize, n: usize },
+    /// A packed weight: `b = W^T`.
+    Packed(&'a PackedPanels),
+}
+
+impl Panels<'_> {
+    fn n(&self) -> usize {
+        match self {
+            Panels::RowMajor { n, .. } => *n,
+            Panels::Packed(w) => w.n,
+        }
+    }
+
+    /// (slice starting at row 0 of panel `q`, its row stride, its real column count).
+    fn panel(&self, q: usize) -> (&[f32], usize, usize) {
+        let n = self.n();
+        match *self {
+            Panels::RowMajor { data, ldb, .. } => (&data[q * NR..], ldb, panel_cols(n, q)),
+            Panels::Packed(w) => {
+                // Full panels precede the only narrower one, the last.
+                let off = q * NR * w.k;
+                (&w.packed()[off..], panel_width(n, q), panel_cols(n, q))
+            }
+        }
+    }
+}
+
+/// A raw pointer to `c` shared by the threads of one call, each writing its own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the threads of one `sgemm_panels` call write disjoint column ranges of `c` (each owns
+// whole panels), and the call does not return before they finish.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `c[i][j] = fma chain of a[i][p] * b[p][j] over p in 0..k`, starting from `c[i][j]` when
+/// `accumulate` and from 0 otherwise (see the module doc); `a[i][p] = a[i * lda + p]`, `c` dense
+/// `[m, n]` with row stride `n`. Returns `false` (and leaves `c` untouched) when the CPU lacks
+/// AVX-512F or FMA.
 ///
-/// Panics if a dimension is zero or a slice is too short for its shape.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn sgemm_xwt(
-    x: &[f32],
-    ldx: usize,
-    w: &[f32],
-    ldw: usize,
+/// Panics if a slice is too short for its shape.
+pub(super) fn sgemm_panels(
+    a: &[f32],
+    lda: usize,
     m: usize,
     k: usize,
-    n: usize,
+    b: Panels<'_>,
     c: &mut [f32],
     accumulate: bool,
 ) -> bool {
     if !available() {
         return false;
     }
-    assert!(m > 0 && k > 0 && n > 0, "empty product");
-    assert!(x.len() >= (m - 1) * ldx + k, "x is shorter than its shape");
-    assert!(w.len() >= (n - 1) * ldw + k, "w is shorter than its shape");
-    assert!(c.len() >= m * n, "output too small");
-    let panels = m.div_ceil(P);
-    let mp = panels * P;
-    SCRATCH.with(|s| {
-        let (xt, ct) = &mut *s.borrow_mut();
-        if xt.len() < panels * P * KC {
-            xt.resize(panels * P * KC, 0.0);
+    let n = b.n();
+    if m == 0 || n == 0 {
+        return true;
+    }
+    assert!(a.len() >= (m - 1) * lda + k, "a is shorter than its shape");
+    assert!(c.len() >= m * n, "c is shorter than its shape");
+    match b {
+        Panels::RowMajor { data, ldb, n } => {
+            assert!(
+                ldb >= n && (k == 0 || data.len() >= (k - 1) * ldb + n),
+                "b is shorter than its shape"
+            )
         }
-        if ct.len() < n * mp {
-            ct.resize(n * mp, 0.0);
+        Panels::Packed(w) => assert_eq!(w.k, k, "packed weight has another inner dimension"),
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
         }
-        let mut p0 = 0;
-        while p0 < k {
-            let kc = KC.min(k - p0);
-            pack_xt(x, ldx, m, p0, kc, &mut xt[..panels * P * KC]);
-            let mut j = 0;
-            while j < n {
-                let rows = if j + R <= n {
-                    R
-                } else if j + 2 <= n {
-                    2
-                } else {
-                    1
-                };
-                for panel in 0..panels {
-                    let block = &xt[panel * P * KC..][..P * kc];
-                    // SAFETY: weight rows `j..j + rows` (`rows <= n - j`) hold columns
-                    // `p0..p0 + kc` (`p0 + kc <= k`) inside `w` (asserted above); `block` holds
-                    // `kc` steps of `P` floats; `ct` rows `j..j + rows` have `mp` floats each and
-                    // the tile writes columns `panel * P..(panel + 1) * P <= mp`. The CPU has
-                    // AVX-512F and FMA (`available()` above).
-                    unsafe {
-                        let wp = w.as_ptr().add(j * ldw + p0);
-                        let cp = ct.as_mut_ptr().add(j * mp + panel * P);
-                        let first = p0 == 0;
-                        match rows {
-                            R => tile::<R>(wp, ldw, block.as_ptr(), kc, cp, mp, first),
-                            2 => tile::<2>(wp, ldw, block.as_ptr(), kc, cp, mp, first),
-                            _ => tile::<1>(wp, ldw, block.as_ptr(), kc, cp, mp, first),
-                        }
-                    }
-                }
-                j += rows;
-            }
-            p0 += kc;
-        }
-        unpack_add(&ct[..n * mp], mp, m, n, c, accumulate);
-    });
+        return true;
+    }
+    let panels = n.div_ceil(NR);
+    let threads = rayon::current_num_threads()
+        .min(panels)
+        .min((m * n * k / MIN_WORK_PER_THREAD).max(1));
+    let out = OutPtr(c.as_mut_ptr());
+    if threads <= 1 {
+        run_panels(a, lda, m, k, b, 0..panels, out, n, accumulate);
+    } else {
+        (0..threads).into_par_iter().for_each(|t| {
+            let range = panels * t / threads..panels * (t + 1) / threads;
+            run_panels(a, lda, m, k, b, range, out, n, accumulate);
+        });
+    }
     true
 }
 
-/// Packs columns `p0..p0 + kc` of `x` as panels of `P` rows: panel `q`, step `p`, lane `l` holds
-/// `x[q * P + l][p0 + p]`, zero for rows past `m`.
-fn pack_xt(x: &[f32], ldx: usize, m: usize, p0: usize, kc: usize, xt: &mut [f32]) {
-    for (q, panel) in xt.chunks_exact_mut(P * KC).enumerate() {
-        for l in 0..P {
-            let i = q * P + l;
-            if i < m {
-                let row = &x[i * ldx + p0..][..kc];
-                for (p, &v) in row.iter().enumerate() {
-                    panel[p * P + l] = v;
-                }
-            } else {
-                for p in 0..kc {
-                    panel[p * P + l] = 0.0;
+/// Panels `qs` of the product, all rows, on the calling thread (shapes checked by the caller).
+#[allow(clippy::too_many_arguments)]
+fn run_panels(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    k: usize,
+    b: Panels<'_>,
+    qs: Range<usize>,
+    c: OutPtr,
+    ldc: usize,
+    accumulate: bool,
+) {
+    for p0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - p0);
+        let resume = accumulate || p0 > 0;
+        for i0 in (0..m).step_by(MC) {
+            let i1 = (i0 + MC).min(m);
+            let tiles = (i1 - i0).div_ceil(MR);
+            for q in qs.clone() {
+                let (panel, ldb, cols) = b.panel(q);
+                let vectors = cols.div_ceil(16);
+                let mask: __mmask16 = (u32::MAX >> (32 - (cols - 16 * (vectors - 1)))) as __mmask16;
+                // The slice the next panel step multiplies, fetched into L2 a part per tile while
+                // this one computes: a weight last used a whole model run ago sits in L3, and
+                // the first tile to meet it would otherwise wait on every line. (With few tiles
+                // per slice the hardware prefetcher keeps up and the hints only cost.)
+                let next = if tiles < PREFETCH_MIN_TILES {
+                    None
+                } else if q + 1 < qs.end {
+                    Some((q + 1, p0))
+                } else if p0 + KC < k && i1 == m {
+                    Some((qs.start, p0 + KC))
+                } else {
+                    None
+                };
+                for (t, i) in (i0..i1).step_by(MR).enumerate() {
+                    if let Some((nq, np0)) = next {
+                        let nkc = KC.min(k - np0);
+                        prefetch_rows(b, nq, np0 + nkc * t / tiles..np0 + nkc * (t + 1) / tiles);
+                    }
+                    let rows = MR.min(i1 - i);
+                    // SAFETY: rows `i..i + rows` of `a` (`i + rows <= m`) hold columns
+                    // `p0..p0 + kc` (`p0 + kc <= k`), inside `a` by the assertion in
+                    // `sgemm_panels`; panel rows `p0..p0 + kc` hold `cols` readable floats at
+                    // stride `ldb` (row-major `b` asserted to hold `k` rows of `n`; a packed
+                    // panel holds `k` rows of `ldb >= cols` floats), and only the first
+                    // `cols = 16 * (vectors - 1) + popcount(mask)` are touched; `c` rows
+                    // `i..i + rows` (of `m * ldc` floats asserted) get columns
+                    // `q * NR..q * NR + cols <= ldc`, owned by this thread alone. The CPU has
+                    // AVX-512F and FMA (`available()`).
+                    unsafe {
+                        tile_dispatch(
+                            rows,
+                            vectors,
+                            a.as_ptr().add(i * lda + p0),
+                            lda,
+                            panel.as_ptr().add(p0 * ldb),
+                            ldb,
+                            kc,
+                            c.0.add(i * ldc + q * NR),
+                            ldc,
+                            mask,
+                            resume,
+                        );
+                    }
                 }
             }
         }
     }
 }
 
-/// `c[i][j] = (accumulate ? c[i][j] : 0) + ct[j][i]`, in 16 x 16 blocks so both sides stay in
-/// cache lines already loaded.
-fn unpack_add(ct: &[f32], mp: usize, m: usize, n: usize, c: &mut [f32], accumulate: bool) {
-    const B: usize = 16;
-    for i0 in (0..m).step_by(B) {
-        for j0 in (0..n).step_by(B) {
-            for i in i0..(i0 + B).min(m) {
-                let out = &mut c[i * n + j0..i * n + (j0 + B).min(n)];
-                for (dj, o) in out.iter_mut().enumerate() {
-                    let s = ct[(j0 + dj) * mp + i];
-                    *o = if accumulate { *o + s } else { s };
-                }
-            }
+/// Asks for rows `ps` of panel `q` of `b` to be brought into L2 (a hint; it reads nothing).
+fn prefetch_rows(b: Panels<'_>, q: usize, ps: Range<usize>) {
+    let (panel, ldb, cols) = b.panel(q);
+    for p in ps {
+        let row = &panel[p * ldb..p * ldb + cols];
+        for line in row.chunks(16) {
+            // SAFETY: `line` is inside `b`'s slice; a prefetch reads nothing architecturally and
+            // cannot fault. SSE is part of x86_64.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
         }
     }
 }
 
-/// `ct[r][0..P] (= or +=) sum_p w[r][p] * xt[p][0..P]` for `RR` weight rows, fused multiply-adds
-/// in increasing `p`; `first` starts the sums at zero instead of loading them.
+/// Calls [`tile`] with `rows` (1..=MR) and `vectors` (1..=3) as constants.
 ///
 /// # Safety
-/// `w` addresses `RR` rows of `kc` floats `ldw` apart; `xt` `kc * P` floats; `ct` `RR` rows of
-/// `P` floats `ldc` apart; the CPU has AVX-512F and FMA.
+/// As for [`tile`].
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile_dispatch(
+    rows: usize,
+    vectors: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    kc: usize,
+    c: *mut f32,
+    ldc: usize,
+    mask: __mmask16,
+    resume: bool,
+) {
+    macro_rules! by_rows {
+        ($v:literal) => {
+            match rows {
+                8 => tile::<8, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                7 => tile::<7, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                6 => tile::<6, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                5 => tile::<5, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                4 => tile::<4, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                3 => tile::<3, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                2 => tile::<2, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                _ => tile::<1, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+            }
+        };
+    }
+    match vectors {
+        3 => by_rows!(3),
+        2 => by_rows!(2),
+        _ => by_rows!(1),
+    }
+}
+
+/// `c[r][0..cols] = fma chain over p < kc of a[r][p] * b[p][0..cols]` for `R` rows, starting
+/// from the stored `c` when `resume` and from 0 otherwise; `cols = 16 * (V - 1) + popcount(mask)`.
+///
+/// # Safety
+/// `a` addresses `R` rows of `kc` floats `lda` apart; `b` `kc` rows `ldb` apart of which the
+/// first `cols` floats are read; `c` `R` rows `ldc` apart of which the first `cols` floats are
+/// read and written; `mask` is a non-empty low-bit mask; the CPU has AVX-512F and FMA.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn tile<const RR: usize>(
-    w: *const f32,
-    ldw: usize,
-    xt: *const f32,
+unsafe fn tile<const R: usize, const V: usize>(
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
     kc: usize,
-    ct: *mut f32,
+    c: *mut f32,
     ldc: usize,
-    first: bool,
+    mask: __mmask16,
+    resume: bool,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); V]; RR];
-    if !first {
+    let lane_mask = |v: usize| if v + 1 == V { mask } else { 0xffff };
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    if resume {
         for (r, acc) in acc.iter_mut().enumerate() {
-            for (v, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_loadu_ps(ct.add(r * ldc + 16 * v));
+            for (v, x) in acc.iter_mut().enumerate() {
+                *x = _mm512_maskz_loadu_ps(lane_mask(v), c.add(r * ldc + 16 * v));
             }
         }
     }
+    let rows: [*const f32; R] = std::array::from_fn(|r| a.add(r * lda));
+    let mut b = b;
     for p in 0..kc {
-        let mut b = [_mm512_setzero_ps(); V];
-        for (v, y) in b.iter_mut().enumerate() {
-            *y = _mm512_loadu_ps(xt.add(p * P + 16 * v));
+        let mut bv = [_mm512_setzero_ps(); V];
+        for (v, y) in bv.iter_mut().enumerate() {
+            *y = _mm512_maskz_loadu_ps(lane_mask(v), b.add(16 * v));
         }
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let s = _mm512_set1_ps(*w.add(r * ldw + p));
-            for (a, &y) in acc.iter_mut().zip(&b) {
-                *a = _mm512_fmadd_ps(s, y, *a);
+        b = b.add(ldb);
+        for (acc, row) in acc.iter_mut().zip(&rows) {
+            let s = _mm512_set1_ps(*row.add(p));
+            for (x, &y) in acc.iter_mut().zip(&bv) {
+                *x = _mm512_fmadd_ps(s, y, *x);
             }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        for (v, &a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(ct.add(r * ldc + 16 * v), a);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 7) % 2001) as f32 / 613.0 - 1.6)
-            .collect()
-    }
-
-    /// Odd shapes, padded row strides, accumulate on and off: every element within the fp32
-    /// rounding bound of an f64 product, `|got - exact| <= (k + 2) eps (|c_old| + sum |x w|)`.
-    #[test]
-    fn matches_an_f64_product_on_odd_shapes() {
-        if !available() {
-            return;
-        }
-        let eps = f32::EPSILON as f64 / 2.0;
-        for m in 1..=20 {
-            for &(k, n) in &[(1, 1), (7, 33), (45, 17), (259, 70), (300, 12), (531, 45)] {
-                let (ldx, ldw) = (k + (m % 3), k + 5);
-                let x = pseudo((m - 1) * ldx + k, m as u32);
-                let w = pseudo((n - 1) * ldw + k, 7 + k as u32);
-                for accumulate in [false, true] {
-                    let c0 = pseudo(m * n, 99);
-                    let mut c = c0.clone();
-                    assert!(sgemm_xwt(&x, ldx, &w, ldw, m, k, n, &mut c, accumulate));
-                    for i in 0..m {
-                        for j in 0..n {
-                            let terms = (0..k).map(|p| x[i * ldx + p] as f64 * w[j * ldw + p] as f64);
-                            let exact: f64 = terms.clone().sum();
-                            let mut size: f64 = terms.map(f64::abs).sum();
-                            let mut want = exact;
-                            if accumulate {
-                                want += c0[i * n + j] as f64;
-                                size += (c0[i * n + j] as f64).abs();
-                            }
-                            let err = (c[i * n + j] as f64 - want).abs();
-                            assert!(
-                                err <= (k + 2) as f64 * eps * size,
-                                "m {m} k {k} n {n} acc {accumulate} at ({i}, {j}): {} vs {want}",
-                                c[i * n + j]
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The sum of each element is one fma chain in increasing inner index, whatever the tiling.
-    #[test]
-    fn each_element_is_one_ordered_fma_chain() {
-        if !available() {
-            return;
-        }
-        let (m, k, n) = (37, 600, 29);
-        let x = pseudo(m * k, 3);
-        let w = pseudo(n * k, 4);
-        let mut c = vec![0.0; m * n];
-        assert!(sgemm_xwt(&x, k, &w, k, m, k, n, &mut c, false));
-        for i in 0..m {
-            for j in 0..n {
-                let want = (0..k).fold(0.0f32, |s, p| w[j * k + p].mul_add(x[i * k + p], s));
-                assert_eq!(c[i * n + j].to_bits(), want.to_bits(), "({i}, {j})");
-            }
+        for (v, &x) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(c.add(r * ldc + 16 * v), lane_mask(v), x);
         }
     }
 }

@@ -4,7 +4,7 @@
 use qtensor::Tensor;
 
 use super::elementwise::broadcast_shape;
-use super::gemm::{sgemm, MatRef};
+use super::gemm::{sgemm, sgemm_weight, MatRef};
 use crate::error::shape_err;
 use crate::graph::Node;
 use crate::op::LinearAttrs;
@@ -29,22 +29,33 @@ pub fn linear(node: &Node, a: &LinearAttrs, x: &Tensor, out_shape: Vec<usize>) -
     let w = node.param("weight")?;
     let (k, n) = (a.in_features, a.out_features);
     let m = x.numel() / k.max(1);
-    let mut y = vec![0.0f32; m * n];
-    let accumulate = if a.bias {
+    if w.numel() != n * k {
+        return Err(shape_err(
+            &node.name,
+            format!(
+                "Linear weight has shape {:?}, expected [out_features, in_features] = [{n}, {k}]",
+                w.shape()
+            ),
+        ));
+    }
+    // The bias starts each output's sum (one write pass over `y` instead of zeroing and filling).
+    let (mut y, accumulate) = if a.bias {
         let b = node.param("bias")?.data();
-        for row in y.chunks_exact_mut(n) {
-            row.copy_from_slice(b);
+        if b.len() != n {
+            return Err(shape_err(
+                &node.name,
+                format!("Linear bias has {} values, expected out_features = {n}", b.len()),
+            ));
         }
-        true
+        let mut y = Vec::with_capacity(m * n);
+        for _ in 0..m {
+            y.extend_from_slice(b);
+        }
+        (y, true)
     } else {
-        false
+        (vec![0.0f32; m * n], false)
     };
-    sgemm(
-        MatRef::row_major(x.data(), m, k),
-        MatRef::transposed(w.data(), k, n),
-        &mut y,
-        accumulate,
-    );
+    sgemm_weight(x.data(), m, w, n, k, &mut y, accumulate);
     a.activation.apply(&mut y);
     Ok(Tensor::new(out_shape, y)?)
 }

@@ -10,7 +10,7 @@
 use qtensor::Tensor;
 
 use super::activation::sigmoid;
-use super::gemm::{sgemm, MatRef};
+use super::gemm::sgemm_weight;
 use crate::error::shape_err;
 use crate::graph::Node;
 use crate::op::RnnAttrs;
@@ -62,12 +62,7 @@ fn project(x: &[f32], rows: usize, w: &Tensor, b: Option<&Tensor>) -> Vec<f32> {
             row.copy_from_slice(b.data());
         }
     }
-    sgemm(
-        MatRef::row_major(x, rows, k),
-        MatRef::transposed(w.data(), k, n),
-        &mut y,
-        b.is_some(),
-    );
+    sgemm_weight(x, rows, w, n, k, &mut y, b.is_some());
     y
 }
 
