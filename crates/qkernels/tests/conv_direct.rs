@@ -1,8 +1,8 @@
 //! Property test of the direct convolution kernel (one group, symmetric weights): rows wide
 //! enough for whole register tiles plus ragged ones, 1 to 5 panels of output channels with a
 //! partial last panel (and often exactly 32, whose pixel pairs are stored as one vector),
-//! channel counts that are not multiples of 4, every stride, padding and dilation mix, against the reference on 1 and 3 threads; and the same for the depthwise
-//! row kernel.
+//! output zero points from 0 to 255, channel counts that are not multiples of 4, every stride, padding and dilation
+//! mix, against the reference on 1 and 3 threads; and the same for the depthwise row kernel.
 
 use proptest::prelude::*;
 use qkernels::conv::{
@@ -39,7 +39,7 @@ proptest! {
         c_in in 1usize..11, c_out in prop_oneof![Just(32usize), 1usize..80], kh in 1usize..6, kw in 1usize..8, stride in 1usize..4,
         pad in 0usize..4, dil in 1usize..3, h in 1usize..12, w in 1usize..48, n in 1usize..3,
         per_channel in any::<bool>(), xzp in 0i32..256, act in 0u8..3, tiny_out in any::<bool>(),
-        seed in any::<u64>(),
+        yzp in prop_oneof![Just(0i32), Just(255), 0i32..256], seed in any::<u64>(),
     ) {
         let g = Conv2dGeometry::new(c_in, c_out, (kh, kw)).with_stride(stride, stride.div_ceil(2))
             .with_padding(pad.min(kh), pad).with_dilation(dil, dil);
@@ -63,7 +63,7 @@ proptest! {
         let x: Vec<u8> = (0..xs.len()).map(|_| rnd() as u8).collect();
         // A tiny output scale gives multipliers near 1e4, so scaled sums reach the float clamp.
         let y_scale = if tiny_out { 1e-9 } else { 0.04 };
-        let (x_q, y_q) = (ActQuant::new(0.05, xzp).unwrap(), ActQuant::new(y_scale, 100).unwrap());
+        let (x_q, y_q) = (ActQuant::new(0.05, xzp).unwrap(), ActQuant::new(y_scale, yzp).unwrap());
         let ys = conv.output_shape(xs).unwrap();
         let mut expected = vec![0u8; ys.len()];
         conv.run_with(ConvPath::Reference, &x, xs, x_q, y_q, activation, &mut expected).unwrap();
