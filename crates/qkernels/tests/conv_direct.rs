@@ -1,8 +1,9 @@
 //! Property test of the direct convolution kernel (one group, symmetric weights): rows wide
 //! enough for whole register tiles plus ragged ones, 1 to 5 panels of output channels with a
 //! partial last panel (and often exactly 32, whose pixel pairs are stored as one vector),
-//! output zero points from 0 to 255, channel counts that are not multiples of 4, every stride, padding and dilation
-//! mix, against the reference on 1 and 3 threads; and the same for the depthwise row kernel.
+//! output zero points from 0 to 255, channel counts that are not multiples of 4, every stride,
+//! padding and dilation mix, against the reference on 1 and 3 threads; and the same for the
+//! depthwise row kernel.
 
 use proptest::prelude::*;
 use qkernels::conv::{
