@@ -53,7 +53,8 @@ impl EltwisePath {
 
     /// The fastest available path, the portable one under `QFORGE_KERNEL=reference`, or the
     /// one `QFORGE_ELTWISE` names (`portable`, `avx2`, `avx512`, `avx512vbmi`) when this CPU
-    /// runs it (to compare paths inside a whole model).
+    /// runs it (to compare paths inside a whole model; another name is logged as a warning and
+    /// ignored).
     pub fn best() -> EltwisePath {
         if crate::conv::forced_reference() {
             return EltwisePath::Portable;
@@ -61,9 +62,16 @@ impl EltwisePath {
         static NAMED: std::sync::OnceLock<Option<EltwisePath>> = std::sync::OnceLock::new();
         let named = NAMED.get_or_init(|| {
             let name = std::env::var("QFORGE_ELTWISE").ok()?;
-            EltwisePath::available()
+            let path = EltwisePath::available()
                 .into_iter()
-                .find(|p| format!("{p:?}").eq_ignore_ascii_case(&name))
+                .find(|p| format!("{p:?}").eq_ignore_ascii_case(&name));
+            if path.is_none() {
+                tracing::warn!(
+                    "QFORGE_ELTWISE={name} is not a path this CPU runs (it runs {:?}); using the fastest",
+                    EltwisePath::available()
+                );
+            }
+            path
         });
         if let Some(path) = *named {
             return path;
