@@ -1,6 +1,10 @@
 //! `cargo xtask bench [SUITE ...] [--json FILE] [--no-history] [suite flags]`: runs benchmark
 //! suites, collects their JSON lines into one file, and keeps a per-machine history.
 //!
+//! The `model` suite runs `qforge bench` (batch 1, one thread) on every model and mode of
+//! [`MODEL_RUNS`]: all-MiniLM-L6-v2 (the fetched model, or a random one of its shape) dynamic and
+//! fp32, and MobileNetV2, ResNet18 and UNet static and fp32; suite flags are not passed to it.
+//!
 //! Regression check: every run also measures the fp32 GEMM baseline (`linear_f32`). Each row's
 //! `median_ns` is divided by the geometric mean of the baseline's times from the same run, so a
 //! machine that is 20 % slower today moves both alike and the ratio stays put. A row whose ratio
@@ -15,6 +19,19 @@ use crate::{cargo, run, suite_names, SUITES};
 
 /// The suite whose rows normalize all others.
 const BASELINE: &str = "linear_f32";
+/// The suite measured through the `qforge` binary rather than an example.
+const MODEL_SUITE: &str = "model";
+/// (model, mode, timed repetitions) of the `model` suite.
+pub(crate) const MODEL_RUNS: &[(&str, &str, usize)] = &[
+    ("minilm", "dynamic", 20),
+    ("minilm", "fp32", 10),
+    ("mobilenet_v2", "static", 20),
+    ("mobilenet_v2", "fp32", 10),
+    ("resnet18", "static", 20),
+    ("resnet18", "fp32", 5),
+    ("unet", "static", 10),
+    ("unet", "fp32", 3),
+];
 /// Ratio growth beyond which a row is reported as a regression.
 const THRESHOLD: f64 = 0.10;
 
@@ -73,21 +90,25 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         eprintln!("== bench {name}");
         let part = scratch.join(format!("{name}.jsonl"));
         let _ = std::fs::remove_file(&part);
-        let mut cmd = cargo();
-        cmd.args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            package,
-            "--example",
-            example,
-            "--",
-            "--json",
-        ])
-        .arg(&part)
-        .args(&forwarded);
-        run(cmd)?;
+        if *name == MODEL_SUITE {
+            bench_models(&part)?;
+        } else {
+            let mut cmd = cargo();
+            cmd.args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                package,
+                "--example",
+                example,
+                "--",
+                "--json",
+            ])
+            .arg(&part)
+            .args(&forwarded);
+            run(cmd)?;
+        }
         let text = std::fs::read_to_string(&part).map_err(|e| format!("{name} wrote no JSON: {e}"))?;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let mut row: Value =
@@ -104,6 +125,40 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     eprintln!("{} rows in {}", rows.len(), out.display());
     if history {
         record(&rows)?;
+    }
+    Ok(())
+}
+
+/// The `model` suite: `qforge bench --json part` for each of [`MODEL_RUNS`], with the models
+/// folder of `cargo xtask fetch-models`.
+fn bench_models(part: &Path) -> Result<(), String> {
+    for (model, mode, reps) in MODEL_RUNS {
+        let mut cmd = cargo();
+        cmd.args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "qforge",
+            "--bin",
+            "qforge",
+            "--",
+            "bench",
+        ])
+        .args([
+            "--model",
+            model,
+            "--mode",
+            mode,
+            "--threads",
+            "1",
+            "--reps",
+            &reps.to_string(),
+        ])
+        .arg("--json")
+        .arg(part)
+        .env("QFORGE_MODELS", crate::fetch::models_dir());
+        run(cmd)?;
     }
     Ok(())
 }

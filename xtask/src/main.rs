@@ -16,6 +16,8 @@ pub(crate) const SUITES: &[(&str, &str, &str)] = &[
     ("gemm", "qkernels", "bench_gemm"),
     ("conv", "qkernels", "bench_conv"),
     ("linear_f32", "qgraph", "bench_linear_f32"),
+    // Not an example: `qforge bench` on every model and mode (`bench::MODEL_RUNS`).
+    ("model", "qforge", "qforge bench"),
 ];
 
 fn main() -> ExitCode {
