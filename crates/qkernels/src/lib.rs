@@ -15,6 +15,7 @@ pub mod gemm;
 mod prefetch;
 pub mod team;
 
+pub use conv::forced_reference;
 pub use gemm::available_paths;
 
 pub use error::{KernelError, Result};

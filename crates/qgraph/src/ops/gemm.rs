@@ -93,8 +93,7 @@ impl SgemmPath {
     pub fn best() -> SgemmPath {
         static BEST: OnceLock<SgemmPath> = OnceLock::new();
         *BEST.get_or_init(|| {
-            let reference = std::env::var("QFORGE_KERNEL").is_ok_and(|v| v.trim().eq_ignore_ascii_case("reference"));
-            if !reference && SgemmPath::Avx512.is_available() {
+            if !qkernels::forced_reference() && SgemmPath::Avx512.is_available() {
                 SgemmPath::Avx512
             } else {
                 SgemmPath::Portable

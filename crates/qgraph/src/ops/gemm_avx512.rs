@@ -9,7 +9,8 @@
 //! keeps both FMA ports busy. Column remainders use masked loads and stores, row remainders a
 //! smaller tile; the result goes straight into the row-major `c`. The inner dimension is blocked
 //! by [`KC`] and the rows by [`MC`] so the panel slice in use stays in L1 and the rows of `a` in
-//! L2. With several rayon threads the panels are split between them.
+//! L2. With several rayon threads the panels are split between them, on the thread team of
+//! [`qkernels::team`] (awake between the back-to-back products of a model).
 //!
 //! Numerics: every element is one chain of fused multiply-adds in increasing inner index,
 //! `c[i][j] = fma(a[i][k-1], b[k-1][j], .. fma(a[i][0], b[0][j], c0))` with `c0` the old `c[i][j]`
@@ -18,8 +19,6 @@
 
 use std::arch::x86_64::*;
 use std::ops::Range;
-
-use rayon::prelude::*;
 
 /// Rows of `a` per register tile.
 const MR: usize = 8;
@@ -190,7 +189,7 @@ pub(super) fn sgemm_panels(
     if threads <= 1 {
         run_panels(a, lda, m, k, b, 0..panels, out, n, accumulate);
     } else {
-        (0..threads).into_par_iter().for_each(|t| {
+        qkernels::team::for_each(threads, threads, &|t| {
             let range = panels * t / threads..panels * (t + 1) / threads;
             run_panels(a, lda, m, k, b, range, out, n, accumulate);
         });

@@ -28,8 +28,6 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
-
 use super::geometry::Conv2dGeometry;
 use super::requant::{ConvRequant, ConvWeightQuant};
 use super::NhwcShape;
@@ -375,34 +373,33 @@ impl DirectConv {
         // One segment of whole groups: group `i` reads bytes `4i..4i + 4` of each pixel.
         let offsets: Vec<usize> = (0..self.groups_total).map(|i| 4 * i).collect();
         let out_row = xs.w * run;
-        y.par_chunks_mut(kh * out_row)
-            .zip(x.par_chunks(xs.w * c))
-            .for_each(|(y_rows, x_row)| {
-                for (t, y_row) in y_rows.chunks_exact_mut(out_row).enumerate() {
-                    let panels = t * panels_per_run..(t + 1) * panels_per_run;
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `supported()` was checked by the caller; the last group of the last
-                    // pixel ends at byte `c` of it (`c` is a multiple of 4: no copy needed), and
-                    // `y_row` holds `w` pixels of `run` bytes, the columns of `panels`.
-                    unsafe {
-                        let out = y_row.as_mut_ptr().cast::<u8>();
-                        super::direct_avx512::row(
-                            self,
-                            epi,
-                            x_row.as_ptr(),
-                            &offsets,
-                            c,
-                            xs.w,
-                            panels,
-                            out,
-                            run,
-                            super::direct_avx512::RowPrefetch::None,
-                        )
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    unreachable!("the direct path exists on x86_64 only: {panels:?} {y_row:?}");
+        let rows: Vec<_> = y.chunks_mut(kh * out_row).zip(x.chunks(xs.w * c)).collect();
+        crate::team::for_each_item(rayon::current_num_threads(), rows, &|(y_rows, x_row)| {
+            for (t, y_row) in y_rows.chunks_exact_mut(out_row).enumerate() {
+                let panels = t * panels_per_run..(t + 1) * panels_per_run;
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `supported()` was checked by the caller; the last group of the last
+                // pixel ends at byte `c` of it (`c` is a multiple of 4: no copy needed), and
+                // `y_row` holds `w` pixels of `run` bytes, the columns of `panels`.
+                unsafe {
+                    let out = y_row.as_mut_ptr().cast::<u8>();
+                    super::direct_avx512::row(
+                        self,
+                        epi,
+                        x_row.as_ptr(),
+                        &offsets,
+                        c,
+                        xs.w,
+                        panels,
+                        out,
+                        run,
+                        super::direct_avx512::RowPrefetch::None,
+                    )
                 }
-            });
+                #[cfg(not(target_arch = "x86_64"))]
+                unreachable!("the direct path exists on x86_64 only: {panels:?} {y_row:?}");
+            }
+        });
         Ok(())
     }
 

@@ -101,9 +101,16 @@ impl NhwcShape {
     }
 }
 
-/// `QFORGE_KERNEL=reference` forces the portable paths everywhere (the GEMM honours it too).
-pub(crate) fn forced_reference() -> bool {
-    std::env::var("QFORGE_KERNEL").is_ok_and(|v| v.eq_ignore_ascii_case("reference"))
+/// Whether `QFORGE_KERNEL=reference` forces the portable paths everywhere: the GEMM (which
+/// parses the variable the same way), the convolutions, the element-wise kernels, and the fp32
+/// kernels of crates built on this one.
+pub fn forced_reference() -> bool {
+    std::env::var("QFORGE_KERNEL").is_ok_and(|v| {
+        matches!(
+            crate::gemm::KernelPath::from_name(&v),
+            Ok(crate::gemm::KernelPath::Reference)
+        )
+    })
 }
 
 /// Which integer arithmetic a convolution reproduces.
@@ -282,9 +289,9 @@ impl PackedConv2d {
         if let (Packed::Gemm(_, Some(dc)), ConvPath::Direct) = (&self.packed, self.default_path()) {
             if direct::supported() {
                 xs.check("conv2d", "input", x.len())?;
-                let call = self.call_for(xs, x_q, y_q, activation, ys.len())?;
-                let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, &call.rq));
-                return filled(ys, |y| dc.run(direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, y));
+                return filled(ys, |y| {
+                    self.run_direct(dc, direct::InputRows::Tensor(x), xs, x_q, y_q, activation, y)
+                });
             }
         }
         let mut y = vec![0u8; ys.len()];
@@ -322,10 +329,9 @@ impl PackedConv2d {
         let ys = self.output_shape(NhwcShape::new(first.n, first.h, first.w, self.geometry.c_in))?;
         if let Some(direct) = self.concat_kernel() {
             let (rows, xs) = ConcatRows::new(EltwisePath::best(), inputs, x_q)?;
-            let call = self.call_for(xs, x_q, y_q, activation, ys.len())?;
-            let epi = call.direct.get_or_init(|| direct.epilogue(x_q.zero_point, &call.rq));
+            let _span = tracing::debug_span!("conv2d_concat", ?xs, c_out = self.geometry.c_out).entered();
             return filled(ys, |y| {
-                direct.run(direct::InputRows::Concat(&rows), xs, x_q.zero_point, epi, y)
+                self.run_direct(direct, direct::InputRows::Concat(&rows), xs, x_q, y_q, activation, y)
             });
         }
         let mut y = vec![0u8; ys.len()];
@@ -423,9 +429,33 @@ impl PackedConv2d {
         };
         let (rows, xs) = ConcatRows::new(EltwisePath::best(), inputs, x_q)?;
         let _span = tracing::debug_span!("conv2d_concat", ?xs, c_out = self.geometry.c_out).entered();
+        self.run_direct(
+            direct,
+            direct::InputRows::Concat(&rows),
+            xs,
+            x_q,
+            y_q,
+            activation,
+            as_uninit(y),
+        )
+    }
+
+    /// The direct kernel `dc` (this layer's) on `rows` of shape `xs` into `y`, with the call
+    /// constants of these parameters (checked and cached by `call_for`).
+    #[allow(clippy::too_many_arguments)]
+    fn run_direct(
+        &self,
+        dc: &direct::DirectConv,
+        rows: direct::InputRows<'_>,
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+        y: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<()> {
         let call = self.call_for(xs, x_q, y_q, activation, y.len())?;
-        let epi = call.direct.get_or_init(|| direct.epilogue(x_q.zero_point, &call.rq));
-        direct.run(direct::InputRows::Concat(&rows), xs, x_q.zero_point, epi, as_uninit(y))
+        let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, &call.rq));
+        dc.run(rows, xs, x_q.zero_point, epi, y)
     }
 
     /// Whether [`PackedConv2d::run_concat`] builds the concatenation inside the kernel's row

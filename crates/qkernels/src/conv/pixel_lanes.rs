@@ -16,8 +16,6 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
-
 use super::direct::Epilogue;
 use super::geometry::Conv2dGeometry;
 use super::requant::ActQuant;
@@ -26,7 +24,7 @@ use super::NhwcShape;
 /// Most output channels the kernel covers (one accumulator vector each).
 pub(crate) const MAX_CHANNELS: usize = 8;
 
-/// Pixels per rayon task (a multiple of 16).
+/// Pixels per task of the thread team (a multiple of 16).
 const TASK_PIXELS: usize = 2048;
 
 /// Whether the geometry and CPU allow the kernel: 1x1, stride 1, no padding, one group,
@@ -70,7 +68,7 @@ pub(crate) fn run(
             tasks.push((&image[t * TASK_PIXELS * c_in..end * c_in], slices));
         }
     }
-    tasks.into_par_iter().for_each(|(src, mut planes)| {
+    crate::team::for_each_item(rayon::current_num_threads(), tasks, &|(src, mut planes)| {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `applies` checked AVX-512 VNNI, `c_in % 16 == 0` and `c_out <= MAX_CHANNELS`;
         // `src` holds whole pixels of `c_in` bytes, each of the `c_out` planes one float per
