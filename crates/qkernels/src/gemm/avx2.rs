@@ -6,7 +6,7 @@
 //! pair sums of a column are folded with `vphaddd` at the end. The 8-lane epilogue here is
 //! shared with the AVX-VNNI path.
 
-use super::driver::BlockKernel;
+use super::driver::{row_tiles, BlockKernel};
 use super::epilogue::{EpiloguePlan, Stage, ROUND_LIMIT};
 use super::pack::{PackedWeights, K_GROUP, PANEL_COLS, PANEL_ROW_BYTES};
 use std::arch::x86_64::*;
@@ -30,8 +30,7 @@ impl BlockKernel for Avx2 {
 unsafe fn block_avx2(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: Range<usize>, cols: Range<usize>) {
     let k = w.k();
     let mut tile = [[0i32; NR]; MR];
-    for i0 in rows.clone().step_by(MR) {
-        let mr = MR.min(rows.end - i0);
+    for (i0, mr) in row_tiles(rows.clone(), MR) {
         let a_tile = a.as_ptr().add(i0 * k);
         for j0 in cols.clone().step_by(NR) {
             let nc = NR.min(cols.end - j0);

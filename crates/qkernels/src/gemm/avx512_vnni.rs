@@ -6,7 +6,7 @@
 //! dequantizing epilogue (dynamic Linear) finishes a tile straight from its accumulator
 //! registers when the whole reduction fits one pass, so its sums never go through memory.
 
-use super::driver::BlockKernel;
+use super::driver::{row_tiles, BlockKernel};
 use super::epilogue::{EpiloguePlan, OutKind, Stage, ROUND_LIMIT};
 use super::pack::{PackedWeights, K_GROUP, PANEL_COLS, PANEL_ROW_BYTES};
 use crate::prefetch::Prefetch;
@@ -60,7 +60,7 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
             let next_cols = (w.n().saturating_sub(j0 + NR)).min(NR);
             let next_bytes = next_cols.div_ceil(PANEL_COLS) * stride;
             let next = b.wrapping_add(nc.div_ceil(PANEL_COLS) * stride);
-            for (t, (i0, mr)) in row_tiles(rows.clone()).enumerate() {
+            for (t, (i0, mr)) in row_tiles(rows.clone(), MR).enumerate() {
                 let prefetch = Prefetch::share(next, next_bytes, t, tiles, groups);
                 let a_tile = a0.add(i0 * k);
                 if let Stage::Dequantize { w_scales, bias, relu } = &plan.stage {
@@ -98,7 +98,7 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
         for j0 in cols.clone().step_by(NR) {
             let nc = NR.min(cols.end - j0);
             let b = w.panel_ptr(j0 / PANEL_COLS);
-            for (i0, mr) in row_tiles(rows.clone()) {
+            for (i0, mr) in row_tiles(rows.clone(), MR) {
                 let c = sums.as_mut_ptr().add((i0 - rows.start) * ldc + (j0 - cols.start));
                 let sink = Sink::Sums {
                     c,
@@ -113,23 +113,6 @@ unsafe fn block_avx512(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: R
         let row = &sums[(i - rows.start) * ldc..];
         finish_row_avx512(plan, i, cols.start, &row[..cols.end - cols.start]);
     }
-}
-
-/// The register tiles of `rows`: `(first row, rows)`, as few as `MR`-row tiles allow and
-/// within one row of each other in height. A 49-row block (ResNet18's 7x7 layers) is 7 tiles
-/// of 7 rather than 6 of 8 and one of a single row, which would load a whole weight panel
-/// per `vpdpbusd` triple. Each output is still computed whole by one tile, so the cut never
-/// changes a result.
-fn row_tiles(rows: Range<usize>) -> impl Iterator<Item = (usize, usize)> {
-    let len = rows.end - rows.start;
-    let tiles = len.div_ceil(MR);
-    let (even, extra) = (len / tiles.max(1), len % tiles.max(1));
-    (0..tiles).scan(rows.start, move |i0, t| {
-        let mr = even + usize::from(t < extra);
-        let tile = (*i0, mr);
-        *i0 += mr;
-        Some(tile)
-    })
 }
 
 /// Runs the register tile of `mr` rows x `nc` columns (rounded up to whole panels).
@@ -385,30 +368,5 @@ pub(crate) unsafe fn finish_row_avx512(plan: &EpiloguePlan, i: usize, j0: usize,
             }
         }
         jj += lanes;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_tiles_cover_rows_in_balanced_tiles() {
-        for start in [0, 5] {
-            for len in 1..=70 {
-                let tiles: Vec<_> = row_tiles(start..start + len).collect();
-                assert_eq!(tiles.len(), len.div_ceil(MR), "len {len}");
-                let mut next = start;
-                for &(i0, mr) in &tiles {
-                    assert_eq!(i0, next, "len {len}: tiles must be contiguous");
-                    assert!((1..=MR).contains(&mr), "len {len}: tile of {mr} rows");
-                    next += mr;
-                }
-                assert_eq!(next, start + len);
-                let (lo, hi) = (tiles.iter().map(|t| t.1).min(), tiles.iter().map(|t| t.1).max());
-                assert!(hi.unwrap() - lo.unwrap() <= 1, "len {len}: {tiles:?}");
-            }
-        }
-        assert_eq!(row_tiles(0..49).map(|t| t.1).collect::<Vec<_>>(), [7; 7]);
     }
 }

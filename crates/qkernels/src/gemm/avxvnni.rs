@@ -3,7 +3,7 @@
 //! packed panel as two ymm halves, 12 accumulators). Epilogue shared with the AVX2 path.
 
 use super::avx2::finish_row_avx2;
-use super::driver::BlockKernel;
+use super::driver::{row_tiles, BlockKernel};
 use super::epilogue::EpiloguePlan;
 use super::pack::{PackedWeights, K_GROUP, PANEL_COLS, PANEL_ROW_BYTES};
 use std::arch::x86_64::*;
@@ -27,8 +27,7 @@ impl BlockKernel for AvxVnni {
 unsafe fn block_avxvnni(plan: &EpiloguePlan, a: &[u8], w: &PackedWeights, rows: Range<usize>, cols: Range<usize>) {
     let k = w.k();
     let mut tile = [[0i32; NR]; MR];
-    for i0 in rows.clone().step_by(MR) {
-        let mr = MR.min(rows.end - i0);
+    for (i0, mr) in row_tiles(rows.clone(), MR) {
         let a_tile = a.as_ptr().add(i0 * k);
         for j0 in cols.clone().step_by(NR) {
             let nc = NR.min(cols.end - j0);

@@ -67,6 +67,23 @@ fn split(len: usize, tile: usize, parts: usize, index: usize) -> Range<usize> {
     (start * tile).min(len)..((start + count) * tile).min(len)
 }
 
+/// The register tiles of `rows` for tiles of at most `mr` rows: `(first row, rows)`, as few
+/// as `mr`-row tiles allow and within one row of each other in height. A 49-row block
+/// (ResNet18's 7x7 layers, `mr` 8) is 7 tiles of 7 rather than 6 of 8 and one of a single
+/// row, which would load a whole weight panel for one row's products. Each output is still
+/// computed whole by one tile, so the cut never changes a result.
+pub(crate) fn row_tiles(rows: Range<usize>, mr: usize) -> impl Iterator<Item = (usize, usize)> {
+    let len = rows.end - rows.start;
+    let tiles = len.div_ceil(mr);
+    let (even, extra) = (len / tiles.max(1), len % tiles.max(1));
+    (0..tiles).scan(rows.start, move |i0, t| {
+        let rows = even + usize::from(t < extra);
+        let tile = (*i0, rows);
+        *i0 += rows;
+        Some(tile)
+    })
+}
+
 /// Multiply-accumulates below which a parallel task costs more to hand out (a few us of
 /// wake-up and join) than it saves: about 2 us of kernel time.
 const MIN_TASK_MACS: usize = 1 << 18;
@@ -150,6 +167,28 @@ pub(crate) fn blocked<K: BlockKernel>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_tiles_cover_rows_in_balanced_tiles() {
+        for mr in [4, 6, 8] {
+            for start in [0, 5] {
+                for len in 0..=70 {
+                    let tiles: Vec<_> = row_tiles(start..start + len, mr).collect();
+                    assert_eq!(tiles.len(), len.div_ceil(mr), "len {len}");
+                    let mut next = start;
+                    for &(i0, rows) in &tiles {
+                        assert_eq!(i0, next, "len {len}: tiles must be contiguous");
+                        assert!((1..=mr).contains(&rows), "len {len}: tile of {rows} rows");
+                        next += rows;
+                    }
+                    assert_eq!(next, start + len);
+                    let heights = tiles.iter().map(|t| t.1);
+                    assert!(heights.clone().max().unwrap_or(0) - heights.min().unwrap_or(0) <= 1);
+                }
+            }
+        }
+        assert_eq!(row_tiles(0..49, 8).map(|t| t.1).collect::<Vec<_>>(), [7; 7]);
+    }
 
     #[test]
     fn split_covers_range_without_overlap() {
