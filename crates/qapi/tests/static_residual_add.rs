@@ -296,3 +296,22 @@ fn whole_mobilenet_v2_is_identical_with_and_without_the_fusion() {
         );
     }
 }
+
+/// A convolution whose output is also a graph output keeps it: its Add stays separate.
+#[test]
+fn a_convolution_that_is_a_graph_output_is_not_fused() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[1, 3, 9, 9]);
+    let stem = b.conv2d("stem", x, Conv2dAttrs::new(3, 8, 3).padding(1));
+    let conv = b.conv2d("conv", stem, Conv2dAttrs::new(8, 8, 3).padding(1));
+    let sum = b.add("add", conv, stem);
+    b.output(sum);
+    b.output(conv);
+    let mut g = b.build().unwrap();
+    randomize(&mut g, 9);
+    let shape = [1, 3, 9, 9];
+    let ((fused, _), unfused) = fused_and_unfused(&g, &shape, 1);
+    assert_eq!(kinds(&fused), kinds(&unfused));
+    assert_eq!(count(&kinds(&fused), "QuantizedAdd"), 1);
+    assert_eq!(bits(&fused, image(&shape, 3), 1), bits(&unfused, image(&shape, 3), 1));
+}
