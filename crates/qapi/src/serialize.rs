@@ -22,7 +22,7 @@ use serde_json::{json, Value as Json};
 
 use crate::report::NodeStatus;
 use crate::static_ptq::{
-    Dequantize, Passthrough, QBinary, QCat, QConv2d, QConvTranspose2d, QLinear, QLut, QPassthrough, Quantize,
+    Dequantize, FusedAdd, Passthrough, QBinary, QCat, QConv2d, QConvTranspose2d, QLinear, QLut, QPassthrough, Quantize,
 };
 use crate::{ApiError, ModelFile, QuantReport, Result, StoredTensor};
 
@@ -130,7 +130,7 @@ fn output_quant(op: &dyn CustomOp) -> Option<ActQuant> {
         .or_else(|| {
             any.downcast_ref::<QConv2d>()
                 .filter(|o| !o.dequantize)
-                .map(|o| o.output)
+                .map(|o| o.residual.map_or(o.output, |add| add.output))
         })
         .or_else(|| any.downcast_ref::<QConvTranspose2d>().map(|o| o.output))
         .or_else(|| any.downcast_ref::<QLinear>().map(|o| o.output))
@@ -260,7 +260,8 @@ fn save_custom(node: &Node, op: &dyn CustomOp, tensors: &mut BTreeMap<String, St
             "QuantizedConv2d",
             json!({"geometry": geometry, "output": act_json(c.output), "activation": fused_name(c.activation),
                 "exact": c.conv.arithmetic() == ConvArithmetic::Exact, "concat": c.concat.map(act_json),
-                "dequantize": c.dequantize}),
+                "dequantize": c.dequantize, "residual": c.residual.map(|add| json!({"output": act_json(add.output),
+                    "relu": add.relu, "conv_first": add.conv_first}))}),
         )
     } else if let Some(c) = any.downcast_ref::<QConvTranspose2d>() {
         let g = c.conv.geometry();
@@ -443,6 +444,18 @@ fn load_custom(kind: &str, attrs: &Json, ctx: &LoadContext<'_>) -> Result<Arc<dy
                 },
                 // Files written before the fusion existed have no flag.
                 dequantize: attrs["dequantize"].as_bool().unwrap_or(false),
+                residual: match &attrs["residual"] {
+                    Json::Null => None,
+                    add => Some(FusedAdd {
+                        output: act_from(&add["output"])?,
+                        relu: add["relu"]
+                            .as_bool()
+                            .ok_or_else(|| corrupt(format!("`{}`: residual add without `relu`", ctx.name)))?,
+                        conv_first: add["conv_first"]
+                            .as_bool()
+                            .ok_or_else(|| corrupt(format!("`{}`: residual add without `conv_first`", ctx.name)))?,
+                    }),
+                },
             })
         }
         "QuantizedConvTranspose2d" => {

@@ -61,7 +61,8 @@ fn add_then_relu_becomes_add_relu_with_post_relu_parameters() {
     };
     assert_eq!(zero_point, 0, "{acts:?}");
     assert!(!acts.contains_key("relu"));
-    let (q, report) = p.convert().unwrap();
+    // The separate add_relu node (not fused into the convolution that feeds it).
+    let (q, report) = p.fuse_residual_adds(false).convert().unwrap();
 
     let kinds: Vec<(String, String)> = q
         .nodes()

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use qkernels::conv::{
     ActQuant, Conv2dGeometry, ConvTranspose2dGeometry, ConvWeightQuant, FusedActivation, NhwcShape, PackedConv2d,
-    PackedConvTranspose2d,
+    PackedConvTranspose2d, ResidualAdd,
 };
+use qkernels::eltwise::{self, AddOperand, FloatRule};
 
 /// One timed call of a layer, writing its output.
 type RunLayer = dyn Fn(&mut [u8]) + Send + Sync;
@@ -176,8 +177,10 @@ fn main() {
     let flush = args.iter().any(|a| a == "--flush");
     let dequantized = args.iter().any(|a| a == "--dequantized");
     let concat = args.iter().any(|a| a == "--concat");
+    let add = args.iter().any(|a| a == "--add");
+    let add_separate = args.iter().any(|a| a == "--add-separate");
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("bench_conv [--threads 1,2] [--filter NAME] [--json FILE] [--layer C_IN,HW,C_OUT,K,STRIDE[,GROUPS]] [--best (report the fastest run instead of the median)] [--flush (evict L2 before every run)] [--dequantized (convolutions time forward_dequantized: NCHW f32 out, allocation included)] [--concat (convolutions with an even c_in time run_concat of two halves with their own parameters, as UNet's decoder convs read a cat)]");
+        println!("bench_conv [--threads 1,2] [--filter NAME] [--json FILE] [--layer C_IN,HW,C_OUT,K,STRIDE[,GROUPS]] [--best (report the fastest run instead of the median)] [--flush (evict L2 before every run)] [--dequantized (convolutions time forward_dequantized: NCHW f32 out, allocation included)] [--concat (convolutions with an even c_in time run_concat of two halves with their own parameters, as UNet's decoder convs read a cat)] [--add (convolutions time forward_add: a residual add_relu fused, allocation included)] [--add-separate (forward then a separate eltwise add_relu, allocations included)]");
         return;
     }
     let mut json = arg("--json").map(|p| {
@@ -242,6 +245,49 @@ fn main() {
                 };
                 let run = move |_: &mut [u8]| {
                     let out = c.forward_dequantized(&x, xs, x_q, y_q, FusedActivation::Relu).unwrap();
+                    std::hint::black_box(out);
+                };
+                (ys, macs, path, Box::new(run))
+            } else if add || add_separate {
+                let skip = bytes(ys.len(), 3);
+                let (skip_q, out_q) = (ActQuant::new(0.04, 9).unwrap(), ActQuant::new(0.06, 0).unwrap());
+                let path = if add_separate {
+                    format!("{:?}, add apart", c.default_path())
+                } else if c.adds_in_rows() {
+                    format!("{:?}+add in rows", c.default_path())
+                } else {
+                    format!("{:?}+add after", c.default_path())
+                };
+                let run = move |_: &mut [u8]| {
+                    let out = if add_separate {
+                        let (conv_out, _) = c.forward(&x, xs, x_q, y_q, FusedActivation::None).unwrap();
+                        let mut out = vec![0u8; conv_out.len()];
+                        eltwise::add(
+                            &conv_out,
+                            y_q,
+                            &skip,
+                            skip_q,
+                            out_q,
+                            true,
+                            FloatRule::Vectorized,
+                            &mut out,
+                        )
+                        .unwrap();
+                        out
+                    } else {
+                        let residual = ResidualAdd {
+                            skip: &skip,
+                            skip_shape: ys,
+                            skip_q,
+                            conv_operand: AddOperand::First,
+                            y_q: out_q,
+                            relu: true,
+                            rule: FloatRule::Vectorized,
+                        };
+                        c.forward_add(&x, xs, x_q, y_q, FusedActivation::None, &residual)
+                            .unwrap()
+                            .0
+                    };
                     std::hint::black_box(out);
                 };
                 (ys, macs, path, Box::new(run))

@@ -29,6 +29,14 @@
 //! geometry allows (`PackedConv2d::forward_dequantized`). The floats are the bits of the
 //! separate convolution and dequantization.
 //!
+//! A quantized Add (or add_relu) with an operand produced by a quantized Conv2d that only the
+//! Add reads (a residual block's last convolution, MobileNetV2's projection) is fused into that
+//! convolution at conversion: one node, named after the Add (or its ReLU), takes the
+//! convolution's input and the Add's other operand, and the convolution adds each output row
+//! as it writes it (`QConv2d::residual`, `PackedConv2d::forward_add`). The convolution keeps
+//! its own observed output parameters, so the integers are those of the separate Conv2d and
+//! Add. [`Prepared::fuse_residual_adds`] turns this off.
+//!
 //! Everything else stays f32 and the [`QuantReport`] says why.
 
 mod qops;
@@ -50,7 +58,7 @@ use qkernels::gemm::PackedWeights;
 use qtensor::{DType, QParams, QTensor, QuantSpec, Scheme, Tensor};
 
 pub use qops::{
-    Dequantize, Passthrough, QBinary, QCat, QConv2d, QConvTranspose2d, QLinear, QLut, QPassthrough, Quantize,
+    Dequantize, FusedAdd, Passthrough, QBinary, QCat, QConv2d, QConvTranspose2d, QLinear, QLut, QPassthrough, Quantize,
 };
 
 use crate::qconfig::ConfigSource;
@@ -87,6 +95,8 @@ pub struct Prepared {
     fused_relu: BTreeMap<usize, usize>,
     batches: usize,
     fusion: FusionReport,
+    /// Whether convert fuses an Add into the Conv2d that feeds it (on by default).
+    residual_fusion: bool,
 }
 
 fn describe(source: &ConfigSource) -> String {
@@ -184,6 +194,7 @@ pub fn prepare(graph: &Graph, config: &QConfigMap) -> Result<Prepared> {
         fused_relu,
         batches: 0,
         fusion,
+        residual_fusion: true,
     })
 }
 
@@ -230,6 +241,36 @@ fn fuse_cat_conv(graph: &Graph, plans: &[Plan]) -> BTreeMap<usize, usize> {
         })
         .map(|(i, r)| (r, i))
         .collect()
+}
+
+/// Each quantized Add with an operand produced by a quantized Conv2d that the Add alone reads
+/// (not a graph output, not reading a fused cat): Add index -> (Conv2d index, whether the
+/// convolution is the first operand). With two such operands the first is fused.
+fn fuse_conv_add(graph: &Graph, plans: &[Plan], fused_cat: &BTreeMap<usize, usize>) -> BTreeMap<usize, (usize, bool)> {
+    let nodes = graph.nodes();
+    let sole: BTreeMap<usize, usize> = sole_readers(graph).collect();
+    let fusable = |c: NodeId, add: usize| {
+        matches!(nodes[c.0].op, Op::Conv2d(_))
+            && matches!(plans[c.0], Plan::Anchor(_))
+            && sole.get(&c.0) == Some(&add)
+            && !fused_cat.contains_key(&c.0)
+    };
+    let mut fused = BTreeMap::new();
+    for (a, node) in nodes.iter().enumerate() {
+        if !matches!(node.op, Op::Add) || !matches!(plans[a], Plan::Anchor(_)) {
+            continue;
+        }
+        let [x, y] = node.inputs[..] else { continue };
+        if x == y {
+            continue;
+        }
+        if fusable(x, a) {
+            fused.insert(a, (x.0, true));
+        } else if fusable(y, a) {
+            fused.insert(a, (y.0, false));
+        }
+    }
+    fused
 }
 
 /// Quantized Conv2d nodes that are graph outputs (listed once) and read by no node: their
@@ -334,6 +375,14 @@ impl Prepared {
     /// Batches seen so far.
     pub fn batches(&self) -> usize {
         self.batches
+    }
+
+    /// Whether convert fuses each quantized Add into the Conv2d that alone feeds one of its
+    /// operands (the default). The fused and separate graphs compute the same bytes; turning it
+    /// off gives the separate nodes (to compare them, or to look at the convolution's output).
+    pub fn fuse_residual_adds(&mut self, on: bool) -> &mut Prepared {
+        self.residual_fusion = on;
+        self
     }
 
     /// Runs every batch (one `Vec<Value>` of graph inputs each) through the float graph and
@@ -515,8 +564,45 @@ impl<'a> Converter<'a> {
         let fused_cat = fuse_cat_conv(graph, &self.prepared.plans);
         let cat_reader: BTreeMap<usize, usize> = fused_cat.iter().map(|(&conv, &cat)| (cat, conv)).collect();
         let fused_dequantize = fuse_conv_dequantize(graph, &self.prepared.plans);
+        let fused_add = if self.prepared.residual_fusion {
+            fuse_conv_add(graph, &self.prepared.plans, &fused_cat)
+        } else {
+            BTreeMap::new()
+        };
+        let add_reader: BTreeMap<usize, usize> = fused_add.iter().map(|(&add, &(conv, _))| (conv, add)).collect();
+        // Fused convolutions waiting for their Add (whose other operand may come later): the op
+        // and the convolution's inputs, by Add index.
+        let mut pending: BTreeMap<usize, (Arc<dyn CustomOp>, Vec<NodeId>)> = BTreeMap::new();
         for (i, node) in graph.nodes().iter().enumerate() {
             let display = node.op.display_name();
+            if let Some((op, mut inputs)) = pending.remove(&i) {
+                // This Add runs inside the convolution that feeds it; the node is placed here,
+                // after both operands, and produces the Add's (or its ReLU's) value.
+                let (conv, conv_first) = fused_add[&i];
+                let skip = node.inputs[usize::from(conv_first)];
+                inputs.push(self.quantized(skip.0)?.0);
+                let fused_relu = self.prepared.fused_relu.get(&i).copied();
+                let name = fused_relu.map_or(&node.name, |r| &graph.nodes()[r].name).clone();
+                let id = self.push(name, Op::Custom(op), inputs, BTreeMap::new());
+                let q = self.act[&i];
+                self.quant_id[i] = Some(id);
+                self.out_q[i] = Some(q);
+                let kind = if fused_relu.is_some() { "add_relu" } else { "add" };
+                self.report.push(NodeReport {
+                    name: node.name.clone(),
+                    op: display,
+                    status: NodeStatus::Quantized {
+                        detail: format!(
+                            "fused into `{}`, which adds its output rows to the other operand as it writes them \
+                             ({kind}); out scale {:.6e}, zero point {}",
+                            graph.nodes()[conv].name,
+                            q.scale,
+                            q.zero_point
+                        ),
+                    },
+                });
+                continue;
+            }
             if let Some(&conv) = cat_reader.get(&i) {
                 // The convolution reading this cat takes its inputs and concatenates them.
                 self.report.push(NodeReport {
@@ -576,6 +662,16 @@ impl<'a> Converter<'a> {
                     }
                     let fused_relu = self.prepared.fused_relu.get(&i).copied();
                     let dequantize = fused_dequantize.contains(&i);
+                    let residual = add_reader.get(&i).map(|&add| {
+                        (
+                            add,
+                            FusedAdd {
+                                output: self.act[&add],
+                                relu: self.prepared.fused_relu.contains_key(&add),
+                                conv_first: fused_add[&add].1,
+                            },
+                        )
+                    });
                     let (op, q, detail): (Arc<dyn CustomOp>, ActQuant, String) = match plan {
                         Plan::Anchor(cfg) => {
                             let out = self.act[&i];
@@ -583,6 +679,7 @@ impl<'a> Converter<'a> {
                                 relu: fused_relu.is_some(),
                                 concat,
                                 dequantize,
+                                residual: residual.map(|(_, r)| r),
                             };
                             let (op, detail) =
                                 build_anchor(node, &cfg, &in_q, out, self.weights.get(&node.name), fusion)?;
@@ -593,6 +690,22 @@ impl<'a> Converter<'a> {
                             (build_pass(node)?, q, "quint8 with its input's parameters".to_string())
                         }
                     };
+                    if let Some((add, _)) = residual {
+                        // The node is built where the Add is (its other operand may come later).
+                        pending.insert(add, (op, inputs));
+                        self.out_q[i] = Some(q);
+                        self.report.push(NodeReport {
+                            name: node.name.clone(),
+                            op: display,
+                            status: NodeStatus::Quantized {
+                                detail: format!(
+                                    "{detail}; out scale {:.6e}, zero point {} (its output is only added, inside it)",
+                                    q.scale, q.zero_point
+                                ),
+                            },
+                        });
+                        continue;
+                    }
                     // A fused add_relu produces the ReLU's value and takes its name.
                     let name = fused_relu.map_or(&node.name, |r| &graph.nodes()[r].name).clone();
                     let id = self.push(name, Op::Custom(op), inputs, BTreeMap::new());
@@ -689,6 +802,8 @@ struct AnchorFusion {
     concat: Option<ActQuant>,
     /// A Conv2d hands back the dequantized float output.
     dequantize: bool,
+    /// A Conv2d applies the Add that alone reads its output.
+    residual: Option<FusedAdd>,
 }
 
 fn build_anchor(
@@ -703,6 +818,7 @@ fn build_anchor(
         relu: fused_relu,
         concat,
         dequantize,
+        residual,
     } = fusion;
     Ok(match &node.op {
         Op::Conv2d(a) => {
@@ -733,6 +849,7 @@ fn build_anchor(
                 activation: fused(a.activation),
                 concat,
                 dequantize,
+                residual,
             };
             let detail = match concat {
                 Some(_) => format!("{detail}; reads the concatenation of its inputs (fused cat)"),
@@ -747,6 +864,21 @@ fn build_anchor(
                 format!("{detail}; output dequantize fused ({how})")
             } else {
                 detail
+            };
+            let detail = match residual {
+                Some(add) => {
+                    let (kind, operand) = (
+                        if add.relu { "add_relu" } else { "add" },
+                        if add.conv_first { "first" } else { "second" },
+                    );
+                    let how = if op.conv.adds_in_rows() {
+                        "on each output row as the kernel writes it"
+                    } else {
+                        "over its output"
+                    };
+                    format!("{detail}; the residual {kind} reading it as {operand} operand is fused ({how})")
+                }
+                None => detail,
             };
             (Arc::new(op), detail)
         }
@@ -882,7 +1014,10 @@ pub fn supported_ops() -> Vec<(OpKind, &'static str)> {
             "int8 transposed conv, per-tensor or per-channel weights",
         ),
         (Linear, "int8 GEMM with requantize epilogue, fused ReLU"),
-        (Add, "requantized element-wise add, a following ReLU fused (add_relu)"),
+        (
+            Add,
+            "requantized element-wise add, a following ReLU fused (add_relu); fused into a Conv2d whose output only it reads",
+        ),
         (Mul, "requantized element-wise multiply"),
         (
             Cat,

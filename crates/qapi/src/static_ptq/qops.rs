@@ -9,9 +9,10 @@ use std::any::Any;
 
 use qgraph::{CustomOp, GraphError, Value};
 use qkernels::conv::{
-    nchw_f32_to_nhwc_u8, nhwc_u8_to_nchw_f32, ActQuant, FusedActivation, NhwcShape, PackedConv2d, PackedConvTranspose2d,
+    nchw_f32_to_nhwc_u8, nhwc_u8_to_nchw_f32, ActQuant, FusedActivation, NhwcShape, PackedConv2d,
+    PackedConvTranspose2d, ResidualAdd,
 };
-use qkernels::eltwise::{self, ActivationLut, FloatRule, Pool2d, PoolRounding};
+use qkernels::eltwise::{self, ActivationLut, AddOperand, FloatRule, Pool2d, PoolRounding};
 use qkernels::gemm::{gemm_u8s8, ActivationQuant, Epilogue, GemmConfig, GemmOutput, PackedWeights, Requantize};
 use qtensor::{DType, QData, QParams, QTensor, Tensor};
 
@@ -178,6 +179,22 @@ pub struct QConv2d {
     /// The output leaves the quantized region here: NCHW f32, the bits [`Dequantize`] would
     /// give for the quint8 output (`PackedConv2d::forward_dequantized`).
     pub dequantize: bool,
+    /// A quantized add (or add_relu) that alone reads this convolution's output, fused into it
+    /// (`PackedConv2d::forward_add`): the node's last input is the add's other operand, and its
+    /// output is the add's, the bytes of the convolution (requantized to `output`) followed by
+    /// [`QBinary`].
+    pub residual: Option<FusedAdd>,
+}
+
+/// The add of a [`QConv2d`] with a fused residual connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FusedAdd {
+    /// The add's output parameters.
+    pub output: ActQuant,
+    /// `add_relu`.
+    pub relu: bool,
+    /// Whether the convolution's output is the add's first operand (else its second).
+    pub conv_first: bool,
 }
 
 /// Logical NCHW output shape of a packed convolution.
@@ -193,9 +210,27 @@ fn conv_out_shape(input: &[usize], conv: &PackedConv2d) -> Result<Vec<usize>, St
 
 impl CustomOp for QConv2d {
     fn kind_name(&self) -> &str {
-        "QuantizedConv2d"
+        match self.residual {
+            None => "QuantizedConv2d",
+            Some(FusedAdd { relu: false, .. }) => "QuantizedConv2dAdd",
+            Some(FusedAdd { relu: true, .. }) => "QuantizedConv2dAddReLU",
+        }
     }
     fn infer_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        if self.residual.is_some() {
+            let [x, skip] = inputs else {
+                return Err(format!(
+                    "expected the convolution's input and the added tensor, got {inputs:?}"
+                ));
+            };
+            let y = conv_out_shape(x, &self.conv)?;
+            if y != *skip {
+                return Err(format!(
+                    "the added tensor has shape {skip:?}, the convolution's output {y:?}; they must match"
+                ));
+            }
+            return Ok(y);
+        }
         match (inputs, self.concat) {
             ([x], None) => conv_out_shape(x, &self.conv),
             (_, Some(q)) => conv_out_shape(&QCat { output: q }.infer_shape(inputs)?, &self.conv),
@@ -206,6 +241,9 @@ impl CustomOp for QConv2d {
         const OP: &str = "QuantizedConv2d";
         if self.dequantize {
             return self.forward_dequantized(inputs);
+        }
+        if let Some(add) = self.residual {
+            return self.forward_add(inputs, add);
         }
         let (y, ys) = match (inputs, self.concat) {
             (_, Some(x_q)) => {
@@ -226,6 +264,44 @@ impl CustomOp for QConv2d {
 }
 
 impl QConv2d {
+    /// The convolution and the add fused after it: inputs `[x, skip]`.
+    fn forward_add(&self, inputs: &[&Value], add: FusedAdd) -> qgraph::Result<Value> {
+        let op = self.kind_name();
+        if self.concat.is_some() {
+            return Err(fail(
+                op,
+                "a fused add after a fused cat is not supported; convert again",
+            ));
+        }
+        let [x, skip] = inputs else {
+            return Err(fail(
+                op,
+                "expected two inputs: the convolution's input and the tensor added to its output",
+            ));
+        };
+        let (data, shape, xq) = quant_input(op, x)?;
+        let xs = nhwc(op, shape)?;
+        let (skip, skip_shape, skip_q) = quant_input(op, skip)?;
+        let residual = ResidualAdd {
+            skip,
+            skip_shape: nhwc(op, skip_shape)?,
+            skip_q,
+            conv_operand: if add.conv_first {
+                AddOperand::First
+            } else {
+                AddOperand::Second
+            },
+            y_q: add.output,
+            relu: add.relu,
+            rule: FloatRule::Vectorized,
+        };
+        let (y, ys) = self
+            .conv
+            .forward_add(data, xs, xq, self.output, self.activation, &residual)
+            .map_err(|e| fail(op, e))?;
+        quant_value(op, nhwc_dims(ys), y, add.output)
+    }
+
     /// The convolution and its output's dequantization (`dequantize`): NCHW f32.
     fn forward_dequantized(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
         const OP: &str = "QuantizedConv2d";

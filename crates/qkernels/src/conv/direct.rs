@@ -60,6 +60,10 @@ pub(crate) enum InputRows<'a> {
     Concat(&'a ConcatRows<'a>),
 }
 
+/// Work done on each finished output row while it is still in L1 (a fused residual add): called
+/// with the row's index among all output rows of the batch (`n * oh + oh`) and its bytes.
+pub(crate) type RowFinish<'a> = dyn Fn(usize, &mut [u8]) + Sync + 'a;
+
 /// 64 packed weight bytes, 64-byte aligned so loads never split cache lines.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -180,7 +184,9 @@ impl DirectConv {
 
     /// Convolves NHWC `x` into NHWC `y` (every byte of which it stores, so `y` may start
     /// uninitialized), finishing with `epi` ([`DirectConv::epilogue`] for
-    /// `x_zp`). The caller has checked the shapes and that the CPU runs the kernel ([`supported`]).
+    /// `x_zp`), then `finish` on each output row once all its channels are stored (on the
+    /// thread that computed it). The caller has checked the shapes and that the CPU runs the
+    /// kernel ([`supported`]).
     pub(crate) fn run(
         &self,
         x: InputRows<'_>,
@@ -188,6 +194,7 @@ impl DirectConv {
         x_zp: i32,
         epi: &Epilogue,
         y: &mut [MaybeUninit<u8>],
+        finish: Option<&RowFinish<'_>>,
     ) -> Result<()> {
         let g = &self.geometry;
         if matches!(x, InputRows::Concat(_)) && !self.needs_copy {
@@ -287,6 +294,14 @@ impl DirectConv {
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("the direct path exists on x86_64 only: {out:?}");
+                    #[cfg_attr(not(target_arch = "x86_64"), allow(unreachable_code))]
+                    if let Some(finish) = finish.filter(|_| bi + 1 == blocks.len()) {
+                        // SAFETY: the blocks cover every panel and run in order, so after the
+                        // last one the kernel has stored every byte of this row (the last
+                        // panel's tail channels by masked stores): it is initialized.
+                        let row = unsafe { &mut *(y_row as *mut [MaybeUninit<u8>] as *mut [u8]) };
+                        finish(n * oh_n + oh0 + r, row);
+                    }
                 }
             }
         });

@@ -12,6 +12,11 @@
 //! kernel's epilogue layout) are kept for the last few parameter sets (`call_cache.rs`), so a
 //! graph that calls a layer with the same parameters every time builds them once.
 //!
+//! A quantized add that reads a convolution's output (a residual connection) can run inside it
+//! ([`PackedConv2d::forward_add`]): the direct kernel hands each finished output row to the
+//! element-wise add while the row is still in L1, so the convolution's own output is never
+//! stored as a tensor and read back; the bytes are those of the separate convolution and add.
+//!
 //! ```
 //! use qkernels::conv::{ActQuant, Conv2dGeometry, ConvWeightQuant, FusedActivation, NhwcShape, PackedConv2d};
 //!
@@ -48,8 +53,9 @@ pub use layout::{nchw_f32_to_nhwc_u8, nhwc_u8_to_nchw_f32};
 pub use requant::{ActQuant, ConvRequant, ConvWeightQuant, FusedActivation};
 pub use transpose::PackedConvTranspose2d;
 
+use crate::eltwise::add_mul::InPlaceAdd;
 use crate::eltwise::cat::ConcatRows;
-use crate::eltwise::EltwisePath;
+use crate::eltwise::{AddOperand, EltwisePath, FloatRule};
 use crate::gemm::{self, KernelPath};
 use crate::{KernelError, Result};
 use call_cache::{get_or_try_init, CallCache, CallKey, ConvCall};
@@ -99,6 +105,23 @@ impl NhwcShape {
         }
         Ok(())
     }
+}
+
+/// A quantized add that follows a convolution (a residual connection, PyTorch
+/// `quantized::add` / `quantized::add_relu`), fused into it by [`PackedConv2d::forward_add`].
+#[derive(Debug, Clone, Copy)]
+pub struct ResidualAdd<'a> {
+    /// The other operand: NHWC, of the convolution's output shape.
+    pub skip: &'a [u8],
+    pub skip_shape: NhwcShape,
+    pub skip_q: ActQuant,
+    /// Which operand of the add the convolution's output is.
+    pub conv_operand: AddOperand,
+    /// The add's output parameters.
+    pub y_q: ActQuant,
+    /// `add_relu`: `max(dq(a) + dq(b), 0)` before quantizing.
+    pub relu: bool,
+    pub rule: FloatRule,
 }
 
 /// Whether `QFORGE_KERNEL=reference` forces the portable paths everywhere: the GEMM (which
@@ -290,7 +313,7 @@ impl PackedConv2d {
             if direct::supported() {
                 xs.check("conv2d", "input", x.len())?;
                 return filled(ys, |y| {
-                    self.run_direct(dc, direct::InputRows::Tensor(x), xs, x_q, y_q, activation, y)
+                    self.run_direct(dc, direct::InputRows::Tensor(x), xs, x_q, y_q, activation, y, None)
                 });
             }
         }
@@ -331,7 +354,16 @@ impl PackedConv2d {
             let (rows, xs) = ConcatRows::new(EltwisePath::best(), inputs, x_q)?;
             let _span = tracing::debug_span!("conv2d_concat", ?xs, c_out = self.geometry.c_out).entered();
             return filled(ys, |y| {
-                self.run_direct(direct, direct::InputRows::Concat(&rows), xs, x_q, y_q, activation, y)
+                self.run_direct(
+                    direct,
+                    direct::InputRows::Concat(&rows),
+                    xs,
+                    x_q,
+                    y_q,
+                    activation,
+                    y,
+                    None,
+                )
             });
         }
         let mut y = vec![0u8; ys.len()];
@@ -410,6 +442,95 @@ impl PackedConv2d {
         Ok((y, ys))
     }
 
+    /// The convolution followed by a quantized add with `add.skip` (a residual connection):
+    /// the bytes of [`PackedConv2d::forward`] (requantized to `y_q` with `activation`) then
+    /// [`crate::eltwise::add`] of that output and the skip, in the operand order
+    /// `add.conv_operand` says, into `add.y_q`. On the direct kernel the add runs on each output
+    /// row right after the kernel stores it, while the row is in L1 (the same vector code, in
+    /// place), so the convolution's own output is never stored as a tensor and read back; other
+    /// paths add over the whole output afterwards ([`PackedConv2d::adds_in_rows`] says which).
+    pub fn forward_add(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+        add: &ResidualAdd<'_>,
+    ) -> Result<(Vec<u8>, NhwcShape)> {
+        self.forward_add_on(
+            self.default_path(),
+            EltwisePath::best(),
+            x,
+            xs,
+            x_q,
+            y_q,
+            activation,
+            add,
+        )
+    }
+
+    /// Whether [`PackedConv2d::forward_add`] adds each output row as the kernel finishes it on
+    /// this CPU (the direct kernel), rather than over the whole output afterwards.
+    pub fn adds_in_rows(&self) -> bool {
+        matches!(
+            (&self.packed, self.default_path()),
+            (Packed::Gemm(_, Some(_)), ConvPath::Direct)
+        ) && direct::supported()
+    }
+
+    /// [`PackedConv2d::forward_add`] with the convolution on `path` and the add on `add_path`
+    /// (tests force each pair the CPU runs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_add_on(
+        &self,
+        path: ConvPath,
+        add_path: EltwisePath,
+        x: &[u8],
+        xs: NhwcShape,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+        add: &ResidualAdd<'_>,
+    ) -> Result<(Vec<u8>, NhwcShape)> {
+        xs.check("conv2d", "input", x.len())?;
+        let ys = self.output_shape(xs)?;
+        if add.skip_shape != ys {
+            return Err(KernelError::Shape {
+                op: "conv2d",
+                detail: format!(
+                    "the residual operand has shape {:?} but the convolution's output is {ys:?}; an added tensor must match it",
+                    add.skip_shape
+                ),
+            });
+        }
+        ys.check("conv2d", "residual operand", add.skip.len())?;
+        let adder = InPlaceAdd::new(add_path, add.conv_operand, y_q, add.skip_q, add.y_q, add.relu, add.rule)?;
+        let _span = tracing::debug_span!("conv2d_add", ?path, ?xs, c_out = self.geometry.c_out).entered();
+        if let (ConvPath::Direct, Packed::Gemm(_, Some(dc))) = (path, &self.packed) {
+            if direct::supported() {
+                let row = ys.w * ys.c;
+                let finish = |r: usize, y_row: &mut [u8]| adder.apply(y_row, &add.skip[r * row..][..row]);
+                return filled(ys, |y| {
+                    self.run_direct(
+                        dc,
+                        direct::InputRows::Tensor(x),
+                        xs,
+                        x_q,
+                        y_q,
+                        activation,
+                        y,
+                        Some(&finish),
+                    )
+                });
+            }
+        }
+        let mut y = vec![0u8; ys.len()];
+        self.run_with(path, x, xs, x_q, y_q, activation, &mut y)?;
+        adder.apply_all(&mut y, add.skip);
+        Ok((y, ys))
+    }
+
     /// Convolves the channel concatenation of `inputs` (each with its own parameters, all
     /// requantized to `x_q` as [`crate::eltwise::cat_channels`] does): the same integers as
     /// concatenating first and then calling [`PackedConv2d::run`]. Where the direct kernel
@@ -437,11 +558,13 @@ impl PackedConv2d {
             y_q,
             activation,
             as_uninit(y),
+            None,
         )
     }
 
     /// The direct kernel `dc` (this layer's) on `rows` of shape `xs` into `y`, with the call
     /// constants of these parameters (checked and cached by `call_for`).
+    /// `finish` runs on each output row once it is complete (see `direct::RowFinish`).
     #[allow(clippy::too_many_arguments)]
     fn run_direct(
         &self,
@@ -452,10 +575,11 @@ impl PackedConv2d {
         y_q: ActQuant,
         activation: FusedActivation,
         y: &mut [std::mem::MaybeUninit<u8>],
+        finish: Option<&direct::RowFinish<'_>>,
     ) -> Result<()> {
         let call = self.call_for(xs, x_q, y_q, activation, y.len())?;
         let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, &call.rq));
-        dc.run(rows, xs, x_q.zero_point, epi, y)
+        dc.run(rows, xs, x_q.zero_point, epi, y, finish)
     }
 
     /// Whether [`PackedConv2d::run_concat`] builds the concatenation inside the kernel's row
@@ -536,7 +660,14 @@ impl PackedConv2d {
             }
             (ConvPath::Direct, Packed::Gemm(_, Some(dc))) if direct::supported() => {
                 let epi = call.direct.get_or_init(|| dc.epilogue(x_q.zero_point, rq));
-                dc.run(direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, as_uninit(y))
+                dc.run(
+                    direct::InputRows::Tensor(x),
+                    xs,
+                    x_q.zero_point,
+                    epi,
+                    as_uninit(y),
+                    None,
+                )
             }
             (ConvPath::Gemm(p), Packed::Gemm(gc, _)) => {
                 let stages = get_or_try_init(&call.gemm, || {

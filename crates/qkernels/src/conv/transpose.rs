@@ -209,7 +209,7 @@ impl PackedConvTranspose2d {
             return direct.run_spread(x, xs, epi, kh, super::as_uninit(y));
         }
         let (tmp, _) = super::filled(NhwcShape::new(xs.n, xs.h, xs.w, cols), |tmp| {
-            direct.run(super::direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, tmp)
+            direct.run(super::direct::InputRows::Tensor(x), xs, x_q.zero_point, epi, tmp, None)
         })?;
         self.scatter(&tmp, xs, ys, &call, y);
         Ok(())

@@ -15,6 +15,10 @@
 //! to the lower bound as the reference does) and leave the last `len % lanes` elements to the
 //! reference. Large inputs are split into chunks across rayon threads; each element is
 //! independent, so neither the path nor the thread count changes a result.
+//!
+//! The add also runs in place, on a buffer holding one operand ([`add_in_place_on`], and a
+//! convolution's output rows as they are produced): the vector loops store each element after
+//! loading both of its operands, so the output may be an input, and the bytes are [`add_on`]'s.
 
 use rayon::prelude::*;
 
@@ -136,6 +140,102 @@ pub fn add_on(
     let p = AddParams::new(a_q, b_q, y_q, relu, rule);
     for_chunks(a, b, y, |a, b, y| add_chunk(path, a, b, y, &p));
     Ok(())
+}
+
+/// Which operand of a quantized add a buffer updated in place holds (the add's f32 sum is
+/// commutative, but the operands keep their order so the code path is the two-input one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddOperand {
+    First,
+    Second,
+}
+
+/// [`add`] in place: `y` holds one operand (`y_operand`, with parameters `y_in_q`) and receives
+/// `quantize(dq(a) + dq(b))` with parameters `y_q`, the bytes [`add_on`] writes for the same
+/// operands on the same path. A residual connection fused into the convolution that produces
+/// one operand applies it this way (`PackedConv2d::forward_add`).
+#[allow(clippy::too_many_arguments)]
+pub fn add_in_place_on(
+    path: EltwisePath,
+    y: &mut [u8],
+    y_operand: AddOperand,
+    y_in_q: ActQuant,
+    other: &[u8],
+    other_q: ActQuant,
+    y_q: ActQuant,
+    relu: bool,
+    rule: FloatRule,
+) -> Result<()> {
+    check_same_len("add", y.len(), other.len())?;
+    InPlaceAdd::new(path, y_operand, y_in_q, other_q, y_q, relu, rule)?.apply_all(y, other);
+    Ok(())
+}
+
+/// A quantized add applied in place to pieces of one operand (rows of a convolution's output
+/// as they are produced), each on the calling thread.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InPlaceAdd {
+    path: EltwisePath,
+    params: AddParams,
+    y_first: bool,
+}
+
+impl InPlaceAdd {
+    /// The add of operand `y_operand` (parameters `y_in_q`) and another (`other_q`) into `y_q`
+    /// on `path` (an error unless the CPU runs it).
+    pub(crate) fn new(
+        path: EltwisePath,
+        y_operand: AddOperand,
+        y_in_q: ActQuant,
+        other_q: ActQuant,
+        y_q: ActQuant,
+        relu: bool,
+        rule: FloatRule,
+    ) -> Result<InPlaceAdd> {
+        path.check("add")?;
+        let y_first = y_operand == AddOperand::First;
+        let (a_q, b_q) = if y_first { (y_in_q, other_q) } else { (other_q, y_in_q) };
+        Ok(InPlaceAdd {
+            path,
+            params: AddParams::new(a_q, b_q, y_q, relu, rule),
+            y_first,
+        })
+    }
+
+    /// [`InPlaceAdd::apply`] over a whole tensor, in chunks across rayon threads.
+    pub(crate) fn apply_all(&self, y: &mut [u8], other: &[u8]) {
+        if y.len() <= CHUNK {
+            self.apply(y, other);
+        } else {
+            y.par_chunks_mut(CHUNK)
+                .zip(other.par_chunks(CHUNK))
+                .for_each(|(y, o)| self.apply(y, o));
+        }
+    }
+
+    /// `y = add(y, other)` element by element (operands in the order given to `new`): the
+    /// vector path's loop with the output on its input, then [`AddParams::one`] on the tail,
+    /// as in [`add_on`]. `y` and `other` have the same length.
+    pub(crate) fn apply(&self, y: &mut [u8], other: &[u8]) {
+        debug_assert_eq!(y.len(), other.len());
+        let p = &self.params;
+        let done = match self.path {
+            EltwisePath::Portable => 0,
+            // SAFETY: `new` checked that the CPU has the path's features; `apply`'s callers pass
+            // slices of equal length.
+            #[cfg(target_arch = "x86_64")]
+            EltwisePath::Avx2 => unsafe { super::x86_avx2::add_in_place(y, other, self.y_first, p) },
+            #[cfg(target_arch = "x86_64")]
+            EltwisePath::Avx512 | EltwisePath::Avx512Vbmi => unsafe {
+                super::x86_avx512::add_in_place(y, other, self.y_first, p)
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => 0,
+        };
+        for (o, &q) in y[done..].iter_mut().zip(&other[done..]) {
+            *o = if self.y_first { p.one(*o, q) } else { p.one(q, *o) };
+        }
+    }
 }
 
 /// `y = requantize((a - zp_a) * (b - zp_b))`, with an optional fused ReLU, on the fastest path.

@@ -21,7 +21,7 @@ mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
 mod x86_vbmi;
 
-pub use add_mul::{add, add_on, mul, mul_on};
+pub use add_mul::{add, add_in_place_on, add_on, mul, mul_on, AddOperand};
 pub use cat::{cat_channels, cat_channels_on};
 pub use lut::ActivationLut;
 pub use path::EltwisePath;

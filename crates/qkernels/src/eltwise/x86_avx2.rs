@@ -32,26 +32,53 @@ unsafe fn store8(p: *mut u8, t: __m256, lo: __m256, hi: __m256, zp: __m256i) {
     unsafe { _mm_storel_epi64(p as *mut __m128i, _mm256_castsi256_si128(v)) }
 }
 
-/// Quantized add of the first `len / 8 * 8` elements; returns how many it wrote. Equal lengths.
+/// Quantized add of the first `len / 8 * 8` elements; returns how many it wrote.
+/// `a`, `b` and `y` have the same length.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn add(a: &[u8], b: &[u8], y: &mut [u8], p: &AddParams) -> usize {
+    let n = a.len().min(b.len()).min(y.len()) / 8 * 8;
+    // SAFETY: `n` elements are readable at `a`, `b` and writable at `y` (distinct slices).
+    unsafe { add_raw(a.as_ptr(), b.as_ptr(), y.as_mut_ptr(), n, p) }
+}
+
+/// [`add`] in place: `y[i] = add(y[i], other[i])` (or `add(other[i], y[i])` when `y_first` is
+/// false) for the first `len / 8 * 8` elements; returns how many it wrote. Equal lengths.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn add_in_place(y: &mut [u8], other: &[u8], y_first: bool, p: &AddParams) -> usize {
+    let n = y.len().min(other.len()) / 8 * 8;
+    let (o, y) = (other.as_ptr(), y.as_mut_ptr());
+    let (a, b) = if y_first {
+        (y.cast_const(), o)
+    } else {
+        (o, y.cast_const())
+    };
+    // SAFETY: `n` elements are readable at `other` and readable and writable at `y`; `add_raw`
+    // allows its output to be one of its inputs.
+    unsafe { add_raw(a, b, y, n, p) }
+}
+
+/// The add loop on `n` (a multiple of 8) elements at raw pointers. `y` may equal `a` or `b`:
+/// each step loads its 8 elements of both inputs before it stores the same 8 outputs, and
+/// no step reads an element another step stores.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn add_raw(a: *const u8, b: *const u8, y: *mut u8, n: usize, p: &AddParams) -> usize {
     match (p.rule, p.relu) {
-        (super::FloatRule::Vectorized, false) => unsafe { add_impl::<true, false>(a, b, y, p) },
-        (super::FloatRule::Vectorized, true) => unsafe { add_impl::<true, true>(a, b, y, p) },
-        (super::FloatRule::Scalar, false) => unsafe { add_impl::<false, false>(a, b, y, p) },
-        (super::FloatRule::Scalar, true) => unsafe { add_impl::<false, true>(a, b, y, p) },
+        (super::FloatRule::Vectorized, false) => unsafe { add_impl::<true, false>(a, b, y, n, p) },
+        (super::FloatRule::Vectorized, true) => unsafe { add_impl::<true, true>(a, b, y, n, p) },
+        (super::FloatRule::Scalar, false) => unsafe { add_impl::<false, false>(a, b, y, n, p) },
+        (super::FloatRule::Scalar, true) => unsafe { add_impl::<false, true>(a, b, y, n, p) },
     }
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn add_impl<const FUSED_DEQUANTIZE: bool, const RELU: bool>(
-    a: &[u8],
-    b: &[u8],
-    y: &mut [u8],
+    pa_ptr: *const u8,
+    pb_ptr: *const u8,
+    py_ptr: *mut u8,
+    n: usize,
     p: &AddParams,
 ) -> usize {
-    let n = a.len().min(b.len()).min(y.len()) / 8 * 8;
     let (sa, sb) = (_mm256_set1_ps(p.a_scale), _mm256_set1_ps(p.b_scale));
     let (pa, pb) = (_mm256_set1_ps(p.a_premul), _mm256_set1_ps(p.b_premul));
     let (za, zb) = (
@@ -63,10 +90,9 @@ unsafe fn add_impl<const FUSED_DEQUANTIZE: bool, const RELU: bool>(
     let hi = _mm256_set1_ps((255 - p.y_zero_point) as f32);
     let zp = _mm256_set1_epi32(p.y_zero_point);
     let zero = _mm256_setzero_ps();
-    let (pa_ptr, pb_ptr, py_ptr) = (a.as_ptr(), b.as_ptr(), y.as_mut_ptr());
     let mut i = 0;
     while i < n {
-        // SAFETY: i + 8 <= n <= every length.
+        // SAFETY: i + 8 <= n, and the caller guarantees `n` elements at each pointer.
         unsafe {
             let (qa, qb) = (load8(pa_ptr.add(i)), load8(pb_ptr.add(i)));
             let (da, db) = if FUSED_DEQUANTIZE {

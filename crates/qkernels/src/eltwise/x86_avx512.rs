@@ -34,23 +34,49 @@ unsafe fn store16(p: *mut u8, t: __m512, lo: __m512, hi: __m512, zp: __m512i) {
 /// `a`, `b` and `y` have the same length.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 pub(super) unsafe fn add(a: &[u8], b: &[u8], y: &mut [u8], p: &AddParams) -> usize {
+    let n = a.len().min(b.len()).min(y.len()) / 16 * 16;
+    // SAFETY: `n` elements are readable at `a`, `b` and writable at `y` (distinct slices).
+    unsafe { add_raw(a.as_ptr(), b.as_ptr(), y.as_mut_ptr(), n, p) }
+}
+
+/// [`add`] in place: `y[i] = add(y[i], other[i])` (or `add(other[i], y[i])` when `y_first` is
+/// false) for the first `len / 16 * 16` elements; returns how many it wrote. Equal lengths.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+pub(super) unsafe fn add_in_place(y: &mut [u8], other: &[u8], y_first: bool, p: &AddParams) -> usize {
+    let n = y.len().min(other.len()) / 16 * 16;
+    let (o, y) = (other.as_ptr(), y.as_mut_ptr());
+    let (a, b) = if y_first {
+        (y.cast_const(), o)
+    } else {
+        (o, y.cast_const())
+    };
+    // SAFETY: `n` elements are readable at `other` and readable and writable at `y`; `add_raw`
+    // allows its output to be one of its inputs.
+    unsafe { add_raw(a, b, y, n, p) }
+}
+
+/// The add loop on `n` (a multiple of 16) elements at raw pointers. `y` may equal `a` or `b`:
+/// each step loads its 16 elements of both inputs before it stores the same 16 outputs, and
+/// no step reads an element another step stores.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+unsafe fn add_raw(a: *const u8, b: *const u8, y: *mut u8, n: usize, p: &AddParams) -> usize {
     match (p.rule, p.relu) {
-        (super::FloatRule::Vectorized, false) => unsafe { add_impl::<true, false>(a, b, y, p) },
-        (super::FloatRule::Vectorized, true) => unsafe { add_impl::<true, true>(a, b, y, p) },
-        (super::FloatRule::Scalar, false) => unsafe { add_impl::<false, false>(a, b, y, p) },
-        (super::FloatRule::Scalar, true) => unsafe { add_impl::<false, true>(a, b, y, p) },
+        (super::FloatRule::Vectorized, false) => unsafe { add_impl::<true, false>(a, b, y, n, p) },
+        (super::FloatRule::Vectorized, true) => unsafe { add_impl::<true, true>(a, b, y, n, p) },
+        (super::FloatRule::Scalar, false) => unsafe { add_impl::<false, false>(a, b, y, n, p) },
+        (super::FloatRule::Scalar, true) => unsafe { add_impl::<false, true>(a, b, y, n, p) },
     }
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 unsafe fn add_impl<const FUSED_DEQUANTIZE: bool, const RELU: bool>(
-    a: &[u8],
-    b: &[u8],
-    y: &mut [u8],
+    pa_ptr: *const u8,
+    pb_ptr: *const u8,
+    py_ptr: *mut u8,
+    n: usize,
     p: &AddParams,
 ) -> usize {
-    let n = a.len().min(b.len()).min(y.len()) / 16 * 16;
     let (sa, sb) = (_mm512_set1_ps(p.a_scale), _mm512_set1_ps(p.b_scale));
     let (pa, pb) = (_mm512_set1_ps(p.a_premul), _mm512_set1_ps(p.b_premul));
     let (za, zb) = (
@@ -62,10 +88,9 @@ unsafe fn add_impl<const FUSED_DEQUANTIZE: bool, const RELU: bool>(
     let hi = _mm512_set1_ps((255 - p.y_zero_point) as f32);
     let zp = _mm512_set1_epi32(p.y_zero_point);
     let zero = _mm512_setzero_ps();
-    let (pa_ptr, pb_ptr, py_ptr) = (a.as_ptr(), b.as_ptr(), y.as_mut_ptr());
     let mut i = 0;
     while i < n {
-        // SAFETY: i + 16 <= n <= every length.
+        // SAFETY: i + 16 <= n, and the caller guarantees `n` elements at each pointer.
         unsafe {
             let (qa, qb) = (load16(pa_ptr.add(i)), load16(pb_ptr.add(i)));
             let (da, db) = if FUSED_DEQUANTIZE {
