@@ -14,7 +14,9 @@
 //!   channels past the last multiple of 16 go through PyTorch's scalar code, which multiplies by
 //!   `1 / (1 / m)` instead.
 //!
-//! Outputs are split by rows across rayon threads; each output is computed independently.
+//! Outputs are split by rows across threads; each output is computed independently.
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -123,53 +125,106 @@ pub fn max_pool2d(x: &[u8], xs: NhwcShape, pool: &Pool2d) -> Result<(Vec<u8>, Nh
     max_pool2d_on(EltwisePath::best(), x, xs, pool)
 }
 
-/// [`max_pool2d`] on a chosen path: the portable loop (the oracle) or the separable,
-/// channel-blocked loop compiled for AVX2 or AVX-512, whose fixed-width blocks become one vector
-/// max per tap (see `max_pool_row_blocked`).
+/// Output bytes per task when the rows are split across threads (a few rows of a large
+/// pooling, many of a small one).
+const TASK_BYTES: usize = 16 << 10;
+
+/// [`max_pool2d`] on a chosen path: the portable loop (the oracle), the separable,
+/// channel-blocked loop compiled for AVX2 (see `max_pool_row_blocked`), or the AVX-512 rows of
+/// `max_pool_avx512` (a dedicated 2x2 stride-2 kernel, masked channel blocks otherwise).
 pub fn max_pool2d_on(path: EltwisePath, x: &[u8], xs: NhwcShape, pool: &Pool2d) -> Result<(Vec<u8>, NhwcShape)> {
     xs.check("max_pool2d", "input", x.len())?;
     path.check("max_pool2d")?;
     let (oh_n, ow_n) = pool.output_hw("max_pool2d", xs.h, xs.w)?;
     let ys = NhwcShape::new(xs.n, oh_n, ow_n, xs.c);
-    let mut y = vec![0u8; ys.len()];
     if ys.is_empty() {
-        return Ok((y, ys));
+        return Ok((Vec::new(), ys));
     }
-    // The column maxima of one output row (a scratch row per rayon task, reused across rows).
-    let columns = || Vec::<u8>::with_capacity(xs.w * xs.c);
-    y.par_chunks_mut(ow_n * xs.c)
+    let row_len = ow_n * xs.c;
+    let band = (TASK_BYTES / row_len).clamp(1, oh_n);
+    // The output is written once, without being zeroed first.
+    let mut y: Vec<u8> = Vec::with_capacity(ys.len());
+    let bands: Vec<(usize, usize, &mut [MaybeUninit<u8>])> = y.spare_capacity_mut()[..ys.len()]
+        .chunks_mut(oh_n * row_len)
         .enumerate()
-        .for_each_init(columns, |columns, (row, out)| {
-            let (n, oh) = (row / oh_n, row % oh_n);
+        .flat_map(|(n, image)| {
+            image
+                .chunks_mut(band * row_len)
+                .enumerate()
+                .map(move |(b, rows)| (n, b * band, rows))
+        })
+        .collect();
+    crate::team::for_each_item(rayon::current_num_threads(), bands, &|(n, first, rows)| {
+        let mut columns = Vec::new();
+        for (i, out) in rows.chunks_exact_mut(row_len).enumerate() {
+            let oh = first + i;
             match path {
                 EltwisePath::Portable => max_pool_row_portable(x, xs, pool, n, oh, out),
-                // SAFETY: `path.check` confirmed the CPU features.
+                // SAFETY: `path.check` confirmed the CPU features; `x` holds `xs`, and `out` is
+                // output row `(n, oh)` of `ys`, both as the kernels require.
                 #[cfg(target_arch = "x86_64")]
-                EltwisePath::Avx2 => unsafe { max_pool_row_avx2(x, xs, pool, n, oh, out, columns) },
+                EltwisePath::Avx2 => unsafe { max_pool_row_avx2(x, xs, pool, n, oh, out, &mut columns) },
                 #[cfg(target_arch = "x86_64")]
                 EltwisePath::Avx512 | EltwisePath::Avx512Vbmi => unsafe {
-                    max_pool_row_avx512(x, xs, pool, n, oh, out, columns)
+                    super::max_pool_avx512::max_pool_row(x, xs, pool, n, oh, out)
                 },
                 #[cfg(not(target_arch = "x86_64"))]
-                _ => {
-                    let _ = columns;
-                    max_pool_row_portable(x, xs, pool, n, oh, out)
-                }
+                _ => max_pool_row_portable(x, xs, pool, n, oh, out),
             }
-        });
+        }
+        let _ = &mut columns;
+    });
+    // SAFETY: the bands cover the first `ys.len()` bytes in whole rows, and every row kernel
+    // stores each byte of its row (every pixel, every channel).
+    unsafe { y.set_len(ys.len()) };
     Ok((y, ys))
 }
 
+/// The window taps `k` in `0..kernel` whose input position `o * stride + k * dilation - padding`
+/// lies inside `0..len`: a contiguous range, as the positions grow with `k`.
+pub(super) fn taps_inside(
+    o: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    padding: usize,
+    len: usize,
+) -> std::ops::Range<usize> {
+    let start = o * stride;
+    if len == 0 || start > len - 1 + padding {
+        return 0..0;
+    }
+    // Dilation 1 (almost every pooling) without the divisions.
+    let (first, end) = if dilation == 1 {
+        (padding.saturating_sub(start), (len + padding - start).min(kernel))
+    } else {
+        (
+            padding.saturating_sub(start).div_ceil(dilation),
+            ((len - 1 + padding - start) / dilation + 1).min(kernel),
+        )
+    };
+    first.min(end)..end
+}
+
 /// One output row of max pooling, one channel at a time from 0 (the reference).
-fn max_pool_row_portable(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [u8]) {
-    for ow in 0..out.len() / xs.c {
-        let o = &mut out[ow * xs.c..(ow + 1) * xs.c];
-        o.fill(0);
+fn max_pool_row_portable(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [MaybeUninit<u8>]) {
+    let mut acc = vec![0u8; xs.c];
+    for (ow, o) in out.chunks_exact_mut(xs.c).enumerate() {
+        acc.fill(0);
         for at in window_offsets(xs, pool, n, oh, ow) {
-            for (m, &v) in o.iter_mut().zip(&x[at..at + xs.c]) {
+            for (m, &v) in acc.iter_mut().zip(&x[at..at + xs.c]) {
                 *m = (*m).max(v);
             }
         }
+        store(o, &acc);
+    }
+}
+
+/// `out[i] = src[i]` (the slices have the same length).
+#[inline(always)]
+fn store(out: &mut [MaybeUninit<u8>], src: &[u8]) {
+    for (o, &v) in out.iter_mut().zip(src) {
+        o.write(v);
     }
 }
 
@@ -231,7 +286,7 @@ fn max_pool_row_blocked(
     pool: &Pool2d,
     n: usize,
     oh: usize,
-    out: &mut [u8],
+    out: &mut [MaybeUninit<u8>],
     columns: &mut Vec<u8>,
 ) {
     let c = xs.c;
@@ -251,7 +306,7 @@ fn max_pool_row_blocked(
     }
     if columns.is_empty() {
         // No in-bounds row (PyTorch's output-shape rule never makes one): nothing wins.
-        out.fill(0);
+        store(out, &vec![0u8; out.len()]);
         return;
     }
     let mut offsets = Vec::with_capacity(pool.kernel.1);
@@ -265,19 +320,19 @@ fn max_pool_row_blocked(
         }
         let mut ch = 0;
         while ch + 64 <= c {
-            o[ch..ch + 64].copy_from_slice(&max_block::<64>(columns, &offsets, ch));
+            store(&mut o[ch..ch + 64], &max_block::<64>(columns, &offsets, ch));
             ch += 64;
         }
         while ch + 32 <= c {
-            o[ch..ch + 32].copy_from_slice(&max_block::<32>(columns, &offsets, ch));
+            store(&mut o[ch..ch + 32], &max_block::<32>(columns, &offsets, ch));
             ch += 32;
         }
         while ch + 16 <= c {
-            o[ch..ch + 16].copy_from_slice(&max_block::<16>(columns, &offsets, ch));
+            store(&mut o[ch..ch + 16], &max_block::<16>(columns, &offsets, ch));
             ch += 16;
         }
         while ch < c {
-            o[ch] = max_block::<1>(columns, &offsets, ch)[0];
+            o[ch].write(max_block::<1>(columns, &offsets, ch)[0]);
             ch += 1;
         }
     }
@@ -292,22 +347,7 @@ unsafe fn max_pool_row_avx2(
     pool: &Pool2d,
     n: usize,
     oh: usize,
-    out: &mut [u8],
-    columns: &mut Vec<u8>,
-) {
-    max_pool_row_blocked(x, xs, pool, n, oh, out, columns)
-}
-
-/// [`max_pool_row_blocked`] compiled for AVX-512. Safety: the CPU has AVX-512 F/BW/VL.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn max_pool_row_avx512(
-    x: &[u8],
-    xs: NhwcShape,
-    pool: &Pool2d,
-    n: usize,
-    oh: usize,
-    out: &mut [u8],
+    out: &mut [MaybeUninit<u8>],
     columns: &mut Vec<u8>,
 ) {
     max_pool_row_blocked(x, xs, pool, n, oh, out, columns)
