@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use super::pool::{taps_inside, Pool2d};
+use super::pool::{is_whole_2x2, taps_inside, Pool2d};
 use crate::conv::NhwcShape;
 
 /// The low `bytes` lanes of a 64-byte mask (`bytes <= 64`).
@@ -29,17 +29,11 @@ fn low_lanes(bytes: usize) -> __mmask64 {
     }
 }
 
-/// Whether [`max_pool_row`] takes the dedicated 2x2 stride-2 kernel: no padding or dilation,
-/// every window whole (floor mode, or ceil mode that adds no partial window), and a channel
-/// count that a 64-byte block holds whole pixels of, or that is whole blocks.
-fn pairs_apply(xs: NhwcShape, pool: &Pool2d, ow_n: usize) -> bool {
-    pool.kernel == (2, 2)
-        && pool.stride == (2, 2)
-        && pool.padding == (0, 0)
-        && pool.dilation == (1, 1)
-        && 2 * ow_n <= xs.w
-        && xs.c.is_multiple_of(8)
-        && (64 % xs.c == 0 || xs.c.is_multiple_of(64))
+/// Whether [`max_pool_row`] takes the dedicated 2x2 stride-2 kernel for row `oh`: whole
+/// windows ([`is_whole_2x2`]) and a channel count that a 64-byte block holds whole pixels of,
+/// or that is whole blocks.
+fn pairs_apply(xs: NhwcShape, pool: &Pool2d, oh: usize, ow_n: usize) -> bool {
+    is_whole_2x2(xs, pool, oh, ow_n) && xs.c.is_multiple_of(8) && (64 % xs.c == 0 || xs.c.is_multiple_of(64))
 }
 
 /// Output row `(n, oh)` of max pooling (see the module docs for the contract).
@@ -52,10 +46,8 @@ pub(super) unsafe fn max_pool_row(
     oh: usize,
     out: &mut [MaybeUninit<u8>],
 ) {
-    let ow_n = out.len() / xs.c;
-    // A whole 2x2 window needs input row 2 * oh + 1 (ceil mode may leave a last half window).
-    if pairs_apply(xs, pool, ow_n) && 2 * oh + 1 < xs.h {
-        // SAFETY: the caller's contract, and the checks above (rows 2 * oh and 2 * oh + 1 exist,
+    if pairs_apply(xs, pool, oh, out.len() / xs.c) {
+        // SAFETY: the caller's contract, and `is_whole_2x2` (rows 2 * oh and 2 * oh + 1 exist,
         // 2 * ow_n columns fit in a row).
         unsafe { row_pairs(x, xs, n, oh, out) }
     } else {
@@ -65,7 +57,7 @@ pub(super) unsafe fn max_pool_row(
 }
 
 /// `out[ow][ch] = max` of input rows `2 oh`, `2 oh + 1`, columns `2 ow`, `2 ow + 1`, channel
-/// `ch`. Needs [`pairs_apply`] and `2 * oh + 1 < xs.h`.
+/// `ch`. Needs [`pairs_apply`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn row_pairs(x: &[u8], xs: NhwcShape, n: usize, oh: usize, out: &mut [MaybeUninit<u8>]) {
     let c = xs.c;
