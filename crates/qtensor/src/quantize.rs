@@ -311,6 +311,7 @@ pub fn dequantize_portable<T: QStorage>(src: &[T], dst: &mut [f32], scale: f32, 
     }
 }
 
+/// Whether any value is NaN or infinite (no early exit, so the compiler vectorizes it).
 #[inline(always)]
 pub(crate) fn any_non_finite_portable(values: &[f32]) -> bool {
     values.iter().fold(false, |bad, v| bad | !v.is_finite())
