@@ -141,6 +141,26 @@ proptest! {
         }
     }
 
+    /// The dedicated 2x2 stride-2 kernel: channel counts it takes (8, 16, 32, 64 and multiples
+    /// of 64) and ones it leaves to the general kernel, even and odd sizes (a dropped last row or
+    /// column, ceil mode's half windows), rows whose length is not a multiple of 64 bytes.
+    #[test]
+    fn max_pool_2x2_paths_match_reference(
+        c in prop::sample::select(vec![8usize, 16, 32, 64, 128, 192, 3, 24, 40, 96]), n in 1usize..3,
+        h in 1usize..12, w in 2usize..40, ceil in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let pool = Pool2d::new(2, 2).with_ceil_mode(ceil);
+        let xs = NhwcShape::new(n, h.max(2), w, c);
+        let x = bytes(xs.len(), seed);
+        let expected = eltwise::max_pool2d_on(EltwisePath::Portable, &x, xs, &pool).unwrap();
+        for path in EltwisePath::available() {
+            for threads in [1, 2, 3] {
+                let got = on_threads(threads, || eltwise::max_pool2d_on(path, &x, xs, &pool)).unwrap();
+                prop_assert_eq!(&got, &expected, "{:?} on {} threads", path, threads);
+            }
+        }
+    }
+
     #[test]
     fn layout_conversions_match_elementwise_formula(
         c in 1usize..9, n in 1usize..3, h in 1usize..70, w in 1usize..70, scale in 0usize..9, zp in any::<u8>(),
@@ -316,4 +336,44 @@ fn unavailable_inputs_are_refused() {
     assert!(eltwise::add(&[1, 2], q, &[1, 2], q, q, false, FloatRule::Vectorized, &mut y).is_err());
     assert!(eltwise::mul(&[], q, &[], q, q, false, &mut []).is_err());
     assert!(eltwise::cat_channels(&[], q).is_err());
+}
+
+/// A UNet-sized 2x2 pooling (rows of several 64-byte blocks, many rows per thread) and a
+/// ResNet-style 3x3 stride-2 padded one, on every path and thread count, against the reference.
+#[test]
+fn model_sized_max_pools_match_reference() {
+    let cases = [
+        (NhwcShape::new(1, 64, 66, 32), Pool2d::new(2, 2)),
+        (NhwcShape::new(2, 33, 35, 64), Pool2d::new(2, 2)),
+        (
+            NhwcShape::new(1, 29, 31, 64),
+            Pool2d::new(3, 3).with_stride(2, 2).with_padding(1, 1),
+        ),
+    ];
+    for (xs, pool) in cases {
+        let x = bytes(xs.len(), xs.len() as u64);
+        let expected = eltwise::max_pool2d_on(EltwisePath::Portable, &x, xs, &pool).unwrap();
+        for path in EltwisePath::available() {
+            for threads in [1, 2, 3] {
+                let got = on_threads(threads, || eltwise::max_pool2d_on(path, &x, xs, &pool)).unwrap();
+                assert_eq!(got, expected, "{xs:?} {pool:?} on {path:?}, {threads} threads");
+            }
+        }
+    }
+}
+
+/// Malformed poolings are errors that say what is wrong, on every path.
+#[test]
+fn bad_max_pools_are_refused() {
+    let xs = NhwcShape::new(1, 4, 4, 8);
+    let x = vec![0u8; xs.len()];
+    for path in EltwisePath::available() {
+        let err =
+            |x: &[u8], xs: NhwcShape, pool: Pool2d| eltwise::max_pool2d_on(path, x, xs, &pool).unwrap_err().to_string();
+        assert!(err(&x[1..], xs, Pool2d::new(2, 2)).contains("needs 128 values"));
+        assert!(err(&x, xs, Pool2d::new(0, 2)).contains("must be positive"));
+        assert!(err(&x, xs, Pool2d::new(5, 5)).contains("smaller than the pooling window"));
+        assert!(err(&x, xs, Pool2d::new(2, 2).with_padding(2, 0)).contains("at most half the kernel"));
+        assert!(err(&[], NhwcShape::new(1, 0, 4, 8), Pool2d::new(1, 1)).contains("empty"));
+    }
 }

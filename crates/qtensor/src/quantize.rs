@@ -311,10 +311,31 @@ pub fn dequantize_portable<T: QStorage>(src: &[T], dst: &mut [f32], scale: f32, 
     }
 }
 
+/// Whether any value is NaN or infinite (no early exit, so the compiler vectorizes it).
+#[inline(always)]
+pub(crate) fn any_non_finite_portable(values: &[f32]) -> bool {
+    values.iter().fold(false, |bad, v| bad | !v.is_finite())
+}
+
 /// Returns the index and value of the first non-finite element, if any.
 pub fn first_non_finite(values: &[f32]) -> Option<(usize, f32)> {
+    first_non_finite_with(ElementPath::best(), values)
+}
+
+/// [`first_non_finite`] with the scan compiled for `path` (the same comparisons on more lanes
+/// at once; tests force each path the CPU has). A path the CPU lacks scans portably.
+pub fn first_non_finite_with(path: ElementPath, values: &[f32]) -> Option<(usize, f32)> {
     // A sum-free scan that the compiler vectorises; the slow search runs only on failure.
-    if values.iter().fold(false, |bad, v| bad | !v.is_finite()) {
+    let any = match path {
+        // SAFETY: `is_available` confirmed the CPU features.
+        #[cfg(target_arch = "x86_64")]
+        ElementPath::Avx512 if path.is_available() => unsafe { crate::simd::any_non_finite_avx512(values) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        ElementPath::Avx2 if path.is_available() => unsafe { crate::simd::any_non_finite_avx2(values) },
+        _ => any_non_finite_portable(values),
+    };
+    if any {
         values.iter().copied().enumerate().find(|(_, v)| !v.is_finite())
     } else {
         None

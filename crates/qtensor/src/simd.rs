@@ -22,6 +22,19 @@ pub fn has_avx512() -> bool {
     is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")
 }
 
+/// [`crate::quantize::any_non_finite_portable`] compiled for AVX-512. Safety: the CPU has
+/// AVX-512 F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn any_non_finite_avx512(values: &[f32]) -> bool {
+    crate::quantize::any_non_finite_portable(values)
+}
+
+/// [`crate::quantize::any_non_finite_portable`] compiled for AVX2. Safety: the CPU has AVX2.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn any_non_finite_avx2(values: &[f32]) -> bool {
+    crate::quantize::any_non_finite_portable(values)
+}
+
 /// Byte flavour of an 8-bit storage type, or `None` for wider types (left to the portable code).
 fn byte_kind<T: 'static>() -> Option<bool> {
     if TypeId::of::<T>() == TypeId::of::<u8>() {

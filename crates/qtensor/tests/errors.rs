@@ -92,3 +92,29 @@ fn invalid_quant_ranges() {
     let spec = QuantSpec::new(DType::QUInt8, Scheme::Symmetric).with_reduce_range(true);
     assert!(spec.qparams_from_range(-1.0, 1.0).is_err());
 }
+
+/// Every non-finite value is found, wherever it sits (the vector scan's full blocks or its
+/// tail, the first or the last value), with its index; large finite values and -0.0 are not.
+#[test]
+fn first_non_finite_finds_each_position() {
+    use qtensor::quantize::{first_non_finite_with, ElementPath};
+    for path in ElementPath::available() {
+        let first_non_finite = |x: &[f32]| first_non_finite_with(path, x);
+        for len in [1usize, 7, 8, 15, 16, 63, 64, 65, 200, 1031] {
+            let clean: Vec<f32> = (0..len).map(|i| [3e38, -3e38, -0.0, 1.5][i % 4]).collect();
+            assert_eq!(first_non_finite(&clean), None);
+            for at in [0, len / 2, len - 1] {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut x = clean.clone();
+                    x[at] = bad;
+                    if at + 1 < len {
+                        x[len - 1] = f32::NAN;
+                    }
+                    let (index, value) = first_non_finite(&x).expect("a non-finite value");
+                    assert_eq!(index, at, "length {len} on {path:?}");
+                    assert_eq!(value.to_bits(), bad.to_bits());
+                }
+            }
+        }
+    }
+}

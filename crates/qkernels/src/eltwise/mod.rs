@@ -11,6 +11,8 @@
 pub mod add_mul;
 pub mod cat;
 pub mod lut;
+#[cfg(target_arch = "x86_64")]
+mod max_pool_avx512;
 pub mod path;
 pub mod pool;
 pub mod resize;

@@ -14,7 +14,9 @@
 //!   channels past the last multiple of 16 go through PyTorch's scalar code, which multiplies by
 //!   `1 / (1 / m)` instead.
 //!
-//! Outputs are split by rows across rayon threads; each output is computed independently.
+//! Outputs are split by rows across threads; each output is computed independently.
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -123,53 +125,104 @@ pub fn max_pool2d(x: &[u8], xs: NhwcShape, pool: &Pool2d) -> Result<(Vec<u8>, Nh
     max_pool2d_on(EltwisePath::best(), x, xs, pool)
 }
 
-/// [`max_pool2d`] on a chosen path: the portable loop (the oracle) or the separable,
-/// channel-blocked loop compiled for AVX2 or AVX-512, whose fixed-width blocks become one vector
-/// max per tap (see `max_pool_row_blocked`).
+/// Output bytes per task when the rows are split across threads (a few rows of a large
+/// pooling, many of a small one).
+const TASK_BYTES: usize = 16 << 10;
+
+/// [`max_pool2d`] on a chosen path: the portable loop (the oracle), the channel-blocked loop
+/// compiled for AVX2 (see `max_pool_row_blocked`), or the AVX-512 rows of
+/// `max_pool_avx512` (a dedicated 2x2 stride-2 kernel, masked channel blocks otherwise).
 pub fn max_pool2d_on(path: EltwisePath, x: &[u8], xs: NhwcShape, pool: &Pool2d) -> Result<(Vec<u8>, NhwcShape)> {
     xs.check("max_pool2d", "input", x.len())?;
     path.check("max_pool2d")?;
     let (oh_n, ow_n) = pool.output_hw("max_pool2d", xs.h, xs.w)?;
     let ys = NhwcShape::new(xs.n, oh_n, ow_n, xs.c);
-    let mut y = vec![0u8; ys.len()];
     if ys.is_empty() {
-        return Ok((y, ys));
+        return Ok((Vec::new(), ys));
     }
-    // The column maxima of one output row (a scratch row per rayon task, reused across rows).
-    let columns = || Vec::<u8>::with_capacity(xs.w * xs.c);
-    y.par_chunks_mut(ow_n * xs.c)
+    let row_len = ow_n * xs.c;
+    let band = (TASK_BYTES / row_len).clamp(1, oh_n);
+    // The output is written once, without being zeroed first.
+    let mut y: Vec<u8> = Vec::with_capacity(ys.len());
+    let bands: Vec<(usize, usize, &mut [MaybeUninit<u8>])> = y.spare_capacity_mut()[..ys.len()]
+        .chunks_mut(oh_n * row_len)
         .enumerate()
-        .for_each_init(columns, |columns, (row, out)| {
-            let (n, oh) = (row / oh_n, row % oh_n);
+        .flat_map(|(n, image)| {
+            image
+                .chunks_mut(band * row_len)
+                .enumerate()
+                .map(move |(b, rows)| (n, b * band, rows))
+        })
+        .collect();
+    crate::team::for_each_item(rayon::current_num_threads(), bands, &|(n, first, rows)| {
+        for (i, out) in rows.chunks_exact_mut(row_len).enumerate() {
+            let oh = first + i;
             match path {
                 EltwisePath::Portable => max_pool_row_portable(x, xs, pool, n, oh, out),
-                // SAFETY: `path.check` confirmed the CPU features.
+                // SAFETY: `path.check` confirmed the CPU features; `x` holds `xs`, and `out` is
+                // output row `(n, oh)` of `ys`, both as the kernels require.
                 #[cfg(target_arch = "x86_64")]
-                EltwisePath::Avx2 => unsafe { max_pool_row_avx2(x, xs, pool, n, oh, out, columns) },
+                EltwisePath::Avx2 => unsafe { max_pool_row_avx2(x, xs, pool, n, oh, out) },
                 #[cfg(target_arch = "x86_64")]
                 EltwisePath::Avx512 | EltwisePath::Avx512Vbmi => unsafe {
-                    max_pool_row_avx512(x, xs, pool, n, oh, out, columns)
+                    super::max_pool_avx512::max_pool_row(x, xs, pool, n, oh, out)
                 },
                 #[cfg(not(target_arch = "x86_64"))]
-                _ => {
-                    let _ = columns;
-                    max_pool_row_portable(x, xs, pool, n, oh, out)
-                }
+                _ => max_pool_row_portable(x, xs, pool, n, oh, out),
             }
-        });
+        }
+    });
+    // SAFETY: the bands cover the first `ys.len()` bytes in whole rows, and every row kernel
+    // stores each byte of its row (every pixel, every channel).
+    unsafe { y.set_len(ys.len()) };
     Ok((y, ys))
 }
 
+/// The window taps `k` in `0..kernel` whose input position `o * stride + k * dilation - padding`
+/// lies inside `0..len`: a contiguous range, as the positions grow with `k`.
+pub(super) fn taps_inside(
+    o: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    padding: usize,
+    len: usize,
+) -> std::ops::Range<usize> {
+    let start = o * stride;
+    if len == 0 || start > len - 1 + padding {
+        return 0..0;
+    }
+    // Dilation 1 (almost every pooling) without the divisions.
+    let (first, end) = if dilation == 1 {
+        (padding.saturating_sub(start), (len + padding - start).min(kernel))
+    } else {
+        (
+            padding.saturating_sub(start).div_ceil(dilation),
+            ((len - 1 + padding - start) / dilation + 1).min(kernel),
+        )
+    };
+    first.min(end)..end
+}
+
 /// One output row of max pooling, one channel at a time from 0 (the reference).
-fn max_pool_row_portable(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [u8]) {
-    for ow in 0..out.len() / xs.c {
-        let o = &mut out[ow * xs.c..(ow + 1) * xs.c];
-        o.fill(0);
+fn max_pool_row_portable(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [MaybeUninit<u8>]) {
+    let mut acc = vec![0u8; xs.c];
+    for (ow, o) in out.chunks_exact_mut(xs.c).enumerate() {
+        acc.fill(0);
         for at in window_offsets(xs, pool, n, oh, ow) {
-            for (m, &v) in o.iter_mut().zip(&x[at..at + xs.c]) {
+            for (m, &v) in acc.iter_mut().zip(&x[at..at + xs.c]) {
                 *m = (*m).max(v);
             }
         }
+        store(o, &acc);
+    }
+}
+
+/// `out[i] = src[i]` (the slices have the same length).
+#[inline(always)]
+fn store(out: &mut [MaybeUninit<u8>], src: &[u8]) {
+    for (o, &v) in out.iter_mut().zip(src) {
+        o.write(v);
     }
 }
 
@@ -189,12 +242,94 @@ fn window_offsets(xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, ow: usize) 
         })
 }
 
-/// Max of `W` channels from `ch` over the taps at `offsets` (0 when there is none).
+/// The in-bounds taps of output pixel `(oh, ow)`: rows and columns of the input.
+#[derive(Clone)]
+struct Window {
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+}
+
+/// Max of channels `ch..ch + W` of one pixel over the in-bounds taps of its window (0 when
+/// there is none).
 #[inline(always)]
-fn max_block<const W: usize>(x: &[u8], offsets: &[usize], ch: usize) -> [u8; W] {
+fn window_max<const W: usize>(
+    x: &[u8],
+    xs: NhwcShape,
+    pool: &Pool2d,
+    (n, oh, ow): (usize, usize, usize),
+    window: &Window,
+    ch: usize,
+) -> [u8; W] {
     let mut acc = [0u8; W];
-    for &at in offsets {
-        let src: &[u8; W] = x[at + ch..at + ch + W].try_into().expect("block inside the pixel");
+    for kh in window.rows.clone() {
+        let ih = oh * pool.stride.0 + kh * pool.dilation.0 - pool.padding.0;
+        for kw in window.cols.clone() {
+            let iw = ow * pool.stride.1 + kw * pool.dilation.1 - pool.padding.1;
+            let at = xs.offset(n, ih, iw) + ch;
+            let src: &[u8; W] = x[at..at + W].try_into().expect("block inside the pixel");
+            for (m, &v) in acc.iter_mut().zip(src) {
+                *m = (*m).max(v);
+            }
+        }
+    }
+    acc
+}
+
+/// One output row of max pooling read straight from the input: per output pixel, the
+/// in-bounds taps (a contiguous range on each axis, see [`taps_inside`]) reduced in blocks of
+/// 64, 32 and 16 channels, then single channels, which the compiler turns into one vector max
+/// per tap and block. Max is associative and commutative and the padded taps never win, so
+/// this is the same byte as the tap-by-tap reference.
+#[inline(always)]
+fn max_pool_row_blocked(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [MaybeUninit<u8>]) {
+    let c = xs.c;
+    if is_whole_2x2(xs, pool, oh, out.len() / c) {
+        return max_pool_row_2x2(x, xs, n, oh, out);
+    }
+    let rows = taps_inside(oh, pool.kernel.0, pool.stride.0, pool.dilation.0, pool.padding.0, xs.h);
+    for (ow, o) in out.chunks_exact_mut(c).enumerate() {
+        let window = Window {
+            rows: rows.clone(),
+            cols: taps_inside(ow, pool.kernel.1, pool.stride.1, pool.dilation.1, pool.padding.1, xs.w),
+        };
+        let at = (n, oh, ow);
+        let mut ch = 0;
+        while ch + 64 <= c {
+            store(&mut o[ch..ch + 64], &window_max::<64>(x, xs, pool, at, &window, ch));
+            ch += 64;
+        }
+        while ch + 32 <= c {
+            store(&mut o[ch..ch + 32], &window_max::<32>(x, xs, pool, at, &window, ch));
+            ch += 32;
+        }
+        while ch + 16 <= c {
+            store(&mut o[ch..ch + 16], &window_max::<16>(x, xs, pool, at, &window, ch));
+            ch += 16;
+        }
+        while ch < c {
+            o[ch].write(window_max::<1>(x, xs, pool, at, &window, ch)[0]);
+            ch += 1;
+        }
+    }
+}
+
+/// Whether output row `oh` of `ow_n` pixels is whole 2x2 windows at stride 2 (no padding or
+/// dilation; ceil mode may add a half window, which this excludes).
+pub(super) fn is_whole_2x2(xs: NhwcShape, pool: &Pool2d, oh: usize, ow_n: usize) -> bool {
+    pool.kernel == (2, 2)
+        && pool.stride == (2, 2)
+        && pool.padding == (0, 0)
+        && pool.dilation == (1, 1)
+        && 2 * ow_n <= xs.w
+        && 2 * oh + 1 < xs.h
+}
+
+/// Max of channels `ch..ch + W` of the four pixels at `at`, `at + c`, `at + row`, `at + row + c`.
+#[inline(always)]
+fn quad_max<const W: usize>(x: &[u8], at: usize, c: usize, row: usize, ch: usize) -> [u8; W] {
+    let mut acc = [0u8; W];
+    for tap in [at, at + c, at + row, at + row + c] {
+        let src: &[u8; W] = x[tap + ch..tap + ch + W].try_into().expect("block inside the pixel");
         for (m, &v) in acc.iter_mut().zip(src) {
             *m = (*m).max(v);
         }
@@ -202,82 +337,28 @@ fn max_block<const W: usize>(x: &[u8], offsets: &[usize], ch: usize) -> [u8; W] 
     acc
 }
 
-/// `acc[i] = max(acc[i], src[i])` over equal-length rows, in blocks of 64 bytes.
+/// [`max_pool_row_blocked`] for whole 2x2 stride-2 windows ([`is_whole_2x2`]): the four taps at
+/// fixed distances, without the window bookkeeping.
 #[inline(always)]
-fn max_rows(acc: &mut [u8], src: &[u8]) {
-    let mut acc_blocks = acc.chunks_exact_mut(64);
-    let mut src_blocks = src.chunks_exact(64);
-    for (a, s) in (&mut acc_blocks).zip(&mut src_blocks) {
-        let a: &mut [u8; 64] = a.try_into().expect("64-byte block");
-        let s: &[u8; 64] = s.try_into().expect("64-byte block");
-        for (m, &v) in a.iter_mut().zip(s) {
-            *m = (*m).max(v);
-        }
-    }
-    for (m, &v) in acc_blocks.into_remainder().iter_mut().zip(src_blocks.remainder()) {
-        *m = (*m).max(v);
-    }
-}
-
-/// One output row of max pooling, separably: the in-bounds input rows of the window are
-/// first reduced to one row of column maxima (contiguous bytes, whole vectors), then each
-/// output pixel takes the max of its `kw` columns of that row, in blocks of 64, 32 and 16
-/// channels, then single channels. Max is associative and commutative and the padded taps never
-/// win, so this is the same byte as the tap-by-tap reference.
-#[inline(always)]
-fn max_pool_row_blocked(
-    x: &[u8],
-    xs: NhwcShape,
-    pool: &Pool2d,
-    n: usize,
-    oh: usize,
-    out: &mut [u8],
-    columns: &mut Vec<u8>,
-) {
-    let c = xs.c;
-    let in_row = xs.w * c;
-    columns.clear();
-    for kh in 0..pool.kernel.0 {
-        let ih = (oh * pool.stride.0 + kh * pool.dilation.0) as i64 - pool.padding.0 as i64;
-        if ih < 0 || ih >= xs.h as i64 {
-            continue;
-        }
-        let row = &x[xs.offset(n, ih as usize, 0)..][..in_row];
-        if columns.is_empty() {
-            columns.extend_from_slice(row);
-        } else {
-            max_rows(columns, row);
-        }
-    }
-    if columns.is_empty() {
-        // No in-bounds row (PyTorch's output-shape rule never makes one): nothing wins.
-        out.fill(0);
-        return;
-    }
-    let mut offsets = Vec::with_capacity(pool.kernel.1);
+fn max_pool_row_2x2(x: &[u8], xs: NhwcShape, n: usize, oh: usize, out: &mut [MaybeUninit<u8>]) {
+    let (c, row) = (xs.c, xs.w * xs.c);
     for (ow, o) in out.chunks_exact_mut(c).enumerate() {
-        offsets.clear();
-        for kw in 0..pool.kernel.1 {
-            let iw = (ow * pool.stride.1 + kw * pool.dilation.1) as i64 - pool.padding.1 as i64;
-            if iw >= 0 && iw < xs.w as i64 {
-                offsets.push(iw as usize * c);
-            }
-        }
+        let at = xs.offset(n, 2 * oh, 2 * ow);
         let mut ch = 0;
         while ch + 64 <= c {
-            o[ch..ch + 64].copy_from_slice(&max_block::<64>(columns, &offsets, ch));
+            store(&mut o[ch..ch + 64], &quad_max::<64>(x, at, c, row, ch));
             ch += 64;
         }
         while ch + 32 <= c {
-            o[ch..ch + 32].copy_from_slice(&max_block::<32>(columns, &offsets, ch));
+            store(&mut o[ch..ch + 32], &quad_max::<32>(x, at, c, row, ch));
             ch += 32;
         }
         while ch + 16 <= c {
-            o[ch..ch + 16].copy_from_slice(&max_block::<16>(columns, &offsets, ch));
+            store(&mut o[ch..ch + 16], &quad_max::<16>(x, at, c, row, ch));
             ch += 16;
         }
         while ch < c {
-            o[ch] = max_block::<1>(columns, &offsets, ch)[0];
+            o[ch].write(quad_max::<1>(x, at, c, row, ch)[0]);
             ch += 1;
         }
     }
@@ -286,31 +367,8 @@ fn max_pool_row_blocked(
 /// [`max_pool_row_blocked`] compiled for AVX2. Safety: the CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn max_pool_row_avx2(
-    x: &[u8],
-    xs: NhwcShape,
-    pool: &Pool2d,
-    n: usize,
-    oh: usize,
-    out: &mut [u8],
-    columns: &mut Vec<u8>,
-) {
-    max_pool_row_blocked(x, xs, pool, n, oh, out, columns)
-}
-
-/// [`max_pool_row_blocked`] compiled for AVX-512. Safety: the CPU has AVX-512 F/BW/VL.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn max_pool_row_avx512(
-    x: &[u8],
-    xs: NhwcShape,
-    pool: &Pool2d,
-    n: usize,
-    oh: usize,
-    out: &mut [u8],
-    columns: &mut Vec<u8>,
-) {
-    max_pool_row_blocked(x, xs, pool, n, oh, out, columns)
+unsafe fn max_pool_row_avx2(x: &[u8], xs: NhwcShape, pool: &Pool2d, n: usize, oh: usize, out: &mut [MaybeUninit<u8>]) {
+    max_pool_row_blocked(x, xs, pool, n, oh, out)
 }
 
 /// Average pooling (dilation must be 1, as in PyTorch). `divisor_override` replaces the
