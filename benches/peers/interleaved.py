@@ -7,8 +7,12 @@ at once and takes turns: in each round every contestant runs a few calls, qforge
 within a fraction of a second of each other; the report gives the median ratio over rounds,
 its range, and how many rounds meet a target.
 
+With `--cpus 0` (a comma-separated list) this process and the qforge processes it starts run
+on the same CPUs only: otherwise the scheduler may keep each engine on its own CPU, and the
+CPUs of a VM need not be equally fast at a given moment.
+
     python benches/peers/interleaved.py --qforge target/release/qforge \\
-        --models resnet18,mobilenet_v2,unet,minilm --rounds 15 [--threads 1] [--json out.jsonl]
+        --models resnet18,mobilenet_v2,unet,minilm --rounds 15 [--threads 1] [--cpus 0] [--json out.jsonl]
 
 Needs torch and torchvision (CNNs), transformers (MiniLM) and onnxruntime (optional, MiniLM);
 MiniLM reads the model folder from MINILM_DIR (as fetched by `cargo xtask fetch-models`).
@@ -241,7 +245,14 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="calls per contestant per round (median taken)")
     ap.add_argument("--engines", default="x86,onednn", help="PyTorch quantized engines to include")
     ap.add_argument("--json", help="append one JSON line per comparison to this file")
+    ap.add_argument("--cpus", help="run every engine on these CPUs only (comma-separated ids)")
     a = ap.parse_args()
+    if a.cpus:
+        cpus = {int(c) for c in a.cpus.split(",")}
+        if len(cpus) < a.threads:
+            sys.exit(f"--cpus {a.cpus} has fewer CPUs than --threads {a.threads}")
+        # Inherited by the qforge processes started below.
+        os.sched_setaffinity(0, cpus)
     import torch
 
     torch.set_num_threads(a.threads)
