@@ -180,6 +180,10 @@ fn conv2d_blocks_of_output_pixels_match_direct_loops() {
         (1, 24, 10, 3, 2, 1, 1, 2, 33, 29),
         (1, 16, 6, 3, 1, 2, 2, 1, 40, 17),
         (1, 8, 8, 3, 2, 1, 1, 8, 19, 22),
+        // A ResNet stem; stride 3 on a narrow image; taps far beyond a 3-wide row.
+        (1, 3, 4, 7, 2, 3, 1, 1, 30, 31),
+        (1, 5, 3, 5, 3, 2, 1, 1, 9, 4),
+        (1, 4, 2, 3, 1, 2, 3, 1, 6, 3),
     ];
     for &(n, c, co, k, s, p, d, g, h, wd) in &cases {
         let x = t(
@@ -336,6 +340,80 @@ fn activations() {
     let y = run1(Op::Softmax { dim: 0 }, t(&[2, 1], &[0., 3f32.ln()]), &[]);
     close(&y, &[0.25, 0.75], 1e-6);
     close(&run1(Op::Dropout { p: 0.5 }, x.clone(), &[]), x.data(), 0.0);
+}
+
+/// Max pooling by the row-major window scan: the first maximal element, or the last NaN.
+fn max_pool_scan(x: &Tensor, k: [usize; 2], s: [usize; 2], p: [usize; 2], oh: usize, ow: usize) -> Vec<f32> {
+    let (planes, h, w) = (x.shape()[0] * x.shape()[1], x.shape()[2], x.shape()[3]);
+    let mut out = Vec::new();
+    for plane in x.data().chunks(h * w).take(planes) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut m = f32::NEG_INFINITY;
+                for ky in 0..k[0] {
+                    for kx in 0..k[1] {
+                        let (iy, ix) = (
+                            (oy * s[0] + ky) as isize - p[0] as isize,
+                            (ox * s[1] + kx) as isize - p[1] as isize,
+                        );
+                        if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                            let v = plane[iy as usize * w + ix as usize];
+                            if v > m || v.is_nan() {
+                                m = v;
+                            }
+                        }
+                    }
+                }
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn max_pool_matches_the_window_scan_bit_for_bit() {
+    // Values with many ties (so the first maximum is what counts), both zeros, infinities and
+    // NaNs of different payloads (so the last NaN is what counts).
+    let special = [
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::from_bits(0x7fc0_0001),
+    ];
+    for (i, &(k, s, p, h, w)) in [
+        (3, 2, 1, 13, 11),
+        (2, 2, 0, 8, 9),
+        (3, 1, 1, 5, 7),
+        (5, 3, 2, 12, 4),
+        (1, 1, 0, 3, 3),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let data: Vec<f32> = (0..2 * 3 * h * w)
+            .map(|j| {
+                let r = (j * 7919 + i * 31) % 97;
+                if r < 6 {
+                    special[r]
+                } else {
+                    (r % 5) as f32 - 2.0
+                }
+            })
+            .collect();
+        let x = t(&[2, 3, h, w], &data);
+        let y = run1(Op::MaxPool2d(Pool2dAttrs::new(k, s, p)), x.clone(), &[]);
+        let (oh, ow) = (y.shape()[2], y.shape()[3]);
+        let want = max_pool_scan(&x, [k, k], [s, s], [p, p], oh, ow);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(y.data()),
+            bits(&want),
+            "kernel {k} stride {s} padding {p} on {h}x{w}"
+        );
+    }
 }
 
 #[test]

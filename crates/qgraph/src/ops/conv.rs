@@ -164,13 +164,31 @@ fn im2col_block(
                         continue;
                     }
                     let src = &x[(ch * h + iy as usize) * w..(ch * h + iy as usize + 1) * w];
-                    for (k, v) in line.iter_mut().enumerate() {
-                        let ix = ((ox0 + k) * a.stride[1] + j * a.dilation[1]) as isize - a.padding[1] as isize;
-                        *v = if ix < 0 || ix >= w as isize {
-                            0.0
-                        } else {
-                            src[ix as usize]
-                        };
+                    // Output column `ox0 + k` reads input column `(ox0 + k) * s + offset`: the
+                    // columns inside the row form one range `first..last` of `k`.
+                    let s = a.stride[1] as isize;
+                    let offset = ox0 as isize * s + (j * a.dilation[1]) as isize - a.padding[1] as isize;
+                    let first = if offset >= 0 { 0 } else { (-offset + s - 1) / s } as usize;
+                    let last = if offset >= w as isize {
+                        0
+                    } else {
+                        ((w as isize - 1 - offset) / s + 1) as usize
+                    }
+                    .clamp(first.min(run), run);
+                    let first = first.min(last);
+                    line[..first].fill(0.0);
+                    line[last..].fill(0.0);
+                    if first == last {
+                        continue;
+                    }
+                    let start = (first as isize * s + offset) as usize;
+                    if s == 1 {
+                        line[first..last].copy_from_slice(&src[start..start + (last - first)]);
+                    } else {
+                        let taps = src[start..].iter().step_by(s as usize);
+                        for (v, &t) in line[first..last].iter_mut().zip(taps) {
+                            *v = t;
+                        }
                     }
                 }
                 row += 1;

@@ -4,6 +4,7 @@
 //! 0, or `dst (in - 1) / (out - 1)` with `align_corners`).
 
 use qtensor::Tensor;
+use rayon::prelude::*;
 
 use crate::error::shape_err;
 use crate::op::{Pool2dAttrs, UpsampleMode};
@@ -34,48 +35,77 @@ pub fn pool2d_shape(node: &str, a: &Pool2dAttrs, x: &[usize]) -> Result<Vec<usiz
     Ok(out)
 }
 
-/// Visits every output position of every plane with its clipped window.
-fn for_windows(
-    a: &Pool2dAttrs,
-    x: &Tensor,
-    out_shape: &[usize],
-    mut f: impl FnMut(&[f32], usize, [usize; 4]) -> f32,
-) -> Tensor {
-    let (h, w) = (x.shape()[2], x.shape()[3]);
-    let (oh, ow) = (out_shape[2], out_shape[3]);
-    let planes = out_shape[0] * out_shape[1];
-    let mut y = Vec::with_capacity(planes * oh * ow);
-    for p in 0..planes {
-        let plane = &x.data()[p * h * w..(p + 1) * h * w];
-        for oy in 0..oh {
-            let y0 = (oy * a.stride[0]) as isize - a.padding[0] as isize;
-            let y1 = y0 + a.kernel[0] as isize;
-            for ox in 0..ow {
-                let x0 = (ox * a.stride[1]) as isize - a.padding[1] as isize;
-                let x1 = x0 + a.kernel[1] as isize;
-                let clip = |lo: isize, hi: isize, n: usize| (lo.max(0) as usize, hi.min(n as isize) as usize);
-                let (ya, yb) = clip(y0, y1, h);
-                let (xa, xb) = clip(x0, x1, w);
-                y.push(f(plane, w, [ya, yb, xa, xb]));
-            }
-        }
+/// The window scan's update rule: `v` replaces the running maximum when it is greater or NaN, so
+/// the result is the first maximal element in scan order, or the last NaN (NaN propagates, as in
+/// PyTorch).
+#[inline(always)]
+fn pick(m: f32, v: f32) -> f32 {
+    // `|` rather than `||`: no branch, so the loops over rows vectorize.
+    if (v > m) | v.is_nan() {
+        v
+    } else {
+        m
     }
-    Tensor::new(out_shape.to_vec(), y).expect("shape from pool2d_shape")
 }
 
+/// Max pooling, separable: each input row's maxima over the column windows of every output
+/// column, then each output row the maxima of its window's rows. Both passes apply [`pick`] in
+/// scan order (left to right, then top to bottom), which keeps the row-major window scan's
+/// first maximal element (or last NaN), bit for bit. The column pass computes the window that
+/// starts at every input column (tap by tap, over contiguous runs, as vector loops) and keeps
+/// every `stride`-th; padding taps are skipped (`-inf` never replaces a maximum). Planes run in
+/// parallel.
 pub fn max_pool2d(a: &Pool2dAttrs, x: &Tensor, out_shape: Vec<usize>) -> Tensor {
-    for_windows(a, x, &out_shape, |plane, w, [ya, yb, xa, xb]| {
-        let mut m = f32::NEG_INFINITY;
-        for yy in ya..yb {
-            for v in &plane[yy * w + xa..yy * w + xb] {
-                // NaN propagates, as in PyTorch.
-                if *v > m || v.is_nan() {
-                    m = *v;
+    let (h, w) = (x.shape()[2], x.shape()[3]);
+    let (oh, ow) = (out_shape[2], out_shape[3]);
+    let mut y = vec![f32::NEG_INFINITY; out_shape.iter().product()];
+    if oh * ow == 0 {
+        return Tensor::new(out_shape, y).expect("shape from pool2d_shape");
+    }
+    let (s, p) = (a.stride[1], a.padding[1]);
+    // Window `x` (starting at padded column `x`) for x in 0..span; output column `ox` is window
+    // `ox * s`. Tap `t` of window `x` reads input column `x + t - p`, inside the row for
+    // `x` in `taps[t]`.
+    let span = (ow - 1) * s + 1;
+    let taps: Vec<std::ops::Range<usize>> = (0..a.kernel[1])
+        .map(|t| {
+            let first = p.saturating_sub(t).min(span);
+            let last = (w + p).saturating_sub(t).min(span);
+            first..last.max(first)
+        })
+        .collect();
+    y.par_chunks_mut(oh * ow)
+        .zip(x.data().par_chunks(h * w))
+        .for_each(|(out, plane)| {
+            // Row `r` of `rows`: input row `r`'s maxima over each output column's window.
+            let mut rows = vec![f32::NEG_INFINITY; h * ow];
+            let mut windows = vec![f32::NEG_INFINITY; span];
+            for (row, input) in rows.chunks_exact_mut(ow).zip(plane.chunks_exact(w)) {
+                windows.fill(f32::NEG_INFINITY);
+                for (t, xs) in taps.iter().enumerate().filter(|(_, xs)| !xs.is_empty()) {
+                    let src = &input[xs.start + t - p..xs.end + t - p];
+                    for (m, &v) in windows[xs.clone()].iter_mut().zip(src) {
+                        *m = pick(*m, v);
+                    }
+                }
+                for (m, &v) in row.iter_mut().zip(windows.iter().step_by(s)) {
+                    *m = v;
                 }
             }
-        }
-        m
-    })
+            for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+                let y0 = (oy * a.stride[0]) as isize - a.padding[0] as isize;
+                let (ya, yb) = (
+                    y0.max(0) as usize,
+                    (y0 + a.kernel[0] as isize).clamp(0, h as isize) as usize,
+                );
+                for row in rows[ya * ow..yb.max(ya) * ow].chunks_exact(ow) {
+                    for (m, &v) in out_row.iter_mut().zip(row) {
+                        *m = pick(*m, v);
+                    }
+                }
+            }
+        });
+    Tensor::new(out_shape, y).expect("shape from pool2d_shape")
 }
 
 pub fn avg_pool2d(a: &Pool2dAttrs, x: &Tensor, out_shape: Vec<usize>) -> Tensor {
