@@ -6,9 +6,10 @@
 //! i32 lane). The tile is finished in registers: the shared requantization
 //! (`requant::avx512::requant16`, without its float clamp when the layer's bounds show it
 //! cannot act), clamp, and a 16-byte store per pixel and panel (masked on the last panel when
-//! `c_out` is not a multiple of 16); with exactly 32 output channels two pixels are packed to
-//! bytes together and leave in one 64-byte store, and 4-panel tiles (shallow reductions, where
-//! the finishing weighs most) store each pixel's 64 bytes at once.
+//! `c_out` is not a multiple of 16); 2-panel tiles pack two pixels to bytes together (one
+//! 64-byte store with exactly 32 output channels, else one 32-byte store per pixel), and 4-panel
+//! tiles (shallow reductions, where the finishing weighs most) store each pixel's 64 bytes at
+//! once, both adding the zero point to 32 lanes at a time after narrowing to i16.
 
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -300,22 +301,44 @@ unsafe fn tile<const R: usize, const P: usize>(
     }
     let zp = _mm512_set1_epi32(epi.zero_point);
     let (lo, hi) = (_mm512_set1_epi32(epi.lo), _mm512_set1_epi32(epi.hi));
-    // Requantize every sum in place (zero point added, not yet clamped to `[lo, hi]`).
-    unrolled!(P, Q => {
-        let j = ch + Q * PANEL;
-        // SAFETY: the epilogue vectors are padded to whole panels.
-        let bias = _mm512_loadu_ps(epi.bias_term.as_ptr().add(j));
-        let mul = _mm512_loadu_ps(epi.multiplier.as_ptr().add(j));
-        unrolled!(R, PIXEL => {
-            // SAFETY: `PIXEL < R`.
-            let sum = acc.get_unchecked_mut(PIXEL);
-            sum[Q] = if epi.float_clamp {
-                requant16(sum[Q], bias, mul, zp)
-            } else {
-                requant16_in_range(sum[Q], bias, mul, zp)
-            };
-        });
-    });
+    // Tiles of 2 or 4 panels are narrowed to bytes with packs and add the zero point after
+    // the first narrowing, 32 lanes per instruction: `packus(adds_epi16(packs_epi32(r), zp))`
+    // equals clamping `r + zp` to [0, 255] for every i32 `r` (an i16 saturated at either end
+    // stays beyond the byte range after adding `0 <= zp <= 255`). 1-6 % on shallow layers.
+    let pairs = P == 2 && ostride == 2 * PANEL && last_mask == !0;
+    // Otherwise two panels of a pixel leave as one (masked) 32-byte store.
+    let halves = P == 2 && !pairs;
+    let narrow_zp = P == 2 || P == 4;
+    // Requantize every sum in place (zero point added unless `narrow_zp`, not yet clamped).
+    macro_rules! requantize_all {
+        ($zp:expr) => {
+            unrolled!(P, Q => {
+                let j = ch + Q * PANEL;
+                // SAFETY: the epilogue vectors are padded to whole panels.
+                let bias = _mm512_loadu_ps(epi.bias_term.as_ptr().add(j));
+                let mul = _mm512_loadu_ps(epi.multiplier.as_ptr().add(j));
+                unrolled!(R, PIXEL => {
+                    // SAFETY: `PIXEL < R`.
+                    let sum = acc.get_unchecked_mut(PIXEL);
+                    sum[Q] = if epi.float_clamp {
+                        requant16(sum[Q], bias, mul, $zp)
+                    } else {
+                        requant16_in_range(sum[Q], bias, mul, $zp)
+                    };
+                });
+            });
+        };
+    }
+    if narrow_zp {
+        requantize_all!(_mm512_setzero_si512());
+    } else {
+        requantize_all!(zp);
+    }
+    let zp16 = if narrow_zp {
+        _mm512_set1_epi16(epi.zero_point as i16)
+    } else {
+        _mm512_setzero_si512()
+    };
     // 32 output channels in consecutive 32-byte pixels: two pixels are one 64-byte store.
     // `packs` / `packus` saturate to [0, 255] (the clamp every output gets anyway) and leave
     // channels `4l..4l + 4` of (pixel, panel) `k` in dword `4l + k`; the permutation moves
@@ -334,8 +357,8 @@ unsafe fn tile<const R: usize, const P: usize>(
         unrolled!(R, PIXEL => {
             // SAFETY: `PIXEL < R` and `P == 4`.
             let a = acc.get_unchecked(PIXEL);
-            let lo16 = _mm512_packs_epi32(*a.get_unchecked(0), *a.get_unchecked(1));
-            let hi16 = _mm512_packs_epi32(*a.get_unchecked(2), *a.get_unchecked(3));
+            let lo16 = _mm512_adds_epi16(_mm512_packs_epi32(*a.get_unchecked(0), *a.get_unchecked(1)), zp16);
+            let hi16 = _mm512_adds_epi16(_mm512_packs_epi32(*a.get_unchecked(2), *a.get_unchecked(3)), zp16);
             let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(lo16, hi16));
             let bytes = _mm512_min_epu8(_mm512_max_epu8(bytes, lo8), hi8);
             // SAFETY: the tile's channels of pixel `PIXEL` are these (masked) 64 bytes.
@@ -343,14 +366,38 @@ unsafe fn tile<const R: usize, const P: usize>(
         });
         return;
     }
-    let pairs = P == 2 && ostride == 2 * PANEL && last_mask == !0;
+    if halves {
+        let mask = 0xffff_u32 | (u32::from(last_mask) << PANEL);
+        unrolled!(R, PIXEL => {
+            if PIXEL.is_multiple_of(2) {
+                // SAFETY: `PIXEL < R` and `P == 2`; a lone last pixel packs with itself.
+                let a = acc.get_unchecked(PIXEL);
+                let b = acc.get_unchecked(if PIXEL + 1 < R { PIXEL + 1 } else { PIXEL });
+                let a16 = _mm512_adds_epi16(_mm512_packs_epi32(*a.get_unchecked(0), *a.get_unchecked(1)), zp16);
+                let b16 = _mm512_adds_epi16(_mm512_packs_epi32(*b.get_unchecked(0), *b.get_unchecked(1)), zp16);
+                let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(a16, b16));
+                let bytes = _mm512_min_epu8(_mm512_max_epu8(bytes, lo8), hi8);
+                // SAFETY: the tile's 32 channels of pixel `PIXEL` (and `PIXEL + 1`), masked to
+                // the real ones on the last panel.
+                _mm256_mask_storeu_epi8(out.add(PIXEL * ostride).cast(), mask, _mm512_castsi512_si256(bytes));
+                if PIXEL + 1 < R {
+                    _mm256_mask_storeu_epi8(
+                        out.add((PIXEL + 1) * ostride).cast(),
+                        mask,
+                        _mm512_extracti64x4_epi64::<1>(bytes),
+                    );
+                }
+            }
+        });
+        return;
+    }
     if pairs {
         unrolled!(R, PIXEL => {
             if PIXEL.is_multiple_of(2) && PIXEL + 1 < R {
                 // SAFETY: `PIXEL + 1 < R` and `P == 2`.
                 let (a, b) = (acc.get_unchecked(PIXEL), acc.get_unchecked(PIXEL + 1));
-                let a16 = _mm512_packs_epi32(*a.get_unchecked(0), *a.get_unchecked(1));
-                let b16 = _mm512_packs_epi32(*b.get_unchecked(0), *b.get_unchecked(1));
+                let a16 = _mm512_adds_epi16(_mm512_packs_epi32(*a.get_unchecked(0), *a.get_unchecked(1)), zp16);
+                let b16 = _mm512_adds_epi16(_mm512_packs_epi32(*b.get_unchecked(0), *b.get_unchecked(1)), zp16);
                 let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(a16, b16));
                 let bytes = _mm512_min_epu8(_mm512_max_epu8(bytes, lo8), hi8);
                 // SAFETY: pixels `PIXEL` and `PIXEL + 1` are the 64 bytes from here.
@@ -364,6 +411,7 @@ unsafe fn tile<const R: usize, const P: usize>(
             if !pairs || (PIXEL.is_multiple_of(2) && PIXEL + 1 == R) {
                 // SAFETY: `PIXEL < R`.
                 let v = acc.get_unchecked(PIXEL)[Q];
+                let v = if narrow_zp { _mm512_add_epi32(v, zp) } else { v };
                 let dst = out.add(PIXEL * ostride + Q * PANEL).cast();
                 // SAFETY: the masked stores write the tile's channels of pixel `PIXEL` only.
                 if epi.hi == 255 {
