@@ -5,6 +5,8 @@
 //! weights, every fused activation, extreme output scales, on 1, 2 and 3 threads; the fallback
 //! (convolution, then the separate dequantization) gives the same bits everywhere else.
 
+mod common;
+
 use proptest::prelude::*;
 use qkernels::conv::{ActQuant, Conv2dGeometry, ConvPath, ConvWeightQuant, FusedActivation, NhwcShape, PackedConv2d};
 use qtensor::quantize::dequantize_one;
@@ -23,13 +25,7 @@ fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
 fn segmentation_head_dequantizes_in_kernel_where_the_cpu_has_it() {
     let g = Conv2dGeometry::new(32, 5, (1, 1));
     let conv = PackedConv2d::new(g, &[1i8; 160], ConvWeightQuant::per_tensor(0.01, 0).unwrap(), None).unwrap();
-    #[cfg(target_arch = "x86_64")]
-    assert_eq!(
-        conv.dequantizes_in_kernel(),
-        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") && !qkernels::forced_reference()
-    );
-    #[cfg(not(target_arch = "x86_64"))]
-    assert!(!conv.dequantizes_in_kernel());
+    assert_eq!(conv.dequantizes_in_kernel(), common::direct_kernel_is_default());
     let padded = PackedConv2d::new(
         g.with_padding(1, 1),
         &[1i8; 160],

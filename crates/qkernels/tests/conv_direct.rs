@@ -5,6 +5,8 @@
 //! padding and dilation mix, against the reference on 1 and 3 threads; and the same for the
 //! depthwise row kernel.
 
+mod common;
+
 use proptest::prelude::*;
 use qkernels::conv::{
     ActQuant, Conv2dGeometry, ConvArithmetic, ConvPath, ConvWeightQuant, FusedActivation, NhwcShape, PackedConv2d,
@@ -186,11 +188,7 @@ fn padded_convolution_fuses_a_concatenation_where_the_cpu_has_the_kernel() {
     )
     .unwrap();
     assert_eq!(conv.fuses_concat(), conv.default_path() == ConvPath::Direct);
-    #[cfg(target_arch = "x86_64")]
-    assert_eq!(
-        conv.fuses_concat(),
-        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") && !qkernels::forced_reference()
-    );
+    assert_eq!(conv.fuses_concat(), common::direct_kernel_is_default());
 }
 
 proptest! {

@@ -5,6 +5,8 @@
 //! blocks (padding, stride 2), MobileNetV2-style 1x1 projections, depthwise layers, and
 //! `c_out` that is not a multiple of 16; bad operands give errors.
 
+mod common;
+
 use proptest::prelude::*;
 use qkernels::conv::{
     ActQuant, Conv2dGeometry, ConvPath, ConvWeightQuant, FusedActivation, NhwcShape, PackedConv2d, ResidualAdd,
@@ -34,11 +36,7 @@ fn resnet_block_convolution_adds_in_rows_where_the_cpu_has_the_direct_kernel() {
     )
     .unwrap();
     assert_eq!(conv.adds_in_rows(), conv.default_path() == ConvPath::Direct);
-    #[cfg(target_arch = "x86_64")]
-    assert_eq!(
-        conv.adds_in_rows(),
-        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") && !qkernels::forced_reference()
-    );
+    assert_eq!(conv.adds_in_rows(), common::direct_kernel_is_default());
 }
 
 #[test]

@@ -76,3 +76,16 @@ pub fn nchw_to_nhwc<T: Copy>(x: &[T], n: usize, c: usize, h: usize, w: usize) ->
     }
     y
 }
+
+/// Whether the convolutions' default path on this CPU is the direct AVX-512 VNNI kernel, from
+/// the CPU's features (not from the library's own dispatch) and `QFORGE_KERNEL`.
+pub fn direct_kernel_is_default() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") && !qkernels::forced_reference()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
