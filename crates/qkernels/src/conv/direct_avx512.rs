@@ -17,7 +17,7 @@ use std::ops::Range;
 
 use super::direct::{DirectConv, Epilogue, PANEL, PANEL_ROW};
 use super::requant::avx512::{requant16, requant16_in_range};
-use crate::prefetch::Prefetch;
+use crate::prefetch::{Prefetch, Regions};
 
 /// Reductions up to this many packed groups use 4-panel tiles: with so few products per
 /// output value the finishing (requantize and store) is a large share of the work, and a
@@ -99,7 +99,7 @@ pub(crate) unsafe fn row(
             let pf = match prefetch {
                 RowPrefetch::None => Prefetch::NONE,
                 RowPrefetch::NextTiles => Prefetch::share(next, next_bytes, t, tiles, offsets.len()),
-                RowPrefetch::Region { ptr, bytes } => Prefetch::share(ptr, bytes, done + t, row_tiles, offsets.len()),
+                RowPrefetch::Regions(regions) => regions.share(done + t, row_tiles, offsets.len()),
             };
             macro_rules! go {
                 ($P:literal; $($R:literal),*) => {
@@ -129,11 +129,9 @@ pub(crate) enum RowPrefetch {
     None,
     /// Each panel tile's successor in the row (weights met cold in this row).
     NextTiles,
-    /// A byte range (the next weight block's share for this row), spread over all tiles.
-    Region {
-        ptr: *const i8,
-        bytes: usize,
-    },
+    /// Byte ranges (the next weight block's share for this row, or the input rows the next
+    /// output row reads), spread over all tiles.
+    Regions(Regions),
 }
 
 /// `acc[q] += dot4(4 bytes at $addr, w[q])` per lane for `P` panels: one broadcast and `P`

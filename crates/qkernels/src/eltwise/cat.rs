@@ -187,6 +187,16 @@ impl<'a> ConcatRows<'a> {
         }
     }
 
+    /// Each input's bytes of pixels `p0..p0 + pixels` (what [`ConcatRows::write`] of those
+    /// pixels reads), empty past an input's end.
+    pub(crate) fn sources(&self, p0: usize, pixels: usize) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.parts.iter().map(move |part| {
+            let data: &'a [u8] = part.data;
+            data.get(p0 * part.channels..(p0 + pixels) * part.channels)
+                .unwrap_or(&[])
+        })
+    }
+
     /// [`ConcatRows::write`] into initialized bytes.
     pub(crate) fn write_init(&self, p0: usize, out: &mut [u8]) {
         // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and `write` stores only initialized
