@@ -40,7 +40,7 @@ pub fn pool2d_shape(node: &str, a: &Pool2dAttrs, x: &[usize]) -> Result<Vec<usiz
 /// PyTorch).
 #[inline(always)]
 fn pick(m: f32, v: f32) -> f32 {
-    // `|` rather than `||`: no branch, so the loops over rows vectorize.
+    // `|` rather than `||`: both comparisons, no branch.
     if (v > m) | v.is_nan() {
         v
     } else {

@@ -271,7 +271,10 @@ impl DirectConv {
                     // Input rows the next output row reads first (from memory, the input
                     // of a large layer having left L2): pulled into L2 while this row computes.
                     #[cfg(target_arch = "x86_64")]
-                    let next_rows = {
+                    let next_rows = if bi + 1 < blocks.len() {
+                        // Rows of earlier blocks prefetch the next block's weights instead.
+                        crate::prefetch::Regions::new()
+                    } else {
                         let first = ((oh0 + r) * sh + span).saturating_sub(ph);
                         let end = ((oh0 + r + 1) * sh + span).saturating_sub(ph).min(xs.h).max(first);
                         let mut regions = crate::prefetch::Regions::new();
