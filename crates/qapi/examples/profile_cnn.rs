@@ -1,10 +1,12 @@
 //! Per-node time of a statically quantized CNN, slowest first:
-//! `cargo run --release -p qapi --example profile_cnn -- resnet18 [fp32]` (`fp32`: the float
-//! graph instead).
+//! `cargo run --release -p qapi --example profile_cnn -- resnet18 [fp32] [THREADS]` (`fp32`: the
+//! float graph instead; `THREADS`: the thread team's size, 1 by default).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let name = std::env::args().nth(1).unwrap_or_else(|| "resnet18".into());
-    let (graph, x) = if std::env::args().nth(2).as_deref() == Some("fp32") {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let name = args.first().cloned().unwrap_or_else(|| "resnet18".into());
+    let threads = args.iter().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1);
+    let (graph, x) = if args.iter().any(|a| a == "fp32") {
         let (graph, shape) = qapi::benchmark::cnn(&name, 1)?;
         let data = qapi::benchmark::normal(shape.iter().product(), 7);
         (graph, vec![qgraph::Value::F32(qtensor::Tensor::new(shape, data)?)])
@@ -12,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         qapi::benchmark::static_cnn(&name)?
     };
     // Per node, the fastest of several runs: the machine may be shared.
-    let runs = qapi::benchmark::with_threads(1, || {
+    let runs = qapi::benchmark::with_threads(threads, || {
         graph.run(x.clone())?;
         (0..7)
             .map(|_| qapi::benchmark::profile(&graph, x.clone()))

@@ -2,8 +2,8 @@
 //! against a hand-rolled step.
 
 use qgraph::{
-    Conv2dAttrs, ConvTranspose2dAttrs, GeluApprox, GraphBuilder, IdTensor, LayerNormAttrs, LinearAttrs, Op,
-    Pool2dAttrs, RnnAttrs, UpsampleMode, Value,
+    Conv2dAttrs, ConvTranspose2dAttrs, FusedActivation, GeluApprox, GraphBuilder, IdTensor, LayerNormAttrs,
+    LinearAttrs, Op, Pool2dAttrs, RnnAttrs, UpsampleMode, Value,
 };
 use qtensor::Tensor;
 
@@ -201,7 +201,17 @@ fn conv2d_blocks_of_output_pixels_match_direct_loops() {
             x.clone(),
             &[("weight", t(&[co, c / g, k, k], &w)), ("bias", t(&[co], &bias))],
         );
-        close(&y, &conv_direct(&x, &w, &bias, co, k, s, p, d, g), 1e-4);
+        let want = conv_direct(&x, &w, &bias, co, k, s, p, d, g);
+        close(&y, &want, 1e-4);
+        // The fused ReLU, applied as each block's rows are written.
+        let mut attrs = Conv2dAttrs::new(c, co, k).stride(s).padding(p).dilation(d).groups(g);
+        attrs.activation = FusedActivation::Relu;
+        let y = run1(
+            Op::Conv2d(attrs),
+            x.clone(),
+            &[("weight", t(&[co, c / g, k, k], &w)), ("bias", t(&[co], &bias))],
+        );
+        close(&y, &want.iter().map(|v| v.max(0.0)).collect::<Vec<_>>(), 1e-4);
     }
 }
 
@@ -239,6 +249,95 @@ fn conv_transpose2d() {
         ],
     );
     close(&y, &[1., 2., 3., 4.], 0.0);
+}
+
+/// Direct-loop f64 transposed convolution, NCHW: every input pixel adds `x * w[ic, oc, i, j]` to
+/// output pixel `(iy * s + i * d - p, ix * s + j * d - p)`.
+fn conv_transpose_direct(x: &Tensor, w: &[f32], bias: Option<&[f32]>, a: &ConvTranspose2dAttrs) -> Vec<f32> {
+    let [n, c, h, wd] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+    let ([kh, kw], [sh, sw], [ph, pw], [dh, dw]) = (a.kernel, a.stride, a.padding, a.dilation);
+    let oh = (h - 1) * sh + dh * (kh - 1) + a.output_padding[0] + 1 - 2 * ph;
+    let ow = (wd - 1) * sw + dw * (kw - 1) + a.output_padding[1] + 1 - 2 * pw;
+    let co = a.out_channels;
+    let (cg, og) = (c / a.groups, co / a.groups);
+    let mut y = vec![0f64; n * co * oh * ow];
+    for b in 0..n {
+        for ic in 0..c {
+            for ol in 0..og {
+                let oc = ic / cg * og + ol;
+                for iy in 0..h {
+                    for ix in 0..wd {
+                        let xv = x.data()[((b * c + ic) * h + iy) * wd + ix] as f64;
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let oy = (iy * sh + i * dh) as isize - ph as isize;
+                                let ox = (ix * sw + j * dw) as isize - pw as isize;
+                                if oy >= 0 && ox >= 0 && (oy as usize) < oh && (ox as usize) < ow {
+                                    let wv = w[((ic * og + ol) * kh + i) * kw + j] as f64;
+                                    y[((b * co + oc) * oh + oy as usize) * ow + ox as usize] += xv * wv;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let relu = a.activation == FusedActivation::Relu;
+    y.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let v = v as f32 + bias.map_or(0.0, |b| b[i / (oh * ow) % co]);
+            if relu {
+                v.max(0.0)
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn conv_transpose2d_matches_direct_loops() {
+    // Non-overlapping layers (kernel = stride: the row-block path, with several blocks on the
+    // larger images), and overlapping, padded, dilated ones (the scatter path); with groups,
+    // non-square kernels, no bias and a fused ReLU.
+    let cases = [
+        // (n, c, co, [kh, kw], [sh, sw], pad, dilation, groups, bias, relu, h, w)
+        (2, 6, 4, [2, 2], [2, 2], 0, 1, 1, true, false, 7, 5),
+        (1, 64, 64, [2, 2], [2, 2], 0, 1, 1, true, true, 30, 30),
+        (1, 8, 6, [3, 3], [3, 3], 0, 1, 2, false, true, 9, 11),
+        (1, 4, 5, [2, 3], [2, 3], 0, 1, 1, true, false, 40, 13),
+        (1, 6, 4, [3, 3], [2, 2], 1, 1, 2, true, true, 8, 7),
+        (1, 3, 2, [2, 2], [2, 2], 0, 2, 1, true, false, 5, 6),
+    ];
+    for &(n, c, co, kernel, stride, p, d, g, has_bias, relu, h, wd) in &cases {
+        let mut attrs = ConvTranspose2dAttrs::new(c, co, 1).padding(p).groups(g);
+        attrs.kernel = kernel;
+        attrs.stride = stride;
+        attrs.dilation = [d; 2];
+        attrs.bias = has_bias;
+        if relu {
+            attrs.activation = FusedActivation::Relu;
+        }
+        let x = t(
+            &[n, c, h, wd],
+            &(0..n * c * h * wd)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect::<Vec<_>>(),
+        );
+        let w: Vec<f32> = (0..c * (co / g) * kernel[0] * kernel[1])
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 20.0)
+            .collect();
+        let bias: Vec<f32> = (0..co).map(|i| i as f32 * 0.1 - 0.3).collect();
+        let mut params = vec![("weight", t(&[c, co / g, kernel[0], kernel[1]], &w))];
+        if has_bias {
+            params.push(("bias", t(&[co], &bias)));
+        }
+        let want = conv_transpose_direct(&x, &w, has_bias.then_some(&bias[..]), &attrs);
+        let y = run1(Op::ConvTranspose2d(attrs), x.clone(), &params);
+        close(&y, &want, 1e-4);
+    }
 }
 
 #[test]
