@@ -761,3 +761,34 @@ fn lstm_and_gru_match_hand_rolled_steps() {
         }
     }
 }
+
+#[test]
+fn convolutions_run_concurrently_on_one_thread_pool() {
+    // Convolutions called from several tasks of one pool at once (each block uses its thread's
+    // scratch buffer) give the same values as a lone call.
+    let (c, co, hw) = (32, 64, 48);
+    let x = t(
+        &[1, c, hw, hw],
+        &(0..c * hw * hw)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect::<Vec<_>>(),
+    );
+    let w: Vec<f32> = (0..co * c * 9).map(|i| ((i * 13 % 29) as f32 - 14.0) / 20.0).collect();
+    let bias: Vec<f32> = (0..co).map(|i| i as f32 * 0.1 - 0.3).collect();
+    let conv = || {
+        run1(
+            Op::Conv2d(Conv2dAttrs::new(c, co, 3).padding(1)),
+            x.clone(),
+            &[("weight", t(&[co, c, 3, 3], &w)), ("bias", t(&[co], &bias))],
+        )
+    };
+    let alone = conv();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    let results: Vec<Tensor> = pool.install(|| {
+        use rayon::prelude::*;
+        (0..24).into_par_iter().map(|_| conv()).collect()
+    });
+    for y in &results {
+        assert_eq!(y.data(), alone.data());
+    }
+}

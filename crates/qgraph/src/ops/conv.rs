@@ -101,13 +101,9 @@ pub fn conv2d(node: &Node, a: &Conv2dAttrs, x: &Tensor, out_shape: Vec<usize>) -
         let len = block.min(pixels - start);
         let xin = &x.data()[(b * c + grp * cg) * plane_in..(b * c + (grp + 1) * cg) * plane_in];
         let wg = MatRef::row_major(&w[grp * og * depth..(grp + 1) * og * depth], og, depth);
-        SCRATCH.with_borrow_mut(|scratch| {
-            let cols_len = if pointwise { 0 } else { depth * len };
-            if scratch.len() < cols_len + og * len {
-                scratch.resize(cols_len + og * len, 0.0);
-            }
+        let cols_len = if pointwise { 0 } else { depth * len };
+        with_scratch(cols_len + og * len, |scratch| {
             let (cols, tile) = scratch.split_at_mut(cols_len);
-            let tile = &mut tile[..og * len];
             if pointwise {
                 let cols = MatRef {
                     data: &xin[start..],
@@ -146,6 +142,19 @@ thread_local! {
     /// Im2col columns and product tile of the convolution tasks run on this thread, kept
     /// between calls (a model's convolutions reuse one buffer instead of allocating per block).
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats of this thread's scratch buffer (contents unspecified). The buffer
+/// is taken out for the call, not borrowed: a thread waiting inside `f`'s parallel product may
+/// run another convolution task, which then finds the slot empty and uses a buffer of its own.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.take();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    SCRATCH.set(buf);
+    r
 }
 
 /// Output pixels per im2col block: about 256 KiB of columns (`depth` values per pixel), a
@@ -406,11 +415,7 @@ fn conv_transpose2d_tiled(a: &ConvTranspose2dAttrs, w: &[f32], bias: Option<&[f3
             col_stride: 1,
         };
         let wg = MatRef::row_major(&wt[grp * rows * cg..(grp + 1) * rows * cg], rows, cg);
-        SCRATCH.with_borrow_mut(|scratch| {
-            if scratch.len() < rows * len {
-                scratch.resize(rows * len, 0.0);
-            }
-            let tile = &mut scratch[..rows * len];
+        with_scratch(rows * len, |tile| {
             sgemm(wg, cols, tile, false);
             for (oc, dst) in task.rows.into_iter().enumerate() {
                 let shift = bias.map_or(0.0, |bias| bias[grp * og + oc]);
