@@ -184,6 +184,13 @@ fn conv2d_blocks_of_output_pixels_match_direct_loops() {
         (1, 3, 4, 7, 2, 3, 1, 1, 30, 31),
         (1, 5, 3, 5, 3, 2, 1, 1, 9, 4),
         (1, 4, 2, 3, 1, 2, 3, 1, 6, 3),
+        // Wide stride-1 images (read as shifted rows of padded planes, without im2col):
+        // dilated, grouped, a 5x5 kernel, padding wider than the kernel needs.
+        (1, 6, 5, 3, 1, 2, 2, 1, 9, 50),
+        (2, 8, 6, 3, 1, 1, 1, 2, 7, 30),
+        (1, 3, 4, 5, 1, 2, 1, 1, 12, 45),
+        (1, 5, 3, 3, 1, 3, 1, 1, 4, 40),
+        (1, 70, 40, 3, 1, 1, 1, 1, 33, 64),
     ];
     for &(n, c, co, k, s, p, d, g, h, wd) in &cases {
         let x = t(

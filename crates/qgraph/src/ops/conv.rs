@@ -5,7 +5,7 @@
 use qtensor::Tensor;
 use rayon::prelude::*;
 
-use super::gemm::{sgemm, MatRef};
+use super::gemm::{sgemm, sgemm_shifted, MatRef, SgemmPath};
 use crate::error::shape_err;
 use crate::graph::Node;
 use crate::op::{Conv2dAttrs, ConvTranspose2dAttrs};
@@ -74,6 +74,12 @@ pub fn conv2d(node: &Node, a: &Conv2dAttrs, x: &Tensor, out_shape: Vec<usize>) -
         a.activation.apply(&mut y);
         return Ok(Tensor::new(out_shape, y)?);
     }
+    // Stride 1 with little waste (see `conv2d_shifted`): no im2col at all.
+    let wp = wd + 2 * a.padding[1];
+    if a.stride == [1, 1] && !pointwise && (wp - ow) * 10 <= wp && SgemmPath::best() == SgemmPath::Avx512 {
+        conv2d_shifted(a, w, bias, x, o, (oh, ow), &mut y);
+        return Ok(Tensor::new(out_shape, y)?);
+    }
     // Each task owns a block of output pixels of one (image, group): its im2col columns and
     // product tile stay in cache, the tile goes straight to the task's slices of the output
     // planes (with bias and activation), and a batch-1 convolution still spreads over every
@@ -129,6 +135,99 @@ pub fn conv2d(node: &Node, a: &Conv2dAttrs, x: &Tensor, out_shape: Vec<usize>) -
     Ok(Tensor::new(out_shape, y)?)
 }
 
+/// A stride-1 convolution without im2col. With the input copied once into zero-padded planes
+/// `wp = w + 2 * pad` wide, output pixel `(oy, ox)` reads tap `(c, i, j)` at
+/// `c * plane + (oy + i * dh) * wp + ox + j * dw`: over the "virtual pixels" `v = oy * wp + ox`
+/// each tap is one contiguous run, `offset(c, i, j) + v`. So the product `W x B` with row
+/// `(c, i, j)` of `B` read in place at that offset ([`sgemm_shifted`]) gives every output
+/// pixel, plus `wp - ow` columns per row that straddle the padding and are dropped (the caller
+/// takes this path when they are at most a tenth). The products and their order are those of
+/// the im2col path, so the results are the same bits.
+#[allow(clippy::too_many_arguments)]
+fn conv2d_shifted(
+    a: &Conv2dAttrs,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    x: &Tensor,
+    o: usize,
+    (oh, ow): (usize, usize),
+    y: &mut [f32],
+) {
+    let (n, c, h, wd) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let ([kh, kw], [ph, pw], [dh, dw]) = (a.kernel, a.padding, a.dilation);
+    let (hp, wp) = (h + 2 * ph, wd + 2 * pw);
+    let plane = hp * wp;
+    let g = a.groups;
+    let (cg, og) = (c / g, o / g);
+    let depth = cg * kh * kw;
+    // Reads of the dropped columns of the last rows run up to `(kw - 1) * dw` past the planes.
+    let slack = (kw - 1) * dw;
+    let padded_len = n * c * plane + slack;
+    let mut padded = PADDED.take();
+    if padded.len() < padded_len {
+        padded.resize(padded_len, 0.0);
+    }
+    // Every element of the planes and the slack is written here (the buffer holds an earlier
+    // call's values).
+    let (planes, tail) = padded[..padded_len].split_at_mut(n * c * plane);
+    tail.fill(0.0);
+    planes.par_chunks_mut(plane).enumerate().for_each(|(p, dst)| {
+        let src = &x.data()[p * h * wd..(p + 1) * h * wd];
+        let (top, rest) = dst.split_at_mut(ph * wp);
+        let (middle, bottom) = rest.split_at_mut(h * wp);
+        top.fill(0.0);
+        bottom.fill(0.0);
+        for (row, dst_row) in src.chunks_exact(wd).zip(middle.chunks_exact_mut(wp)) {
+            dst_row[..pw].fill(0.0);
+            dst_row[pw..pw + wd].copy_from_slice(row);
+            dst_row[pw + wd..].fill(0.0);
+        }
+    });
+    let offsets: Vec<usize> = (0..cg)
+        .flat_map(|ic| (0..kh).flat_map(move |i| (0..kw).map(move |j| ic * plane + i * dh * wp + j * dw)))
+        .collect();
+    // Output rows per task: about 512 virtual pixels of product width.
+    let block_rows = 512usize.div_ceil(wp).min(oh);
+    let blocks = oh.div_ceil(block_rows);
+    let mut tasks: Vec<ConvTask<'_>> = (0..n * g * blocks)
+        .map(|t| ConvTask {
+            image: t / (g * blocks),
+            group: t / blocks % g,
+            start: t % blocks * block_rows,
+            rows: Vec::with_capacity(og),
+        })
+        .collect();
+    for (p, y_plane) in y.chunks_mut(oh * ow).enumerate() {
+        let (b, ch) = (p / o, p % o);
+        let first = (b * g + ch / og) * blocks;
+        for (k, chunk) in y_plane.chunks_mut(block_rows * ow).enumerate() {
+            tasks[first + k].rows.push(chunk);
+        }
+    }
+    let padded_ref = &padded[..];
+    tasks.into_par_iter().for_each(|task| {
+        let (b, grp, oy0) = (task.image, task.group, task.start);
+        let len = block_rows.min(oh - oy0) * wp;
+        let wg = MatRef::row_major(&w[grp * og * depth..(grp + 1) * og * depth], og, depth);
+        let data = &padded_ref[(b * c + grp * cg) * plane + oy0 * wp..];
+        with_scratch(og * len, |tile| {
+            let done = sgemm_shifted(wg, data, &offsets, len, tile);
+            assert!(done, "the caller checked that the AVX-512 product runs");
+            for (oc, dst) in task.rows.into_iter().enumerate() {
+                let shift = bias.map_or(0.0, |bias| bias[grp * og + oc]);
+                let row = &tile[oc * len..(oc + 1) * len];
+                for (out, virt) in dst.chunks_exact_mut(ow).zip(row.chunks(wp)) {
+                    for (d, &v) in out.iter_mut().zip(virt) {
+                        *d = v + shift;
+                    }
+                }
+                a.activation.apply(dst);
+            }
+        });
+    });
+    PADDED.set(padded);
+}
+
 /// One block of output pixels of one (image, group) of a convolution, with the output rows it
 /// writes: `rows[oc]` is pixels `start..` of the group's output channel `oc`.
 struct ConvTask<'a> {
@@ -142,6 +241,9 @@ thread_local! {
     /// Im2col columns and product tile of the convolution tasks run on this thread, kept
     /// between calls (a model's convolutions reuse one buffer instead of allocating per block).
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The zero-padded input planes of the last stride-1 convolution run from this thread
+    /// (`conv2d_shifted`), kept so that the next one reuses the allocation.
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on `len` floats of this thread's scratch buffer (contents unspecified). The buffer

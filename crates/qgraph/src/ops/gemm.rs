@@ -184,6 +184,42 @@ pub fn sgemm_on(path: SgemmPath, a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ac
     }
 }
 
+/// `c = a * b`, `c` dense row-major `a.rows x n`, where row `p` of `b` is
+/// `data[offsets[p]..offsets[p] + n]` (a stride-1 convolution's shifted input rows): on the
+/// AVX-512 path only, which reads those rows in place. Returns `false`, writing nothing, when
+/// [`SgemmPath::best`] is another path or `a`'s rows are not contiguous (the caller then
+/// builds the columns itself).
+///
+/// Panics if `a` does not fit its slice, `offsets` is not one per column of `a`, a row ends
+/// past `data`, or `c` is short.
+pub fn sgemm_shifted(a: MatRef<'_>, data: &[f32], offsets: &[usize], n: usize, c: &mut [f32]) -> bool {
+    let (m, k) = (a.rows, a.cols);
+    assert!(
+        a.fits() && offsets.len() == k && c.len() >= m * n,
+        "matrix view out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if SgemmPath::best() == SgemmPath::Avx512 && a.col_stride == 1 {
+        if m == 0 || n == 0 {
+            return true;
+        }
+        use super::gemm_avx512::{sgemm_panels, Panels};
+        let a_rows = &a.data[..(m - 1) * a.row_stride + k];
+        return sgemm_panels(
+            a_rows,
+            a.row_stride,
+            m,
+            k,
+            Panels::Shifted { data, offsets, n },
+            c,
+            false,
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+    false
+}
+
 /// `c = x W^T + (accumulate ? c : 0)` for the weight tensor `w` (`[n, k]` row-major, as
 /// `torch.nn.Linear` stores it) and `x` `[m, k]` row-major, `c` `[m, n]`, on [`SgemmPath::best`].
 /// On the AVX-512 path the weight's packed panels are built on first use and kept with the

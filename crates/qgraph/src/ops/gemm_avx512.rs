@@ -110,27 +110,88 @@ pub(super) enum Panels<'a> {
     RowMajor { data: &'a [f32], ldb: usize, n: usize },
     /// A packed weight: `b = W^T`.
     Packed(&'a PackedPanels),
+    /// Rows at their own offsets: `b[p][j] = data[offsets[p] + j]` (a convolution's shifted
+    /// input rows, read in place of im2col columns).
+    Shifted {
+        data: &'a [f32],
+        offsets: &'a [usize],
+        n: usize,
+    },
 }
 
 impl Panels<'_> {
     fn n(&self) -> usize {
         match self {
-            Panels::RowMajor { n, .. } => *n,
+            Panels::RowMajor { n, .. } | Panels::Shifted { n, .. } => *n,
             Panels::Packed(w) => w.n,
         }
     }
 
-    /// (slice starting at row 0 of panel `q`, its row stride, its real column count).
-    fn panel(&self, q: usize) -> (&[f32], usize, usize) {
+    /// (slice starting at column 0 of panel `q`, how its rows are found, its real column count).
+    fn panel(&self, q: usize) -> (&[f32], RowAddr<'_>, usize) {
         let n = self.n();
         match *self {
-            Panels::RowMajor { data, ldb, .. } => (&data[q * NR..], ldb, panel_cols(n, q)),
+            Panels::RowMajor { data, ldb, .. } => (&data[q * NR..], RowAddr::Strided(ldb), panel_cols(n, q)),
             Panels::Packed(w) => {
                 // Full panels precede the only narrower one, the last.
                 let off = q * NR * w.k;
-                (&w.packed()[off..], panel_width(n, q), panel_cols(n, q))
+                (
+                    &w.packed()[off..],
+                    RowAddr::Strided(panel_width(n, q)),
+                    panel_cols(n, q),
+                )
             }
+            Panels::Shifted { data, offsets, .. } => (&data[q * NR..], RowAddr::Offsets(offsets), panel_cols(n, q)),
         }
+    }
+}
+
+/// Where row `p` of a panel starts, relative to its row 0 column 0.
+#[derive(Clone, Copy)]
+enum RowAddr<'a> {
+    /// `p * ldb`.
+    Strided(usize),
+    /// `offsets[p]`.
+    Offsets(&'a [usize]),
+}
+
+impl RowAddr<'_> {
+    fn offset(&self, p: usize) -> usize {
+        match *self {
+            RowAddr::Strided(ldb) => p * ldb,
+            RowAddr::Offsets(offsets) => offsets[p],
+        }
+    }
+}
+
+/// Row addressing of the `b` operand inside [`tile`], a type per kind so each is compiled into
+/// its own loop.
+trait BRows: Copy {
+    /// Pointer to row `p` of the tile's `b`.
+    ///
+    /// # Safety
+    /// `p` is a row of the tile (below its `kc`).
+    unsafe fn row(&self, b: *const f32, p: usize) -> *const f32;
+}
+
+#[derive(Clone, Copy)]
+struct Strided(usize);
+
+impl BRows for Strided {
+    #[inline(always)]
+    unsafe fn row(&self, b: *const f32, p: usize) -> *const f32 {
+        b.add(p * self.0)
+    }
+}
+
+/// Row `p` at `offsets[p]` floats from the panel's column 0 of the data's start.
+#[derive(Clone, Copy)]
+struct Offsets(*const usize);
+
+impl BRows for Offsets {
+    #[inline(always)]
+    unsafe fn row(&self, b: *const f32, p: usize) -> *const f32 {
+        b.add(*self.0.add(p))
     }
 }
 
@@ -174,6 +235,10 @@ pub(super) fn sgemm_panels(
             )
         }
         Panels::Packed(w) => assert_eq!(w.k, k, "packed weight has another inner dimension"),
+        Panels::Shifted { data, offsets, n } => assert!(
+            offsets.len() >= k && offsets[..k].iter().all(|&o| o + n <= data.len()),
+            "a shifted row of b ends past its data"
+        ),
     }
     if k == 0 {
         if !accumulate {
@@ -217,7 +282,7 @@ fn run_panels(
             let i1 = (i0 + MC).min(m);
             let tiles = (i1 - i0).div_ceil(MR);
             for q in qs.clone() {
-                let (panel, ldb, cols) = b.panel(q);
+                let (panel, rows_at, cols) = b.panel(q);
                 let vectors = cols.div_ceil(16);
                 let mask: __mmask16 = (u32::MAX >> (32 - (cols - 16 * (vectors - 1)))) as __mmask16;
                 // The slice the next panel step multiplies, fetched into L2 a part per tile while
@@ -241,27 +306,26 @@ fn run_panels(
                     let rows = MR.min(i1 - i);
                     // SAFETY: rows `i..i + rows` of `a` (`i + rows <= m`) hold columns
                     // `p0..p0 + kc` (`p0 + kc <= k`), inside `a` by the assertion in
-                    // `sgemm_panels`; panel rows `p0..p0 + kc` hold `cols` readable floats at
-                    // stride `ldb` (row-major `b` asserted to hold `k` rows of `n`; a packed
-                    // panel holds `k` rows of `ldb >= cols` floats), and only the first
-                    // `cols = 16 * (vectors - 1) + popcount(mask)` are touched; `c` rows
-                    // `i..i + rows` (of `m * ldc` floats asserted) get columns
-                    // `q * NR..q * NR + cols <= ldc`, owned by this thread alone. The CPU has
-                    // AVX-512F and FMA (`available()`).
+                    // `sgemm_panels`; panel rows `p0..p0 + kc` hold `cols` readable floats
+                    // (row-major `b` asserted to hold `k` rows of `n`; a packed panel holds `k`
+                    // rows of `ldb >= cols` floats; shifted rows asserted to end inside their
+                    // data), and only the first `cols = 16 * (vectors - 1) + popcount(mask)`
+                    // are touched; `c` rows `i..i + rows` (of `m * ldc` floats asserted) get
+                    // columns `q * NR..q * NR + cols <= ldc`, owned by this thread alone. The
+                    // CPU has AVX-512F and FMA (`available()`).
                     unsafe {
-                        tile_dispatch(
-                            rows,
-                            vectors,
-                            a.as_ptr().add(i * lda + p0),
-                            lda,
-                            panel.as_ptr().add(p0 * ldb),
-                            ldb,
-                            kc,
-                            c.0.add(i * ldc + q * NR),
-                            ldc,
-                            mask,
-                            resume,
-                        );
+                        let a = a.as_ptr().add(i * lda + p0);
+                        let c = c.0.add(i * ldc + q * NR);
+                        match rows_at {
+                            RowAddr::Strided(ldb) => {
+                                let b = panel.as_ptr().add(p0 * ldb);
+                                tile_dispatch(rows, vectors, a, lda, b, Strided(ldb), kc, c, ldc, mask, resume)
+                            }
+                            RowAddr::Offsets(offsets) => {
+                                let b = Offsets(offsets[p0..].as_ptr());
+                                tile_dispatch(rows, vectors, a, lda, panel.as_ptr(), b, kc, c, ldc, mask, resume)
+                            }
+                        }
                     }
                 }
             }
@@ -271,9 +335,10 @@ fn run_panels(
 
 /// Asks for rows `ps` of panel `q` of `b` to be brought into L2 (a hint; it reads nothing).
 fn prefetch_rows(b: Panels<'_>, q: usize, ps: Range<usize>) {
-    let (panel, ldb, cols) = b.panel(q);
+    let (panel, rows_at, cols) = b.panel(q);
     for p in ps {
-        let row = &panel[p * ldb..p * ldb + cols];
+        let at = rows_at.offset(p);
+        let row = &panel[at..at + cols];
         for line in row.chunks(16) {
             // SAFETY: `line` is inside `b`'s slice; a prefetch reads nothing architecturally and
             // cannot fault. SSE is part of x86_64.
@@ -288,13 +353,13 @@ fn prefetch_rows(b: Panels<'_>, q: usize, ps: Range<usize>) {
 /// As for [`tile`].
 #[allow(clippy::too_many_arguments)]
 #[inline]
-unsafe fn tile_dispatch(
+unsafe fn tile_dispatch<B: BRows>(
     rows: usize,
     vectors: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
-    ldb: usize,
+    ldb: B,
     kc: usize,
     c: *mut f32,
     ldc: usize,
@@ -304,14 +369,14 @@ unsafe fn tile_dispatch(
     macro_rules! by_rows {
         ($v:literal) => {
             match rows {
-                8 => tile::<8, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
-                7 => tile::<7, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
-                6 => tile::<6, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
-                5 => tile::<5, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
-                4 => tile::<4, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
-                3 => tile::<3, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
-                2 => tile::<2, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
-                _ => tile::<1, $v>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                8 => tile::<8, $v, B>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                7 => tile::<7, $v, B>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                6 => tile::<6, $v, B>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                5 => tile::<5, $v, B>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                4 => tile::<4, $v, B>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                3 => tile::<3, $v, B>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                2 => tile::<2, $v, B>(a, lda, b, ldb, kc, c, ldc, mask, resume),
+                _ => tile::<1, $v, B>(a, lda, b, ldb, kc, c, ldc, mask, resume),
             }
         };
     }
@@ -326,17 +391,17 @@ unsafe fn tile_dispatch(
 /// from the stored `c` when `resume` and from 0 otherwise; `cols = 16 * (V - 1) + popcount(mask)`.
 ///
 /// # Safety
-/// `a` addresses `R` rows of `kc` floats `lda` apart; `b` `kc` rows `ldb` apart of which the
-/// first `cols` floats are read; `c` `R` rows `ldc` apart of which the first `cols` floats are
+/// `a` addresses `R` rows of `kc` floats `lda` apart; `b` `kc` rows (row `p` at
+/// `ldb.row(b, p)`) of which the first `cols` floats are read; `c` `R` rows `ldc` apart of which the first `cols` floats are
 /// read and written; `mask` is a non-empty low-bit mask; the CPU has AVX-512F and FMA.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn tile<const R: usize, const V: usize>(
+unsafe fn tile<const R: usize, const V: usize, B: BRows>(
     a: *const f32,
     lda: usize,
     b: *const f32,
-    ldb: usize,
+    ldb: B,
     kc: usize,
     c: *mut f32,
     ldc: usize,
@@ -353,13 +418,12 @@ unsafe fn tile<const R: usize, const V: usize>(
         }
     }
     let rows: [*const f32; R] = std::array::from_fn(|r| a.add(r * lda));
-    let mut b = b;
     for p in 0..kc {
+        let b = ldb.row(b, p);
         let mut bv = [_mm512_setzero_ps(); V];
         for (v, y) in bv.iter_mut().enumerate() {
             *y = _mm512_maskz_loadu_ps(lane_mask(v), b.add(16 * v));
         }
-        b = b.add(ldb);
         for (acc, row) in acc.iter_mut().zip(&rows) {
             let s = _mm512_set1_ps(*row.add(p));
             for (x, &y) in acc.iter_mut().zip(&bv) {
