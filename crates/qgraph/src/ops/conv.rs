@@ -1,6 +1,13 @@
-//! Conv2d (im2col + GEMM, direct loops for depthwise) and ConvTranspose2d (GEMM + col2im), NCHW
-//! as PyTorch: `out[n, o, y, x] = b[o] + sum_{c, i, j} w[o, c, i, j] *
-//! in[n, g*Cg + c, y*s - p + i*d, x*s - p + j*d]`.
+//! Conv2d and ConvTranspose2d, NCHW as PyTorch: `out[n, o, y, x] = b[o] + sum_{c, i, j}
+//! w[o, c, i, j] * in[n, g*Cg + c, y*s - p + i*d, x*s - p + j*d]`.
+//!
+//! Conv2d runs as a product of the weight `[o, c*kh*kw]` with the input's columns: stride-1
+//! layers read shifted rows of zero-padded input planes in place (`conv2d_shifted`), other
+//! layers build im2col columns per block of output pixels, 1x1 layers read the input as it is,
+//! and depthwise layers use direct loops. ConvTranspose2d multiplies by `W^T` and places the
+//! columns: by blocks of input rows when kernel = stride (each output value has one source),
+//! by a scatter-add otherwise. Thread-local scratch buffers (im2col columns, product tiles,
+//! padded planes) are kept between calls.
 
 use qtensor::Tensor;
 use rayon::prelude::*;
@@ -410,7 +417,7 @@ pub fn conv_transpose2d_shape(node: &str, a: &ConvTranspose2dAttrs, x: &[usize])
 /// ConvTranspose2d forward: `cols = W_g^T x_g` then scatter-add the columns into the output.
 /// Non-overlapping layers (kernel = stride, no padding, dilation 1, no output padding: UNet's
 /// 2x2 stride-2 upsampling) give each output value exactly one column entry, so they run block
-/// by block of input rows and write their output rows directly ([`conv_transpose2d_tiled`]).
+/// by block of input rows and write their output rows directly (`conv_transpose2d_tiled`).
 pub fn conv_transpose2d(node: &Node, a: &ConvTranspose2dAttrs, x: &Tensor, out_shape: Vec<usize>) -> Result<Tensor> {
     let w = node.param("weight")?.data();
     let bias = if a.bias { Some(node.param("bias")?.data()) } else { None };

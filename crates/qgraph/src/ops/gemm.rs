@@ -2,7 +2,7 @@
 //!
 //! Two paths, [`SgemmPath`]:
 //! - `Avx512` (CPUs with AVX-512F, the default there): the panel kernel of
-//!   [`super::gemm_avx512`]. Linear and the recurrent projections call [`sgemm_weight`], which
+//!   `gemm_avx512`. Linear and the recurrent projections call [`sgemm_weight`], which
 //!   packs the weight `[N, K]` into column panels of `W^T` once and keeps them with the weight
 //!   tensor ([`Tensor::derived`], dropped whenever the weight is mutated), so a call only computes;
 //!   products whose `b` is row-major (MatMul, Conv2d's im2col columns) read `b`'s panels in place.

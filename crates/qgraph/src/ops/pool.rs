@@ -49,7 +49,7 @@ fn pick(m: f32, v: f32) -> f32 {
 }
 
 /// Max pooling, separable: each input row's maxima over the column windows of every output
-/// column, then each output row the maxima of its window's rows. Both passes apply [`pick`] in
+/// column, then each output row the maxima of its window's rows. Both passes apply `pick` in
 /// scan order (left to right, then top to bottom), which keeps the row-major window scan's
 /// first maximal element (or last NaN), bit for bit. The column pass computes the window that
 /// starts at every input column (tap by tap, over contiguous runs, as vector loops) and keeps

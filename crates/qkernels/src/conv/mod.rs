@@ -5,7 +5,7 @@
 //! im2col matrix; the default up to a 2304-deep reduction), the others through the shared GEMM,
 //! and `ConvTranspose2d` with per-tensor or per-channel weights.
 //!
-//! Every path produces the integers of [`reference`], which follows PyTorch fbgemm's
+//! Every path produces the integers of [`reference`](mod@reference), which follows PyTorch fbgemm's
 //! `ReQuantizeOutput` (see [`requant`]). Weights are packed once ([`PackedConv2d::new`]); a call
 //! takes the input and output quantization parameters and an optional fused ReLU / ReLU6. The
 //! per-channel constants those parameters give (requantization multipliers and bias terms, each

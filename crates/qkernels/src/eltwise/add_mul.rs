@@ -8,7 +8,7 @@
 //! (f32, left to right), `y = clamp(zp_y + round_half_even(p as f32 * m), 0, 255)`, ReLU raising
 //! the lower bound to `zp_y`; the mul has one rule only (PyTorch's two loops agree).
 //!
-//! [`AddParams::one`] and [`MulParams::one`] are the reference, one element at a time. The
+//! `AddParams::one` and `MulParams::one` are the reference, one element at a time. The
 //! vector paths evaluate the same f32 operations in the same order on 8 or 16 lanes (`fma`
 //! for the fused dequantize, `vcvtps2dq` rounding half to even, clamping in f32 before the
 //! conversion, which equals clamping after it because the bounds are integers; a NaN sum clamps

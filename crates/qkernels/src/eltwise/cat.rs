@@ -1,7 +1,7 @@
 //! Concatenation along channels of NHWC `u8` tensors with different quantization parameters
 //! (PyTorch `quantized::cat`): an input whose parameters equal the output's is copied; any
 //! other value becomes `quantize_out((q - zp_in) as f32 * s_in)` (dequantize, then fbgemm
-//! `Quantize` with the f32 reciprocal of the output scale, [`RequantParams::one`]).
+//! `Quantize` with the f32 reciprocal of the output scale, `RequantParams::one`).
 //!
 //! The portable path looks each value up in a 256-entry table of that formula; the AVX2 and
 //! AVX-512 paths evaluate it on 8 or 16 lanes (the subtraction and the product of exact small
