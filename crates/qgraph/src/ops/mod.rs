@@ -136,6 +136,8 @@ pub fn reuses_first_input(op: &Op) -> bool {
             | Op::Sigmoid
             | Op::Tanh
             | Op::LayerNorm(_)
+            | Op::BatchNorm(_)
+            | Op::Cat { .. }
             | Op::Add
             | Op::Mul
             | Op::Dropout { .. }
@@ -167,6 +169,21 @@ pub fn forward_inplace(node: &Node, x: Tensor, rest: &[&Value]) -> Result<Value>
         Op::Sigmoid => y.data_mut().iter_mut().for_each(|v| *v = activation::sigmoid(*v)),
         Op::Tanh => y.data_mut().iter_mut().for_each(|v| *v = v.tanh()),
         Op::LayerNorm(a) => norm::layer_norm_inplace(node, a, &mut y)?,
+        Op::BatchNorm(a) => norm::batch_norm_inplace(node, a, &mut y)?,
+        // Concatenation of whole tensors (nothing before the joined dimension but size-1 ones):
+        // the others are appended to the first one's buffer.
+        Op::Cat { dim }
+            if layout::normalize_dim(&node.name, *dim, y.rank())
+                .is_ok_and(|d| out_shape[..d].iter().all(|&s| s == 1))
+                && rest.iter().all(|v| matches!(v, Value::F32(_))) =>
+        {
+            let mut data = y.into_data();
+            data.reserve_exact(out_shape.iter().product::<usize>() - data.len());
+            for v in rest {
+                data.extend_from_slice(v.as_f32().expect("checked by the guard").data());
+            }
+            y = Tensor::new(out_shape, data)?;
+        }
         Op::Add | Op::Mul if same_shape_operand.is_some() => {
             let b = same_shape_operand.expect("checked by the guard").data();
             match node.op {

@@ -44,10 +44,16 @@ pub fn batch_norm_affine(node: &Node, a: &BatchNormAttrs) -> Result<(Vec<f32>, V
 }
 
 pub fn batch_norm(node: &Node, a: &BatchNormAttrs, x: &Tensor) -> Result<Tensor> {
+    let mut y = x.clone();
+    batch_norm_inplace(node, a, &mut y)?;
+    Ok(y)
+}
+
+/// [`batch_norm`] over the input's own buffer (shape checked by the caller).
+pub fn batch_norm_inplace(node: &Node, a: &BatchNormAttrs, y: &mut Tensor) -> Result<()> {
     let (alpha, beta) = batch_norm_affine(node, a)?;
     let c = a.num_features;
-    let inner: usize = x.shape()[2..].iter().product();
-    let mut y = x.clone();
+    let inner: usize = y.shape()[2..].iter().product();
     for (i, plane) in y.data_mut().chunks_exact_mut(inner.max(1)).enumerate() {
         let ch = i % c;
         for v in plane.iter_mut() {
@@ -55,7 +61,7 @@ pub fn batch_norm(node: &Node, a: &BatchNormAttrs, x: &Tensor) -> Result<Tensor>
         }
         a.activation.apply(plane);
     }
-    Ok(y)
+    Ok(())
 }
 
 pub fn layer_norm_shape(node: &str, a: &LayerNormAttrs, x: &[usize]) -> Result<Vec<usize>> {
