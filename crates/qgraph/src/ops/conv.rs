@@ -93,22 +93,7 @@ pub fn conv2d(node: &Node, a: &Conv2dAttrs, x: &Tensor, out_shape: Vec<usize>) -
     // thread.
     let depth = cg * kk;
     let block = block_pixels(depth, pixels);
-    let blocks_per_plane = pixels.div_ceil(block);
-    let mut tasks: Vec<ConvTask<'_>> = (0..n * g * blocks_per_plane)
-        .map(|t| ConvTask {
-            image: t / (g * blocks_per_plane),
-            group: t / blocks_per_plane % g,
-            start: t % blocks_per_plane * block,
-            rows: Vec::with_capacity(og),
-        })
-        .collect();
-    for (plane, y_plane) in y.chunks_mut(pixels).enumerate() {
-        let (b, ch) = (plane / o, plane % o);
-        let first = (b * g + ch / og) * blocks_per_plane;
-        for (k, chunk) in y_plane.chunks_mut(block).enumerate() {
-            tasks[first + k].rows.push(chunk);
-        }
-    }
+    let tasks = ConvTask::split(&mut y, (n, o, g), pixels, block, block);
     tasks.into_par_iter().for_each(|task| {
         let (b, grp, start) = (task.image, task.group, task.start);
         let len = block.min(pixels - start);
@@ -195,22 +180,7 @@ fn conv2d_shifted(
         .collect();
     // Output rows per task: about 512 virtual pixels of product width.
     let block_rows = 512usize.div_ceil(wp).min(oh);
-    let blocks = oh.div_ceil(block_rows);
-    let mut tasks: Vec<ConvTask<'_>> = (0..n * g * blocks)
-        .map(|t| ConvTask {
-            image: t / (g * blocks),
-            group: t / blocks % g,
-            start: t % blocks * block_rows,
-            rows: Vec::with_capacity(og),
-        })
-        .collect();
-    for (p, y_plane) in y.chunks_mut(oh * ow).enumerate() {
-        let (b, ch) = (p / o, p % o);
-        let first = (b * g + ch / og) * blocks;
-        for (k, chunk) in y_plane.chunks_mut(block_rows * ow).enumerate() {
-            tasks[first + k].rows.push(chunk);
-        }
-    }
+    let tasks = ConvTask::split(y, (n, o, g), oh * ow, block_rows * ow, block_rows);
     let padded_ref = &padded[..];
     tasks.into_par_iter().for_each(|task| {
         let (b, grp, oy0) = (task.image, task.group, task.start);
@@ -242,6 +212,32 @@ struct ConvTask<'a> {
     group: usize,
     start: usize,
     rows: Vec<&'a mut [f32]>,
+}
+
+impl<'a> ConvTask<'a> {
+    /// Cuts the output `y` (`n` images of `o` planes of `plane` floats, in `g` groups) into
+    /// chunks of `chunk` floats per plane: task `(image, group, k)` holds chunk `k` of every
+    /// plane of its group, and `start = k * step` (the chunk's first pixel or row).
+    fn split(y: &'a mut [f32], (n, o, g): (usize, usize, usize), plane: usize, chunk: usize, step: usize) -> Vec<Self> {
+        let blocks = plane.div_ceil(chunk);
+        let og = o / g;
+        let mut tasks: Vec<ConvTask<'a>> = (0..n * g * blocks)
+            .map(|t| ConvTask {
+                image: t / (g * blocks),
+                group: t / blocks % g,
+                start: t % blocks * step,
+                rows: Vec::with_capacity(og),
+            })
+            .collect();
+        for (p, y_plane) in y.chunks_mut(plane).enumerate() {
+            let (b, ch) = (p / o, p % o);
+            let first = (b * g + ch / og) * blocks;
+            for (k, part) in y_plane.chunks_mut(chunk).enumerate() {
+                tasks[first + k].rows.push(part);
+            }
+        }
+        tasks
+    }
 }
 
 thread_local! {
@@ -493,24 +489,9 @@ fn conv_transpose2d_tiled(a: &ConvTranspose2dAttrs, w: &[f32], bias: Option<&[f3
         .collect();
     // Input rows per task: whole rows, at least 128 pixels, about 256 KiB of tile.
     let block_rows = (256 * 1024 / 4 / rows.max(1)).max(128).div_ceil(wd).min(h).max(1);
-    let blocks = h.div_ceil(block_rows);
     let out_plane = h * kh * ow;
     let mut y = vec![0.0f32; n * o * out_plane];
-    let mut tasks: Vec<ConvTask<'_>> = (0..n * g * blocks)
-        .map(|t| ConvTask {
-            image: t / (g * blocks),
-            group: t / blocks % g,
-            start: t % blocks * block_rows,
-            rows: Vec::with_capacity(og),
-        })
-        .collect();
-    for (plane, y_plane) in y.chunks_mut(out_plane).enumerate() {
-        let (b, ch) = (plane / o, plane % o);
-        let first = (b * g + ch / og) * blocks;
-        for (k, chunk) in y_plane.chunks_mut(block_rows * kh * ow).enumerate() {
-            tasks[first + k].rows.push(chunk);
-        }
-    }
+    let tasks = ConvTask::split(&mut y, (n, o, g), out_plane, block_rows * kh * ow, block_rows);
     let plane_in = h * wd;
     tasks.into_par_iter().for_each(|task| {
         let (b, grp, iy0) = (task.image, task.group, task.start);
