@@ -146,7 +146,7 @@ impl Panels<'_> {
     }
 }
 
-/// Where row `p` of a panel starts, relative to its row 0 column 0.
+/// Where row `p` of a panel starts, relative to the start of the panel's slice.
 #[derive(Clone, Copy)]
 enum RowAddr<'a> {
     /// `p * ldb`.
@@ -184,7 +184,8 @@ impl BRows for Strided {
     }
 }
 
-/// Row `p` at `offsets[p]` floats from the panel's column 0 of the data's start.
+/// Row `p` at `offsets[p]` floats past the tile's `b` (the panel's first column at the start of
+/// the shifted rows' data).
 #[derive(Clone, Copy)]
 struct Offsets(*const usize);
 
