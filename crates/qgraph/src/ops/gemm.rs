@@ -244,6 +244,8 @@ pub fn sgemm_weight_on(
     accumulate: bool,
 ) {
     assert_eq!(w.numel(), n * k, "weight is not [n, k]");
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
     #[cfg(target_arch = "x86_64")]
     if path == SgemmPath::Avx512 && m > 0 && n > 0 && k > 0 && path.is_available() {
         use super::gemm_avx512::{sgemm_panels, PackedPanels, Panels};
