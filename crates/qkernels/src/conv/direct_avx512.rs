@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use super::direct::{DirectConv, Epilogue, PANEL, PANEL_ROW};
 use super::requant::avx512::{requant16, requant16_in_range};
+use crate::gemm::row_tiles;
 use crate::prefetch::{Prefetch, Regions};
 
 /// Reductions up to this many packed groups use 4-panel tiles: with so few products per
@@ -67,7 +68,7 @@ pub(crate) unsafe fn row(
     let wstride = p.groups_total * PANEL_ROW;
     let quads = p.groups_total <= QUAD_MAX_GROUPS;
     // Register tiles in this row, for sharing out a prefetch region.
-    let row_tiles = {
+    let tiles_in_row = {
         let (mut panel, mut count) = (panels.start, 0);
         while panel < panels.end {
             let (pp, r_max) = tile_shape(panels.end - panel, quads);
@@ -84,22 +85,19 @@ pub(crate) unsafe fn row(
         let tail = c_out - (p.panels - 1) * PANEL;
         let last_mask: __mmask16 = if last && tail < PANEL { (1u16 << tail) - 1 } else { !0 };
         let w = p.weights.as_ptr().cast::<i8>().add(panel * wstride);
-        // Balanced pixel tiles: `tiles` tiles of `r_max` or `r_max - 1`... pixels.
+        // Balanced pixel tiles: `tiles` tiles within one pixel of each other in width.
         let tiles = pixels.div_ceil(r_max);
         // The following panels' weights (contiguous after these), shared over the pixel tiles.
         let next_bytes = pp.min(p.panels - panel - pp) * wstride;
         let next = w.wrapping_add(pp * wstride);
-        let (even, extra) = (pixels / tiles, pixels % tiles);
-        let mut px = 0;
-        for t in 0..tiles {
-            let r = even + usize::from(t < extra);
+        for (t, (px, r)) in row_tiles(0..pixels, r_max).enumerate() {
             let a = base.add(px * pixel_stride);
             let dst = out.add(px * ostride + (panel - panels.start) * PANEL);
             let ch = panel * PANEL;
             let pf = match prefetch {
                 RowPrefetch::None => Prefetch::NONE,
                 RowPrefetch::NextTiles => Prefetch::share(next, next_bytes, t, tiles, offsets.len()),
-                RowPrefetch::Regions(regions) => regions.share(done + t, row_tiles, offsets.len()),
+                RowPrefetch::Regions(regions) => regions.share(done + t, tiles_in_row, offsets.len()),
             };
             macro_rules! go {
                 ($P:literal; $($R:literal),*) => {
@@ -116,7 +114,6 @@ pub(crate) unsafe fn row(
                 4 => go!(4; 1, 2, 3, 4, 5, 6),
                 _ => unreachable!("tiles have 1 to 4 panels"),
             }
-            px += r;
         }
         done += tiles;
         panel += pp;

@@ -53,6 +53,8 @@ mod avx512_vnni;
 mod avxvnni;
 
 pub use dispatch::{available_paths, best_path, KernelPath};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use driver::row_tiles;
 pub use dynamic::{finite_min_max, quantize_dynamic_per_tensor};
 pub use dynamic_gemm::{gemm_f32_dynamic, gemm_f32_dynamic_vec, DynamicGranularity, DynamicScratch};
 pub(crate) use epilogue::RequantStage;
