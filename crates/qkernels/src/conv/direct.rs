@@ -64,6 +64,14 @@ pub(crate) enum InputRows<'a> {
 /// with the row's index among all output rows of the batch (`n * oh + oh`) and its bytes.
 pub(crate) type RowFinish<'a> = dyn Fn(usize, &mut [u8]) + Sync + 'a;
 
+/// Consecutive packed groups whose input bytes are consecutive too: group `i` of the run reads
+/// the 4 bytes at `at + 4 * i` (relative to an output pixel's first tap).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupRun {
+    pub(crate) at: usize,
+    pub(crate) groups: usize,
+}
+
 /// 64 packed weight bytes, 64-byte aligned so loads never split cache lines.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -216,12 +224,12 @@ impl DirectConv {
         // Weight blocks, shared by every band (each band runs them in order).
         let blocks: Vec<_> = self.panel_blocks().collect();
         let image = xs.h * in_row;
-        let groups_at = |row_base: &dyn Fn(usize) -> usize, offsets: &mut Vec<usize>| {
-            offsets.clear();
-            for s in &self.segments {
-                let at = row_base(s.row) + s.offset;
-                offsets.extend((0..s.groups).map(|i| at + 4 * i));
-            }
+        let groups_at = |row_base: &dyn Fn(usize) -> usize, runs: &mut Vec<GroupRun>| {
+            runs.clear();
+            runs.extend(self.segments.iter().map(|s| GroupRun {
+                at: row_base(s.row) + s.offset,
+                groups: s.groups,
+            }));
         };
         let (band, bands) = super::output_bands(y, xs.n, oh_n, out_row, threads);
         crate::team::for_each_item(threads, bands, &|(n, b, y_band)| {
@@ -230,7 +238,7 @@ impl DirectConv {
                 InputRows::Concat(_) => &[],
             };
             let oh0 = b * band;
-            let mut offsets = Vec::with_capacity(self.groups_total);
+            let mut runs = Vec::with_capacity(self.segments.len());
             // Padded input rows live in a ring of `span` slots: padded row `pr` in slot
             // `pr % span`, copied once when an output row first needs it (the rows one
             // output row reads differ by less than `span`, so they never share a slot).
@@ -262,10 +270,10 @@ impl DirectConv {
                                 None => dst.fill(zp),
                             }
                         }
-                        groups_at(&|row| (pr0 + row) % span * padded_row, &mut offsets);
+                        groups_at(&|row| (pr0 + row) % span * padded_row, &mut runs);
                         &ring
                     } else {
-                        groups_at(&|row| (pr0 + row) * in_row, &mut offsets);
+                        groups_at(&|row| (pr0 + row) * in_row, &mut runs);
                         x_img
                     };
                     // Input rows the next output row reads first (from memory, the input
@@ -292,7 +300,12 @@ impl DirectConv {
                         }
                         regions
                     };
-                    let last = offsets.iter().copied().max().unwrap_or(0) + (ow_n - 1) * sw * c;
+                    let last = runs
+                        .iter()
+                        .map(|r| r.at + 4 * r.groups.saturating_sub(1))
+                        .max()
+                        .unwrap_or(0)
+                        + (ow_n - 1) * sw * c;
                     assert!(last + 4 <= src.len() + 3 * usize::from(!self.needs_copy));
                     let out = y_row[panels.start * PANEL..].as_mut_ptr().cast::<u8>();
                     #[cfg(target_arch = "x86_64")]
@@ -302,13 +315,12 @@ impl DirectConv {
                     // ends inside the input), and `y_row` holds `ow_n` pixels of `c_out`
                     // bytes.
                     unsafe {
-                        let (o, s) = (&offsets, sw * c);
                         super::direct_avx512::row(
                             self,
                             epi,
                             src.as_ptr(),
-                            o,
-                            s,
+                            &runs,
+                            sw * c,
                             ow_n,
                             panels.clone(),
                             out,
@@ -417,7 +429,10 @@ impl DirectConv {
         let run = self.geometry.c_out / kh;
         let panels_per_run = run / PANEL;
         // One segment of whole groups: group `i` reads bytes `4i..4i + 4` of each pixel.
-        let offsets: Vec<usize> = (0..self.groups_total).map(|i| 4 * i).collect();
+        let runs = [GroupRun {
+            at: 0,
+            groups: self.groups_total,
+        }];
         let out_row = xs.w * run;
         let rows: Vec<_> = y.chunks_mut(kh * out_row).zip(x.chunks(xs.w * c)).collect();
         crate::team::for_each_item(rayon::current_num_threads(), rows, &|(y_rows, x_row)| {
@@ -433,7 +448,7 @@ impl DirectConv {
                         self,
                         epi,
                         x_row.as_ptr(),
-                        &offsets,
+                        &runs,
                         c,
                         xs.w,
                         panels,

@@ -15,7 +15,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::direct::{DirectConv, Epilogue, PANEL, PANEL_ROW};
+use super::direct::{DirectConv, Epilogue, GroupRun, PANEL, PANEL_ROW};
 use super::requant::avx512::{requant16, requant16_in_range};
 use crate::gemm::row_tiles;
 use crate::prefetch::{Prefetch, Regions};
@@ -40,14 +40,15 @@ fn tile_shape(panels_left: usize, quads: bool) -> (usize, usize) {
     }
 }
 
-/// Computes panels `panels` of one output row: packed group `g` of pixel 0 reads the 4 bytes
-/// at `base + offsets[g]`, consecutive pixels `pixel_stride` bytes apart; channel
+/// Computes panels `panels` of one output row: the packed groups are `runs` in order, group `i`
+/// of a run reading the 4 bytes at `base + run.at + 4 * i` for pixel 0, consecutive pixels
+/// `pixel_stride` bytes apart; channel
 /// `16 * panels.start` of pixel `i` is written at `out + i * ostride`, the row's other channels
 /// after it.
 ///
 /// # Safety
-/// The CPU supports AVX-512 F/BW/VL/VNNI; `base + offsets[g] + (pixels - 1) * pixel_stride`
-/// has 4 readable bytes for every group; `offsets` has one entry per packed group of `p`;
+/// The CPU supports AVX-512 F/BW/VL/VNNI; `base + run.at + 4 * i + (pixels - 1) * pixel_stride`
+/// has 4 readable bytes for every group `i` of every run; the runs hold `p.groups_total` groups;
 /// `panels` lies in `0..p.panels`; `out + i * ostride` has room for the channels of `panels`
 /// (up to `c_out` on the last panel) for every pixel `i < pixels`.
 #[allow(clippy::too_many_arguments)]
@@ -56,7 +57,7 @@ pub(crate) unsafe fn row(
     p: &DirectConv,
     epi: &Epilogue,
     base: *const u8,
-    offsets: &[usize],
+    runs: &[GroupRun],
     pixel_stride: usize,
     pixels: usize,
     panels: Range<usize>,
@@ -67,6 +68,8 @@ pub(crate) unsafe fn row(
     let c_out = p.c_out();
     let wstride = p.groups_total * PANEL_ROW;
     let quads = p.groups_total <= QUAD_MAX_GROUPS;
+    // Steps of a tile's reduction loop (two groups each), over which it spreads its prefetches.
+    let steps: usize = runs.iter().map(|r| r.groups.div_ceil(2)).sum();
     // Register tiles in this row, for sharing out a prefetch region.
     let tiles_in_row = {
         let (mut panel, mut count) = (panels.start, 0);
@@ -96,13 +99,13 @@ pub(crate) unsafe fn row(
             let ch = panel * PANEL;
             let pf = match prefetch {
                 RowPrefetch::None => Prefetch::NONE,
-                RowPrefetch::NextTiles => Prefetch::share(next, next_bytes, t, tiles, offsets.len()),
-                RowPrefetch::Regions(regions) => regions.share(done + t, tiles_in_row, offsets.len()),
+                RowPrefetch::NextTiles => Prefetch::share(next, next_bytes, t, tiles, steps),
+                RowPrefetch::Regions(regions) => regions.share(done + t, tiles_in_row, steps),
             };
             macro_rules! go {
                 ($P:literal; $($R:literal),*) => {
                     match r {
-                        $($R => tile::<$R, $P>(a, offsets, pixel_stride, w, wstride, epi, ch, dst, ostride, last_mask, pf),)*
+                        $($R => tile::<$R, $P>(a, runs, pixel_stride, w, wstride, epi, ch, dst, ostride, last_mask, pf),)*
                         _ => unreachable!("tile of {r} pixels"),
                     }
                 };
@@ -139,7 +142,7 @@ pub(crate) enum RowPrefetch {
 ///
 /// Used inside functions with AVX-512 VNNI enabled; the address must have 4 readable bytes.
 macro_rules! broadcast_dot {
-    ($P:expr, $acc:expr, $w:expr, $bcast:literal, $($regs:tt)*) => {{
+    ($P:expr, $acc:expr, $w:expr, $bcast:expr, $($regs:tt)*) => {{
     let (acc, w) = ($acc, $w);
     let _tmp: __m512i;
     match $P {
@@ -201,28 +204,29 @@ struct PixelAddresses {
     s7: usize,
 }
 
-/// [`broadcast_dot!`] for pixel `$r` (a constant once the pixel loop is unrolled).
+/// [`broadcast_dot!`] for pixel `$r` (a constant once the pixel loop is unrolled), reading `$d`
+/// bytes past the pixel's address (a literal displacement in the operand).
 macro_rules! pixel_dot {
-    ($P:expr, $r:expr, $acc:expr, $w:expr, $pa:expr) => {{
+    ($P:expr, $r:expr, $acc:expr, $w:expr, $pa:expr, $d:literal) => {{
         let PixelAddresses { a, b, s, s3, s5, s7 } = $pa;
         let (acc, w) = ($acc, $w);
         match $r {
-            0 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a}]", a = in(reg) a,),
-            1 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a} + {s}]", a = in(reg) a, s = in(reg) s,),
-            2 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a} + {s}*2]", a = in(reg) a, s = in(reg) s,),
-            3 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a} + {s3}]", a = in(reg) a, s3 = in(reg) s3,),
-            4 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a} + {s}*4]", a = in(reg) a, s = in(reg) s,),
-            5 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a} + {s5}]", a = in(reg) a, s5 = in(reg) s5,),
-            6 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{a} + {s3}*2]", a = in(reg) a, s3 = in(reg) s3,),
-            7 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b}]", b = in(reg) b,),
-            8 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s}]", b = in(reg) b, s = in(reg) s,),
-            9 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s}*2]", b = in(reg) b, s = in(reg) s,),
-            10 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s3}]", b = in(reg) b, s3 = in(reg) s3,),
-            11 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s}*4]", b = in(reg) b, s = in(reg) s,),
-            12 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s5}]", b = in(reg) b, s5 = in(reg) s5,),
-            13 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s3}*2]", b = in(reg) b, s3 = in(reg) s3,),
-            14 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s7}]", b = in(reg) b, s7 = in(reg) s7,),
-            15 => broadcast_dot!($P, acc, w, "vpbroadcastd {t}, dword ptr [{b} + {s}*8]", b = in(reg) b, s = in(reg) s,),
+            0 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{a} + ", $d, "]"), a = in(reg) a,),
+            1 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{a} + {s} + ", $d, "]"), a = in(reg) a, s = in(reg) s,),
+            2 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{a} + {s}*2 + ", $d, "]"), a = in(reg) a, s = in(reg) s,),
+            3 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{a} + {s3} + ", $d, "]"), a = in(reg) a, s3 = in(reg) s3,),
+            4 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{a} + {s}*4 + ", $d, "]"), a = in(reg) a, s = in(reg) s,),
+            5 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{a} + {s5} + ", $d, "]"), a = in(reg) a, s5 = in(reg) s5,),
+            6 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{a} + {s3}*2 + ", $d, "]"), a = in(reg) a, s3 = in(reg) s3,),
+            7 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{b} + ", $d, "]"), b = in(reg) b,),
+            8 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{b} + {s} + ", $d, "]"), b = in(reg) b, s = in(reg) s,),
+            9 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{b} + {s}*2 + ", $d, "]"), b = in(reg) b, s = in(reg) s,),
+            10 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{b} + {s3} + ", $d, "]"), b = in(reg) b, s3 = in(reg) s3,),
+            11 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{b} + {s}*4 + ", $d, "]"), b = in(reg) b, s = in(reg) s,),
+            12 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{b} + {s5} + ", $d, "]"), b = in(reg) b, s5 = in(reg) s5,),
+            13 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{b} + {s3}*2 + ", $d, "]"), b = in(reg) b, s3 = in(reg) s3,),
+            14 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{b} + {s7} + ", $d, "]"), b = in(reg) b, s7 = in(reg) s7,),
+            15 => broadcast_dot!($P, acc, w, concat!("vpbroadcastd {t}, dword ptr [{b} + {s}*8 + ", $d, "]"), b = in(reg) b, s = in(reg) s,),
             _ => unreachable!("tiles have at most 16 pixels"),
         }
     }};
@@ -254,7 +258,7 @@ macro_rules! unrolled {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile<const R: usize, const P: usize>(
     a: *const u8,
-    offsets: &[usize],
+    runs: &[GroupRun],
     pixel_stride: usize,
     w: *const i8,
     wstride: usize,
@@ -274,25 +278,47 @@ unsafe fn tile<const R: usize, const P: usize>(
     let s = pixel_stride;
     let mut wp = w;
     let mut pf = pf;
-    for &off in offsets {
-        pf.step();
-        let a = a.add(off);
-        let pa = PixelAddresses {
-            a,
-            b: a.wrapping_add(7 * s),
-            s,
-            s3: 3 * s,
-            s5: 5 * s,
-            s7: 7 * s,
-        };
-        // SAFETY: the packed weights hold one 64-byte aligned row per group and panel.
-        let wv: [__m512i; P] = std::array::from_fn(|q| _mm512_load_si512(wp.add(q * wstride).cast()));
-        unrolled!(R, PIXEL => {
-            // SAFETY: `PIXEL < R` indexes the tile; 4 readable bytes per pixel and group (see
-            // `row`); pixel `r` reads at `a + r * s`, which is what the operand of arm `r` computes.
-            pixel_dot!(P, PIXEL, acc.get_unchecked_mut(PIXEL), &wv, pa);
-        });
-        wp = wp.add(PANEL_ROW);
+    let (s3, s5, s7) = (3 * s, 5 * s, 7 * s);
+    // One packed group of `wp`'s panels at `$d` bytes past `a` (`"0"` or `"4"`) for every pixel.
+    macro_rules! group {
+        ($a:expr, $wp:expr, $d:literal) => {{
+            let pa = PixelAddresses {
+                a: $a,
+                b: $a.wrapping_add(s7),
+                s,
+                s3,
+                s5,
+                s7,
+            };
+            // SAFETY: the packed weights hold one 64-byte aligned row per group and panel.
+            let wv: [__m512i; P] = std::array::from_fn(|q| _mm512_load_si512($wp.add(q * wstride).cast()));
+            unrolled!(R, PIXEL => {
+                // SAFETY: `PIXEL < R` indexes the tile; 4 readable bytes per pixel and group
+                // (see `row`); pixel `r` reads at `a + r * s + d`, which is what the operand of
+                // arm `r` computes.
+                pixel_dot!(P, PIXEL, acc.get_unchecked_mut(PIXEL), &wv, pa, $d);
+            });
+        }};
+    }
+    // Two groups per step: the second one's input is the next 4 bytes (a displacement in the
+    // broadcasts' operands) and its weights the next packed row, so a step costs three pointer
+    // increments and the loop test.
+    for run in runs {
+        let mut a = a.add(run.at);
+        let mut left = run.groups;
+        while left >= 2 {
+            pf.step();
+            group!(a, wp, "0");
+            group!(a, wp.add(PANEL_ROW), "4");
+            a = a.add(8);
+            wp = wp.add(2 * PANEL_ROW);
+            left -= 2;
+        }
+        if left == 1 {
+            pf.step();
+            group!(a, wp, "0");
+            wp = wp.add(PANEL_ROW);
+        }
     }
     let zp = _mm512_set1_epi32(epi.zero_point);
     let (lo, hi) = (_mm512_set1_epi32(epi.lo), _mm512_set1_epi32(epi.hi));
@@ -340,6 +366,17 @@ unsafe fn tile<const R: usize, const P: usize>(
     // them to dword `4k + l`, channel order.
     let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     let (lo8, hi8) = (_mm512_set1_epi8(epi.lo as i8), _mm512_set1_epi8(epi.hi as i8));
+    // The packs already saturate to [0, 255]: a bound at either end of that range (no
+    // activation, or ReLU with a zero point of 0) needs no instruction.
+    let (clamp_lo, clamp_hi) = (epi.lo > 0, epi.hi < 255);
+    let clamp_bytes = |v: __m512i| {
+        let v = if clamp_lo { _mm512_max_epu8(v, lo8) } else { v };
+        if clamp_hi {
+            _mm512_min_epu8(v, hi8)
+        } else {
+            v
+        }
+    };
     if P == 4 {
         // A pixel's 4 panels are its 64 consecutive output bytes, packed as the pairs below;
         // only the last panel's real channels are stored when it is partial.
@@ -355,7 +392,7 @@ unsafe fn tile<const R: usize, const P: usize>(
             let lo16 = _mm512_adds_epi16(_mm512_packs_epi32(*a.get_unchecked(0), *a.get_unchecked(1)), zp16);
             let hi16 = _mm512_adds_epi16(_mm512_packs_epi32(*a.get_unchecked(2), *a.get_unchecked(3)), zp16);
             let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(lo16, hi16));
-            let bytes = _mm512_min_epu8(_mm512_max_epu8(bytes, lo8), hi8);
+            let bytes = clamp_bytes(bytes);
             // SAFETY: the tile's channels of pixel `PIXEL` are these (masked) 64 bytes.
             _mm512_mask_storeu_epi8(out.add(PIXEL * ostride).cast(), mask, bytes);
         });
@@ -371,7 +408,7 @@ unsafe fn tile<const R: usize, const P: usize>(
                 let a16 = _mm512_adds_epi16(_mm512_packs_epi32(*a.get_unchecked(0), *a.get_unchecked(1)), zp16);
                 let b16 = _mm512_adds_epi16(_mm512_packs_epi32(*b.get_unchecked(0), *b.get_unchecked(1)), zp16);
                 let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(a16, b16));
-                let bytes = _mm512_min_epu8(_mm512_max_epu8(bytes, lo8), hi8);
+                let bytes = clamp_bytes(bytes);
                 // SAFETY: the tile's 32 channels of pixel `PIXEL` (and `PIXEL + 1`), masked to
                 // the real ones on the last panel.
                 _mm256_mask_storeu_epi8(out.add(PIXEL * ostride).cast(), mask, _mm512_castsi512_si256(bytes));
@@ -394,7 +431,7 @@ unsafe fn tile<const R: usize, const P: usize>(
                 let a16 = _mm512_adds_epi16(_mm512_packs_epi32(*a.get_unchecked(0), *a.get_unchecked(1)), zp16);
                 let b16 = _mm512_adds_epi16(_mm512_packs_epi32(*b.get_unchecked(0), *b.get_unchecked(1)), zp16);
                 let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(a16, b16));
-                let bytes = _mm512_min_epu8(_mm512_max_epu8(bytes, lo8), hi8);
+                let bytes = clamp_bytes(bytes);
                 // SAFETY: pixels `PIXEL` and `PIXEL + 1` are the 64 bytes from here.
                 _mm512_storeu_si512(out.add(PIXEL * ostride).cast(), bytes);
             }
