@@ -5,7 +5,10 @@
 //! `cargo xtask bench conv [--json FILE]` (or `cargo run --release -p qkernels --example
 //! bench_conv -- [--json FILE] [--threads 1,2] [--filter NAME]`). Prints a table; with
 //! `--json FILE` appends one JSON line per measurement:
-//! `{"suite":"conv","name":..,"n":..,"c_in":..,"h":..,"w":..,"c_out":..,"kh":..,"kw":..,"stride":..,"groups":..,"threads":..,"path":..,"gops":..,"median_ns":..}`.
+//! `{"suite":"conv","name":..,"n":..,"c_in":..,"h":..,"w":..,"c_out":..,"kh":..,"kw":..,"stride":..,"groups":..,"threads":..,"path":..,"gops":..,"median_ns":..,"chain_gops":..}`.
+//! The `chain` column (and `chain_gops`) is the rate of a bare `vpdpbusd` stream measured right
+//! after each layer ([`qkernels::gemm::vnni_chain_gops`]): the layer's share of what the core
+//! can reach at that moment.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -193,8 +196,8 @@ fn main() {
     let x_q = ActQuant::new(0.02, 3).unwrap();
     let y_q = ActQuant::new(0.05, 7).unwrap();
     println!(
-        "{:<32} {:>5} {:>4} {:>5} {:>3} {:>2} {:>5} {:>3} {:<18} {:>10} {:>8}",
-        "layer", "c_in", "hw", "c_out", "k", "s", "g", "thr", "path", "ms", "GOP/s"
+        "{:<32} {:>5} {:>4} {:>5} {:>3} {:>2} {:>5} {:>3} {:<18} {:>10} {:>8} {:>7}",
+        "layer", "c_in", "hw", "c_out", "k", "s", "g", "thr", "path", "ms", "GOP/s", "chain"
     );
     // `--layer C_IN,HW,C_OUT,K,STRIDE[,GROUPS]` times one custom layer instead of the suite.
     let custom = arg("--layer").map(|spec| {
@@ -319,8 +322,11 @@ fn main() {
             let mut y = vec![0u8; ys.len()];
             let ns = pool.install(|| median_ns(best, flush, || run(&mut y)));
             let gops = 2.0 * macs / ns;
+            // The bare `vpdpbusd` rate right after the layer, on the same core and clock.
+            let chain = qkernels::gemm::vnni_chain_gops();
+            let share = chain.map_or("-".to_string(), |c| format!("{:.0} %", 100.0 * gops / c));
             println!(
-                "{:<32} {:>5} {:>4} {:>5} {:>3} {:>2} {:>5} {:>3} {:<18} {:>10.3} {:>8.1}",
+                "{:<32} {:>5} {:>4} {:>5} {:>3} {:>2} {:>5} {:>3} {:<18} {:>10.3} {:>8.1} {:>7}",
                 l.name,
                 l.c_in,
                 l.hw,
@@ -331,13 +337,27 @@ fn main() {
                 t,
                 path,
                 ns / 1e6,
-                gops
+                gops,
+                share
             );
             if let Some(f) = json.as_mut() {
                 writeln!(
                     f,
-                    r#"{{"suite":"conv","name":"{}","n":1,"c_in":{},"h":{},"w":{},"c_out":{},"kh":{},"kw":{},"stride":{},"groups":{},"threads":{},"path":"{}","gops":{:.3},"median_ns":{:.0}}}"#,
-                    l.name, l.c_in, l.hw, l.hw, l.c_out, l.k, l.k, l.stride, l.groups, t, path, gops, ns
+                    r#"{{"suite":"conv","name":"{}","n":1,"c_in":{},"h":{},"w":{},"c_out":{},"kh":{},"kw":{},"stride":{},"groups":{},"threads":{},"path":"{}","gops":{:.3},"median_ns":{:.0},"chain_gops":{}}}"#,
+                    l.name,
+                    l.c_in,
+                    l.hw,
+                    l.hw,
+                    l.c_out,
+                    l.k,
+                    l.k,
+                    l.stride,
+                    l.groups,
+                    t,
+                    path,
+                    gops,
+                    ns,
+                    chain.map_or("null".to_string(), |c| format!("{c:.1}"))
                 )
                 .unwrap();
             }

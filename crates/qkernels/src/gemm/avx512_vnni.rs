@@ -370,3 +370,37 @@ pub(crate) unsafe fn finish_row_avx512(plan: &EpiloguePlan, i: usize, j0: usize,
         jj += lanes;
     }
 }
+
+/// `steps` rounds of 16 `vpdpbusd zmm` on 16 independent accumulators, from registers only: the
+/// instruction's throughput on this core with nothing else in the way, the ceiling of every
+/// u8 x s8 kernel here (see [`super::vnni_chain_gops`]).
+///
+/// # Safety
+/// The CPU supports AVX-512 F and VNNI.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(crate) unsafe fn dot_chain(steps: u64) {
+    // SAFETY: registers only (every one written is declared clobbered); the loop counter
+    // reaches zero after `steps.max(1)` rounds.
+    unsafe {
+        std::arch::asm!(
+            "vpxord zmm0, zmm0, zmm0",
+            "2:",
+            "vpdpbusd zmm1, zmm0, zmm0", "vpdpbusd zmm2, zmm0, zmm0",
+            "vpdpbusd zmm3, zmm0, zmm0", "vpdpbusd zmm4, zmm0, zmm0",
+            "vpdpbusd zmm5, zmm0, zmm0", "vpdpbusd zmm6, zmm0, zmm0",
+            "vpdpbusd zmm7, zmm0, zmm0", "vpdpbusd zmm8, zmm0, zmm0",
+            "vpdpbusd zmm9, zmm0, zmm0", "vpdpbusd zmm10, zmm0, zmm0",
+            "vpdpbusd zmm11, zmm0, zmm0", "vpdpbusd zmm12, zmm0, zmm0",
+            "vpdpbusd zmm13, zmm0, zmm0", "vpdpbusd zmm14, zmm0, zmm0",
+            "vpdpbusd zmm15, zmm0, zmm0", "vpdpbusd zmm16, zmm0, zmm0",
+            "dec {n}",
+            "jnz 2b",
+            n = inout(reg) steps.max(1) => _,
+            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+            out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+            out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _, out("zmm14") _,
+            out("zmm15") _, out("zmm16") _,
+            options(nostack, nomem),
+        );
+    }
+}

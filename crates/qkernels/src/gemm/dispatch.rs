@@ -150,4 +150,13 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn the_vnni_chain_rate_is_measured_exactly_where_the_path_exists() {
+        let rate = super::super::vnni_chain_gops();
+        assert_eq!(rate.is_some(), KernelPath::Avx512Vnni.is_available());
+        if let Some(gops) = rate {
+            assert!(gops.is_finite() && gops > 0.0, "{gops}");
+        }
+    }
 }
