@@ -69,9 +69,12 @@ pub fn run(args: Args) -> Result<(), CliError> {
         if args.interleave {
             let (graph, x) = qapi::benchmark::cnn_input(&args.model, mode)?;
             let ready = serde_json::json!({"ready": true, "model": args.model, "mode": mode});
-            return interleave(&ready, args.threads, || {
-                graph.run(x.clone()).map(|_| ()).map_err(CliError::from)
-            });
+            return interleave(
+                &ready,
+                args.threads,
+                || x.clone(),
+                |x| graph.run(x).map(|_| ()).map_err(CliError::from),
+            );
         }
         let row = qapi::benchmark::bench_cnn(&args.model, mode, args.threads, args.reps)?;
         return emit(&row.json(), args.json.as_deref());
@@ -100,9 +103,12 @@ pub fn run(args: Args) -> Result<(), CliError> {
         let ready = serde_json::json!({
             "ready": true, "model": args.model, "mode": mode, "source": model.source,
         });
-        return interleave(&ready, args.threads, || {
-            last_hidden_state(&graph, &enc).map(|_| ()).map_err(CliError::from)
-        });
+        return interleave(
+            &ready,
+            args.threads,
+            || (),
+            |()| last_hidden_state(&graph, &enc).map(|_| ()).map_err(CliError::from),
+        );
     }
     let ms = with_threads(args.threads, || {
         median_ms(3, args.reps, || {
@@ -118,14 +124,16 @@ pub fn run(args: Args) -> Result<(), CliError> {
 }
 
 /// Serves timings on request: prints `ready`, then for each stdin line holding a count `N`
-/// runs `f` `N` times on `threads` threads and prints `{"times_ms":[..]}` (one entry per
-/// run); an empty line is skipped, anything else is an error. Returns when stdin closes.
-fn interleave(
+/// runs `f` `N` times on `threads` threads, each on an input `setup` makes before the clock
+/// starts, and prints `{"times_ms":[..]}` (one entry per run); an empty line is skipped,
+/// anything else is an error. Returns when stdin closes.
+fn interleave<I>(
     ready: &serde_json::Value,
     threads: usize,
-    f: impl FnMut() -> Result<(), CliError> + Send,
+    setup: impl FnMut() -> I + Send,
+    f: impl FnMut(I) -> Result<(), CliError> + Send,
 ) -> Result<(), CliError> {
-    let mut f = f;
+    let (mut setup, mut f) = (setup, f);
     println!("{ready}");
     std::io::stdout()
         .flush()
@@ -142,8 +150,9 @@ fn interleave(
                 .map_err(|_| CliError::Usage(format!("--interleave reads run counts, one per line; got `{line}`")))?;
             let mut times = Vec::with_capacity(n);
             for _ in 0..n {
+                let input = setup();
                 let t = std::time::Instant::now();
-                f()?;
+                f(input)?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
             println!("{}", serde_json::json!({ "times_ms": times }));

@@ -141,7 +141,7 @@ fn transformer_row() -> Result<Row, CliError> {
 /// ResNet18 (seeded random weights) statically quantized: latency, size, and how close the
 /// int8 logits stay to fp32.
 fn static_row() -> Result<Row, CliError> {
-    use qapi::benchmark::{cnn, median_ms as median, normal, static_int8, with_threads as threads};
+    use qapi::benchmark::{cnn, median_ms_on as median, normal, static_int8, with_threads as threads};
     let name = "resnet18";
     let (fp32, shape) = cnn(name, 1)?;
     let int8 = static_int8(&fp32, &shape, &qapi::QConfigMap::qforge(), 4)?;
@@ -150,7 +150,14 @@ fn static_row() -> Result<Row, CliError> {
         normal(shape.iter().product(), 3),
     )?)];
     let (t32, t8) = threads(1, || -> qapi::Result<(f64, f64)> {
-        let time = |g: &qgraph::Graph| median(|| g.run(x.clone()).map(|_| ()).map_err(qapi::ApiError::from), 1, 5);
+        let time = |g: &qgraph::Graph| {
+            median(
+                || x.clone(),
+                |x| g.run(x).map(|_| ()).map_err(qapi::ApiError::from),
+                1,
+                5,
+            )
+        };
         Ok((time(&fp32)?, time(&int8)?))
     })??;
     let out = |g: &qgraph::Graph| -> Result<Vec<f32>, CliError> {
