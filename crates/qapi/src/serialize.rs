@@ -261,7 +261,7 @@ fn save_custom(node: &Node, op: &dyn CustomOp, tensors: &mut BTreeMap<String, St
             json!({"geometry": geometry, "output": act_json(c.output), "activation": fused_name(c.activation),
                 "exact": c.conv.arithmetic() == ConvArithmetic::Exact, "concat": c.concat.map(act_json),
                 "dequantize": c.dequantize, "residual": c.residual.map(|add| json!({"output": act_json(add.output),
-                    "relu": add.relu, "conv_first": add.conv_first}))}),
+                    "relu": add.relu, "conv_first": add.conv_first})), "pool": c.pool.as_ref().map(pool_json)}),
         )
     } else if let Some(c) = any.downcast_ref::<QConvTranspose2d>() {
         let g = c.conv.geometry();
@@ -455,6 +455,11 @@ fn load_custom(kind: &str, attrs: &Json, ctx: &LoadContext<'_>) -> Result<Arc<dy
                             .as_bool()
                             .ok_or_else(|| corrupt(format!("`{}`: residual add without `conv_first`", ctx.name)))?,
                     }),
+                },
+                // Files written before the fusion existed have no pool.
+                pool: match &attrs["pool"] {
+                    Json::Null => None,
+                    p => Some(pool_from(p)?),
                 },
             })
         }

@@ -456,3 +456,70 @@ fn dequantize_after_the_head_convolution_is_fused_into_it_exactly() {
     let err = q.run(bad).unwrap_err().to_string();
     assert!(err.contains("inf") && err.contains("not finite"), "{err}");
 }
+
+/// Max pools that alone feed a padded convolution (2x2, and 3x3 stride 2 with padding): convert
+/// folds each into its convolution, the report says so, each convolution's output has the bytes
+/// of the separate pooling and convolution on the values it read, and a save and load keeps the
+/// fusion and the outputs.
+#[test]
+fn max_pool_read_by_a_convolution_is_fused_into_it_exactly() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[2, 3, 16, 16]);
+    let c1 = b.conv2d("c1", x, Conv2dAttrs::new(3, 8, 3).padding(1));
+    let r1 = b.relu("c1.relu", c1);
+    let p1 = b.max_pool2d("pool1", r1, Pool2dAttrs::new(2, 2, 0));
+    let c2 = b.conv2d("c2", p1, Conv2dAttrs::new(8, 16, 3).padding(1));
+    let r2 = b.relu("c2.relu", c2);
+    let p2 = b.max_pool2d("pool2", r2, Pool2dAttrs::new(3, 2, 1));
+    let c3 = b.conv2d("c3", p2, Conv2dAttrs::new(16, 8, 3).padding(1));
+    let r3 = b.relu("c3.relu", c3);
+    let head = b.conv2d("head", r3, Conv2dAttrs::new(8, 4, 1));
+    b.output(head);
+    let mut g = b.build().unwrap();
+    randomize(&mut g, 5);
+    let (q, report) = quantized(&g, &QConfigMap::qforge());
+    let kinds: Vec<String> = q.nodes().iter().map(|n| n.op.display_name()).collect();
+    assert!(!kinds.iter().any(|k| k == "QuantizedMaxPool2d"), "{kinds:?}");
+    let mut values: HashMap<String, Value> = HashMap::new();
+    q.run_with(input(6), |node, value| {
+        values.insert(node.name.clone(), value.clone());
+        Ok(())
+    })
+    .unwrap();
+    for (pool, conv_name) in [("pool1", "c2"), ("pool2", "c3")] {
+        match &report.node(pool).unwrap().status {
+            NodeStatus::Quantized { detail } => {
+                assert!(detail.contains(&format!("fused into `{conv_name}`")), "{detail}")
+            }
+            other => panic!("{pool} should be quantized, got {other:?}"),
+        }
+        let node = q.nodes().iter().find(|n| n.name.starts_with(conv_name)).unwrap();
+        let Op::Custom(op) = &node.op else {
+            panic!("{conv_name} is not quantized")
+        };
+        let conv = op.as_any().downcast_ref::<QConv2d>().unwrap();
+        let window = conv.pool.expect("the convolution pools its input");
+        // The node reads the pooling's input; its output is the pooling then the convolution.
+        let (x_bytes, xs, x_q) = quant_parts(&values[&q.nodes()[node.inputs[0].0].name]);
+        let (p, ps) = qkernels::eltwise::max_pool2d(&x_bytes, xs, &window).unwrap();
+        let (y, ys) = conv.conv.forward(&p, ps, x_q, conv.output, conv.activation).unwrap();
+        let (got, got_shape, got_q) = quant_parts(&values[&node.name]);
+        assert_eq!((got_shape, got_q), (ys, conv.output));
+        assert_eq!(got, y, "{conv_name}");
+    }
+    let path = std::env::temp_dir().join(format!("qforge-pool-fused-{}.qforge", std::process::id()));
+    qapi::save_graph(&q, &path).unwrap();
+    let loaded = qapi::load_graph(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+    let fused = |g: &Graph| {
+        g.nodes()
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Custom(op) => op.as_any().downcast_ref::<QConv2d>().and_then(|c| c.pool),
+                _ => None,
+            })
+            .count()
+    };
+    assert_eq!((fused(&q), fused(&loaded)), (2, 2));
+    assert_eq!(bits(&run(&loaded, input(6))), bits(&run(&q, input(6))));
+}

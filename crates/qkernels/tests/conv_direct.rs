@@ -236,3 +236,55 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// `forward_pooled` / `run_pooled` (each pooled row made inside the row copies, or the
+    /// pooling stored first where the layer reads in place) equal `max_pool2d` on the portable
+    /// path followed by the reference convolution: pooling windows with strides, padding,
+    /// dilation and ceil mode, on 1, 2 and 3 threads; a window larger than the input is an error
+    /// on both.
+    #[test]
+    fn pooled_conv_matches_pool_then_reference(
+        c_in in prop_oneof![Just(32usize), 1usize..20], c_out in 1usize..70, k in 1usize..4, pad in 0usize..2,
+        pk in 1usize..4, ps in 1usize..3, ppad in 0usize..2, pdil in 1usize..3, ceil in any::<bool>(),
+        h in 1usize..14, w in 1usize..30, n in 1usize..3, act in 0u8..3, seed in any::<u64>(),
+    ) {
+        use qkernels::eltwise::{max_pool2d_on, EltwisePath, Pool2d};
+        let g = Conv2dGeometry::new(c_in, c_out, (k, k)).with_padding(pad, pad);
+        let pool = Pool2d::new(pk, pk).with_stride(ps, ps).with_padding(ppad.min(pk / 2), ppad.min(pk / 2))
+            .with_dilation(pdil, pdil).with_ceil_mode(ceil);
+        let mut s = seed | 1;
+        let mut rnd = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+        let wts: Vec<i8> = (0..c_out * g.depth()).map(|_| rnd() as i8).collect();
+        let wq = ConvWeightQuant::per_channel((0..c_out).map(|i| 0.0005 + i as f32 * 1e-5).collect(), vec![0; c_out]).unwrap();
+        let conv = PackedConv2d::new(g, &wts, wq, Some((0..c_out).map(|i| i as f32 * 0.01).collect())).unwrap();
+        let (x_q, y_q) = (ActQuant::new(0.05, 17).unwrap(), ActQuant::new(0.04, 3).unwrap());
+        let activation = [FusedActivation::None, FusedActivation::Relu, FusedActivation::Relu6][act as usize];
+        let xs = NhwcShape::new(n, h, w, c_in);
+        let x: Vec<u8> = (0..xs.len()).map(|_| rnd() as u8).collect();
+        let pooled = max_pool2d_on(EltwisePath::Portable, &x, xs, &pool);
+        let expected = pooled.and_then(|(p, pshape)| {
+            let ys = conv.output_shape(pshape)?;
+            let mut y = vec![0u8; ys.len()];
+            conv.run_with(ConvPath::Reference, &p, pshape, x_q, y_q, activation, &mut y)?;
+            Ok((y, ys))
+        });
+        for threads in [1, 2, 3] {
+            let tp = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let got = tp.install(|| conv.forward_pooled(&x, xs, &pool, x_q, y_q, activation));
+            match (&expected, got) {
+                (Ok((want, ys)), Ok((y, shape))) => {
+                    prop_assert_eq!(shape, *ys);
+                    prop_assert_eq!(&y, want, "{:?} {:?} on {} threads (fused: {})", g, pool, threads, conv.fuses_concat());
+                    let mut y2 = vec![0u8; ys.len()];
+                    tp.install(|| conv.run_pooled(&x, xs, &pool, x_q, y_q, activation, &mut y2)).unwrap();
+                    prop_assert_eq!(&y2, want);
+                }
+                (Err(_), Err(_)) => {}
+                (want, got) => prop_assert!(false, "reference {:?}, pooled {:?}", want.as_ref().map(|w| w.1), got.map(|g| g.1)),
+            }
+        }
+    }
+}

@@ -23,6 +23,13 @@
 //! Cat's observed parameters while it copies its padded input rows, so the concatenated tensor
 //! is never stored. The integers are those of the separate Cat and Conv2d.
 //!
+//! Likewise a MaxPool2d whose only reader is a quantized Conv2d that absorbs nothing else (the
+//! pooling between UNet's encoder blocks) is fused into it: the convolution takes the pooling's
+//! input and makes each pooled row as it copies its padded input rows (`QConv2d::pool`,
+//! `PackedConv2d::forward_pooled`), so the pooling's reads overlap the convolution's arithmetic
+//! and the pooled tensor is never stored. A max pool keeps its input's parameters, so the
+//! integers are those of the separate MaxPool2d and Conv2d.
+//!
 //! A quantized Conv2d that is a graph output and read by no node (a segmentation head) absorbs
 //! the dequantize node its output would get: it hands back NCHW f32 itself
 //! (`QConv2d::dequantize`), through a kernel that dequantizes from its accumulators where the
@@ -41,7 +48,7 @@
 
 mod qops;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::IsTerminal;
 use std::sync::Arc;
 
@@ -238,6 +245,24 @@ fn fuse_cat_conv(graph: &Graph, plans: &[Plan]) -> BTreeMap<usize, usize> {
                 && matches!(nodes[r].op, Op::Conv2d(_))
                 && matches!(plans[r], Plan::Anchor(_))
                 && nodes[r].inputs == [NodeId(i)]
+        })
+        .map(|(i, r)| (r, i))
+        .collect()
+}
+
+/// Each quantized MaxPool2d that a quantized Conv2d alone reads (not a graph output), when that
+/// convolution absorbs nothing else: conv index -> pool index. The convolution then pools the
+/// pool's input itself (`QConv2d::pool`), with the same integers as the separate pooling.
+fn fuse_pool_conv(graph: &Graph, plans: &[Plan], taken: &BTreeSet<usize>) -> BTreeMap<usize, usize> {
+    let nodes = graph.nodes();
+    sole_readers(graph)
+        .filter(|&(i, r)| {
+            matches!(nodes[i].op, Op::MaxPool2d(_))
+                && matches!(plans[i], Plan::Pass)
+                && matches!(nodes[r].op, Op::Conv2d(_))
+                && matches!(plans[r], Plan::Anchor(_))
+                && nodes[r].inputs == [NodeId(i)]
+                && !taken.contains(&r)
         })
         .map(|(i, r)| (r, i))
         .collect()
@@ -570,6 +595,15 @@ impl<'a> Converter<'a> {
             BTreeMap::new()
         };
         let add_reader: BTreeMap<usize, usize> = fused_add.iter().map(|(&add, &(conv, _))| (conv, add)).collect();
+        // Convolutions that already absorb a neighbour keep it alone.
+        let taken: BTreeSet<usize> = fused_cat
+            .keys()
+            .chain(add_reader.keys())
+            .chain(&fused_dequantize)
+            .copied()
+            .collect();
+        let fused_pool = fuse_pool_conv(graph, &self.prepared.plans, &taken);
+        let pool_reader: BTreeMap<usize, usize> = fused_pool.iter().map(|(&conv, &pool)| (pool, conv)).collect();
         // Fused convolutions waiting for their Add (whose other operand may come later): the op
         // and the convolution's inputs, by Add index.
         let mut pending: BTreeMap<usize, (Arc<dyn CustomOp>, Vec<NodeId>)> = BTreeMap::new();
@@ -595,6 +629,24 @@ impl<'a> Converter<'a> {
                         detail: format!(
                             "fused into `{}`, which adds its output rows to the other operand as it writes them \
                              ({kind}); out scale {:.6e}, zero point {}",
+                            graph.nodes()[conv].name,
+                            q.scale,
+                            q.zero_point
+                        ),
+                    },
+                });
+                continue;
+            }
+            if let Some(&conv) = pool_reader.get(&i) {
+                // The convolution reading this pooling takes its input and pools it.
+                let q = self.quantized(node.inputs[0].0)?.1;
+                self.report.push(NodeReport {
+                    name: node.name.clone(),
+                    op: display,
+                    status: NodeStatus::Quantized {
+                        detail: format!(
+                            "fused into `{}`, which pools its input rows as it reads them; scale {:.6e}, zero point \
+                             {} (its input's)",
                             graph.nodes()[conv].name,
                             q.scale,
                             q.zero_point
@@ -649,10 +701,12 @@ impl<'a> Converter<'a> {
                 }
                 plan @ (Plan::Anchor(_) | Plan::Pass) => {
                     let concat = fused_cat.get(&i).map(|&cat| self.act[&cat]);
-                    let read = match fused_cat.get(&i) {
-                        Some(&cat) => &graph.nodes()[cat].inputs,
-                        None => &node.inputs,
+                    let read = match (fused_cat.get(&i), fused_pool.get(&i)) {
+                        (Some(&cat), _) => &graph.nodes()[cat].inputs,
+                        (None, Some(&pool)) => &graph.nodes()[pool].inputs,
+                        (None, None) => &node.inputs,
                     };
+                    let pool = fused_pool.get(&i).map(|&p| pool_of(&graph.nodes()[p]));
                     let mut inputs = Vec::with_capacity(read.len());
                     let mut in_q = Vec::with_capacity(read.len());
                     for j in read {
@@ -680,6 +734,7 @@ impl<'a> Converter<'a> {
                                 concat,
                                 dequantize,
                                 residual: residual.map(|(_, r)| r),
+                                pool: pool.flatten(),
                             };
                             let (op, detail) =
                                 build_anchor(node, &cfg, &in_q, out, self.weights.get(&node.name), fusion)?;
@@ -804,6 +859,8 @@ struct AnchorFusion {
     dequantize: bool,
     /// A Conv2d applies the Add that alone reads its output.
     residual: Option<FusedAdd>,
+    /// A Conv2d reads the max pooling that alone feeds it, pooling its input rows itself.
+    pool: Option<Pool2d>,
 }
 
 fn build_anchor(
@@ -819,6 +876,7 @@ fn build_anchor(
         concat,
         dequantize,
         residual,
+        pool,
     } = fusion;
     Ok(match &node.op {
         Op::Conv2d(a) => {
@@ -850,10 +908,16 @@ fn build_anchor(
                 concat,
                 dequantize,
                 residual,
+                pool,
             };
             let detail = match concat {
                 Some(_) => format!("{detail}; reads the concatenation of its inputs (fused cat)"),
                 None => detail,
+            };
+            let detail = match (&pool, op.conv.fuses_concat()) {
+                (Some(_), true) => format!("{detail}; reads the max pooling of its input, made row by row as it copies its input rows (fused max_pool2d)"),
+                (Some(_), false) => format!("{detail}; pools its input first (fused max_pool2d, stored on this path)"),
+                (None, _) => detail,
             };
             let detail = if dequantize {
                 let how = if op.conv.dequantizes_in_kernel() {
@@ -973,12 +1037,23 @@ fn build_anchor(
     })
 }
 
+/// The window of a pooling node's attributes.
+fn pool_window(p: &qgraph::Pool2dAttrs) -> Pool2d {
+    Pool2d::new(p.kernel[0], p.kernel[1])
+        .with_stride(p.stride[0], p.stride[1])
+        .with_padding(p.padding[0], p.padding[1])
+}
+
+/// The window of a MaxPool2d node (`None` for other ops).
+fn pool_of(node: &Node) -> Option<Pool2d> {
+    match &node.op {
+        Op::MaxPool2d(p) => Some(pool_window(p)),
+        _ => None,
+    }
+}
+
 fn build_pass(node: &Node) -> Result<Arc<dyn CustomOp>> {
-    let pool = |p: &qgraph::Pool2dAttrs| {
-        Pool2d::new(p.kernel[0], p.kernel[1])
-            .with_stride(p.stride[0], p.stride[1])
-            .with_padding(p.padding[0], p.padding[1])
-    };
+    let pool = pool_window;
     let op = match &node.op {
         Op::MaxPool2d(p) => Passthrough::MaxPool(pool(p)),
         Op::AvgPool2d(p) => Passthrough::AvgPool {
@@ -1028,7 +1103,7 @@ pub fn supported_ops() -> Vec<(OpKind, &'static str)> {
         (Tanh, "256-entry lookup table"),
         (Silu, "256-entry lookup table"),
         (Gelu, "256-entry lookup table"),
-        (MaxPool2d, "int8, keeps input parameters"),
+        (MaxPool2d, "int8, keeps input parameters; fused into a Conv2d that alone reads it"),
         (AvgPool2d, "int8, keeps input parameters"),
         (AdaptiveAvgPool2d, "int8, keeps input parameters"),
         (Relu, "int8 clamp, keeps input parameters"),

@@ -184,6 +184,10 @@ pub struct QConv2d {
     /// output is the add's, the bytes of the convolution (requantized to `output`) followed by
     /// [`QBinary`].
     pub residual: Option<FusedAdd>,
+    /// A max pooling that alone feeds this convolution, fused into it
+    /// (`PackedConv2d::forward_pooled`): the node's input is the pooling's, and each pooled row is
+    /// made as the kernel reads it (the pooling keeps its input's parameters).
+    pub pool: Option<Pool2d>,
 }
 
 /// The add of a [`QConv2d`] with a fused residual connection.
@@ -231,6 +235,13 @@ impl CustomOp for QConv2d {
             }
             return Ok(y);
         }
+        if let Some(pool) = &self.pool {
+            let [[n, c, h, w]] = inputs else {
+                return Err(format!("expected one NCHW input, got {inputs:?}"));
+            };
+            let (oh, ow) = pool.output_hw("max_pool2d", *h, *w).map_err(|e| e.to_string())?;
+            return conv_out_shape(&[*n, *c, oh, ow], &self.conv);
+        }
         match (inputs, self.concat) {
             ([x], None) => conv_out_shape(x, &self.conv),
             (_, Some(q)) => conv_out_shape(&QCat { output: q }.infer_shape(inputs)?, &self.conv),
@@ -239,11 +250,35 @@ impl CustomOp for QConv2d {
     }
     fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
         const OP: &str = "QuantizedConv2d";
+        if self.pool.is_some() && (self.dequantize || self.residual.is_some()) {
+            return Err(fail(
+                OP,
+                "a fused max pool with a fused dequantize or add is not supported; convert again",
+            ));
+        }
         if self.dequantize {
             return self.forward_dequantized(inputs);
         }
         if let Some(add) = self.residual {
             return self.forward_add(inputs, add);
+        }
+        if let Some(pool) = &self.pool {
+            if self.concat.is_some() {
+                return Err(fail(
+                    OP,
+                    "a fused max pool after a fused cat is not supported; convert again",
+                ));
+            }
+            let [x] = inputs else {
+                return Err(fail(OP, "expected one input"));
+            };
+            let (data, shape, xq) = quant_input(OP, x)?;
+            let xs = nhwc(OP, shape)?;
+            let (y, ys) = self
+                .conv
+                .forward_pooled(data, xs, pool, xq, self.output, self.activation)
+                .map_err(|e| fail(OP, e))?;
+            return quant_value(OP, nhwc_dims(ys), y, self.output);
         }
         let (y, ys) = match (inputs, self.concat) {
             (_, Some(x_q)) => {

@@ -32,6 +32,7 @@ use super::geometry::Conv2dGeometry;
 use super::requant::{ConvRequant, ConvWeightQuant};
 use super::NhwcShape;
 use crate::eltwise::cat::ConcatRows;
+use crate::eltwise::pool::PooledRows;
 use crate::Result;
 
 /// Output channels per packed panel (one zmm of i32 accumulators).
@@ -58,6 +59,8 @@ pub(crate) enum InputRows<'a> {
     Tensor(&'a [u8]),
     /// A channel concatenation, requantized into the padded row copies as they are made.
     Concat(&'a ConcatRows<'a>),
+    /// A max pooling, computed into the padded row copies as they are made.
+    Pooled(&'a PooledRows<'a>),
 }
 
 /// Work done on each finished output row while it is still in L1 (a fused residual add): called
@@ -205,10 +208,10 @@ impl DirectConv {
         finish: Option<&RowFinish<'_>>,
     ) -> Result<()> {
         let g = &self.geometry;
-        if matches!(x, InputRows::Concat(_)) && !self.needs_copy {
+        if !matches!(x, InputRows::Tensor(_)) && !self.needs_copy {
             return Err(crate::KernelError::Param {
                 op: "conv2d",
-                detail: format!("{g:?} reads its input in place, so a concatenation must be stored first"),
+                detail: format!("{g:?} reads its input in place, so a concatenation or pooling must be stored first"),
             });
         }
         let (oh_n, ow_n) = g.output_hw(xs.h, xs.w)?;
@@ -235,7 +238,7 @@ impl DirectConv {
         crate::team::for_each_item(threads, bands, &|(n, b, y_band)| {
             let x_img: &[u8] = match x {
                 InputRows::Tensor(x) => &x[n * image..(n + 1) * image],
-                InputRows::Concat(_) => &[],
+                InputRows::Concat(_) | InputRows::Pooled(_) => &[],
             };
             let oh0 = b * band;
             let mut runs = Vec::with_capacity(self.segments.len());
@@ -266,6 +269,7 @@ impl DirectConv {
                                 Some(ih) => match x {
                                     InputRows::Tensor(_) => dst.copy_from_slice(&x_img[ih * in_row..][..in_row]),
                                     InputRows::Concat(rows) => rows.write_init((n * xs.h + ih) * xs.w, dst),
+                                    InputRows::Pooled(rows) => rows.write_init(n, ih, dst),
                                 },
                                 None => dst.fill(zp),
                             }
@@ -296,6 +300,10 @@ impl DirectConv {
                                 for rows in parts.sources(p0, (end - first) * xs.w) {
                                     regions.push(rows.as_ptr().cast(), rows.len());
                                 }
+                            }
+                            InputRows::Pooled(pooled) => {
+                                let rows = pooled.source(n, first..end);
+                                regions.push(rows.as_ptr().cast(), rows.len());
                             }
                         }
                         regions

@@ -55,6 +55,7 @@ pub use transpose::PackedConvTranspose2d;
 
 use crate::eltwise::add_mul::InPlaceAdd;
 use crate::eltwise::cat::ConcatRows;
+use crate::eltwise::pool::{Pool2d, PooledRows};
 use crate::eltwise::{AddOperand, EltwisePath, FloatRule};
 use crate::gemm::{self, KernelPath};
 use crate::{KernelError, Result};
@@ -371,6 +372,71 @@ impl PackedConv2d {
         Ok((y, ys))
     }
 
+    /// Allocating form of [`PackedConv2d::run_pooled`]: returns the output and its shape.
+    pub fn forward_pooled(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        pool: &Pool2d,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+    ) -> Result<(Vec<u8>, NhwcShape)> {
+        if let Some(direct) = self.concat_kernel() {
+            let (rows, ps) = PooledRows::new(EltwisePath::best(), x, xs, *pool)?;
+            let ys = self.output_shape(ps)?;
+            let _span = tracing::debug_span!("conv2d_pooled", ?ps, c_out = self.geometry.c_out).entered();
+            return filled(ys, |y| {
+                self.run_direct(
+                    direct,
+                    direct::InputRows::Pooled(&rows),
+                    ps,
+                    x_q,
+                    y_q,
+                    activation,
+                    y,
+                    None,
+                )
+            });
+        }
+        let (p, ps) = crate::eltwise::max_pool2d(x, xs, pool)?;
+        self.forward(&p, ps, x_q, y_q, activation)
+    }
+
+    /// Convolves the max pooling of `x` by `pool` (which keeps `x`'s parameters `x_q`): the
+    /// same integers as [`crate::eltwise::max_pool2d`] then [`PackedConv2d::run`]. Where the
+    /// direct kernel copies its input rows (padded layers), each pooled row is computed into
+    /// its row copy and the pooled tensor is never stored; the pooling's reads then overlap the
+    /// convolution's arithmetic instead of making a pass of their own.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_pooled(
+        &self,
+        x: &[u8],
+        xs: NhwcShape,
+        pool: &Pool2d,
+        x_q: ActQuant,
+        y_q: ActQuant,
+        activation: FusedActivation,
+        y: &mut [u8],
+    ) -> Result<()> {
+        let Some(direct) = self.concat_kernel() else {
+            let (p, ps) = crate::eltwise::max_pool2d(x, xs, pool)?;
+            return self.run(&p, ps, x_q, y_q, activation, y);
+        };
+        let (rows, ps) = PooledRows::new(EltwisePath::best(), x, xs, *pool)?;
+        let _span = tracing::debug_span!("conv2d_pooled", ?ps, c_out = self.geometry.c_out).entered();
+        self.run_direct(
+            direct,
+            direct::InputRows::Pooled(&rows),
+            ps,
+            x_q,
+            y_q,
+            activation,
+            as_uninit(y),
+            None,
+        )
+    }
+
     /// The convolution followed by dequantization to NCHW `f32` (shape `(n, c_out, oh, ow)`):
     /// the bits of [`PackedConv2d::forward`] then [`nhwc_u8_to_nchw_f32`] with `y_q`. A 1x1
     /// convolution with at most 8 output channels (a segmentation head) runs on a kernel with
@@ -582,8 +648,9 @@ impl PackedConv2d {
         dc.run(rows, xs, x_q.zero_point, epi, y, finish)
     }
 
-    /// Whether [`PackedConv2d::run_concat`] builds the concatenation inside the kernel's row
-    /// copies on this CPU (otherwise it stores the concatenation first).
+    /// Whether [`PackedConv2d::run_concat`] (and [`PackedConv2d::run_pooled`]) builds the
+    /// concatenation (the pooling) inside the kernel's row copies on this CPU (otherwise it
+    /// stores it first).
     pub fn fuses_concat(&self) -> bool {
         self.concat_kernel().is_some()
     }

@@ -156,26 +156,89 @@ pub fn max_pool2d_on(path: EltwisePath, x: &[u8], xs: NhwcShape, pool: &Pool2d) 
         .collect();
     crate::team::for_each_item(rayon::current_num_threads(), bands, &|(n, first, rows)| {
         for (i, out) in rows.chunks_exact_mut(row_len).enumerate() {
-            let oh = first + i;
-            match path {
-                EltwisePath::Portable => max_pool_row_portable(x, xs, pool, n, oh, out),
-                // SAFETY: `path.check` confirmed the CPU features; `x` holds `xs`, and `out` is
-                // output row `(n, oh)` of `ys`, both as the kernels require.
-                #[cfg(target_arch = "x86_64")]
-                EltwisePath::Avx2 => unsafe { max_pool_row_avx2(x, xs, pool, n, oh, out) },
-                #[cfg(target_arch = "x86_64")]
-                EltwisePath::Avx512 | EltwisePath::Avx512Vbmi => unsafe {
-                    super::max_pool_avx512::max_pool_row(x, xs, pool, n, oh, out)
-                },
-                #[cfg(not(target_arch = "x86_64"))]
-                _ => max_pool_row_portable(x, xs, pool, n, oh, out),
-            }
+            max_pool_row_on(path, x, xs, pool, n, first + i, out);
         }
     });
     // SAFETY: the bands cover the first `ys.len()` bytes in whole rows, and every row kernel
     // stores each byte of its row (every pixel, every channel).
     unsafe { y.set_len(ys.len()) };
     Ok((y, ys))
+}
+
+/// Output row `(n, oh)` of a max pooling on `path` (checked by the caller), every byte stored.
+fn max_pool_row_on(
+    path: EltwisePath,
+    x: &[u8],
+    xs: NhwcShape,
+    pool: &Pool2d,
+    n: usize,
+    oh: usize,
+    out: &mut [MaybeUninit<u8>],
+) {
+    match path {
+        EltwisePath::Portable => max_pool_row_portable(x, xs, pool, n, oh, out),
+        // SAFETY: the caller's `path.check` confirmed the CPU features; `x` holds `xs`, and `out`
+        // is output row `(n, oh)` of the pooling, both as the kernels require.
+        #[cfg(target_arch = "x86_64")]
+        EltwisePath::Avx2 => unsafe { max_pool_row_avx2(x, xs, pool, n, oh, out) },
+        #[cfg(target_arch = "x86_64")]
+        EltwisePath::Avx512 | EltwisePath::Avx512Vbmi => unsafe {
+            super::max_pool_avx512::max_pool_row(x, xs, pool, n, oh, out)
+        },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => max_pool_row_portable(x, xs, pool, n, oh, out),
+    }
+}
+
+/// A max pooling produced a row at a time: a convolution reading a pooled tensor fills its
+/// padded input rows from it directly, so the pooled tensor is never stored (and the pooling's
+/// reads of its input overlap the convolution's arithmetic instead of making a pass of their
+/// own).
+#[derive(Debug)]
+pub(crate) struct PooledRows<'a> {
+    path: EltwisePath,
+    x: &'a [u8],
+    xs: NhwcShape,
+    pool: Pool2d,
+}
+
+impl<'a> PooledRows<'a> {
+    /// Checks `x` against `xs` and the window against the input; returns the source and the
+    /// pooled shape.
+    pub(crate) fn new(
+        path: EltwisePath,
+        x: &'a [u8],
+        xs: NhwcShape,
+        pool: Pool2d,
+    ) -> Result<(PooledRows<'a>, NhwcShape)> {
+        xs.check("max_pool2d", "input", x.len())?;
+        path.check("max_pool2d")?;
+        let (oh, ow) = pool.output_hw("max_pool2d", xs.h, xs.w)?;
+        Ok((PooledRows { path, x, xs, pool }, NhwcShape::new(xs.n, oh, ow, xs.c)))
+    }
+
+    /// Writes pooled row `oh` of image `n` into `out` (one row of the pooled shape).
+    pub(crate) fn write_init(&self, n: usize, oh: usize, out: &mut [u8]) {
+        // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the row kernels store only
+        // initialized bytes, so `out` stays initialized.
+        let out = unsafe { &mut *(out as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        max_pool_row_on(self.path, self.x, self.xs, &self.pool, n, oh, out);
+    }
+
+    /// The input bytes pooled rows `rows` of image `n` read (empty when none are left).
+    pub(crate) fn source(&self, n: usize, rows: std::ops::Range<usize>) -> &'a [u8] {
+        let (s, k) = (self.pool.stride.0, (self.pool.kernel.0 - 1) * self.pool.dilation.0 + 1);
+        let first = (rows.start * s).saturating_sub(self.pool.padding.0).min(self.xs.h);
+        let end = (rows.end.saturating_sub(1) * s + k)
+            .saturating_sub(self.pool.padding.0)
+            .clamp(first, self.xs.h);
+        let row = self.xs.w * self.xs.c;
+        let image = n * self.xs.h * row;
+        if rows.is_empty() {
+            return &[];
+        }
+        &self.x[image + first * row..image + end * row]
+    }
 }
 
 /// The window taps `k` in `0..kernel` whose input position `o * stride + k * dilation - padding`
