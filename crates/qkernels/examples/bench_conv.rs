@@ -6,9 +6,9 @@
 //! bench_conv -- [--json FILE] [--threads 1,2] [--filter NAME]`). Prints a table; with
 //! `--json FILE` appends one JSON line per measurement:
 //! `{"suite":"conv","name":..,"n":..,"c_in":..,"h":..,"w":..,"c_out":..,"kh":..,"kw":..,"stride":..,"groups":..,"threads":..,"path":..,"gops":..,"median_ns":..,"chain_gops":..}`.
-//! The `chain` column (and `chain_gops`) is the rate of a bare `vpdpbusd` stream measured right
-//! after each layer ([`qkernels::gemm::vnni_chain_gops`]): the layer's share of what the core
-//! can reach at that moment.
+//! `chain_gops` is the rate of a bare `vpdpbusd` stream on one core, measured right after each
+//! layer ([`qkernels::gemm::vnni_chain_gops`]); the `chain` column is the layer's share of that
+//! rate times its thread count: of what the cores it ran on can reach at that moment.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -322,9 +322,10 @@ fn main() {
             let mut y = vec![0u8; ys.len()];
             let ns = pool.install(|| median_ns(best, flush, || run(&mut y)));
             let gops = 2.0 * macs / ns;
-            // The bare `vpdpbusd` rate right after the layer, on the same core and clock.
+            // The bare `vpdpbusd` rate of one core right after the layer, at the same clock; the
+            // layer's share is of `t` such cores.
             let chain = qkernels::gemm::vnni_chain_gops();
-            let share = chain.map_or("-".to_string(), |c| format!("{:.0} %", 100.0 * gops / c));
+            let share = chain.map_or("-".to_string(), |c| format!("{:.0} %", 100.0 * gops / (c * t as f64)));
             println!(
                 "{:<32} {:>5} {:>4} {:>5} {:>3} {:>2} {:>5} {:>3} {:<18} {:>10.3} {:>8.1} {:>7}",
                 l.name,
