@@ -130,10 +130,9 @@ pub fn run(args: Args) -> Result<(), CliError> {
 fn interleave<I>(
     ready: &serde_json::Value,
     threads: usize,
-    setup: impl FnMut() -> I + Send,
-    f: impl FnMut(I) -> Result<(), CliError> + Send,
+    mut setup: impl FnMut() -> I + Send,
+    mut f: impl FnMut(I) -> Result<(), CliError> + Send,
 ) -> Result<(), CliError> {
-    let (mut setup, mut f) = (setup, f);
     println!("{ready}");
     std::io::stdout()
         .flush()

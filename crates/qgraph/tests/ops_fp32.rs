@@ -347,6 +347,51 @@ fn conv_transpose2d_matches_direct_loops() {
     }
 }
 
+/// The non-overlapping path keeps the transposed weight with the weight tensor: a second run
+/// reuses it, and a weight changed in place between runs is transposed again.
+#[test]
+fn conv_transpose2d_keeps_its_transposed_weight_until_the_weight_changes() {
+    let (c, co, h, wd) = (8, 6, 5, 4);
+    let attrs = ConvTranspose2dAttrs::new(c, co, 2).stride(2);
+    let x = t(
+        &[1, c, h, wd],
+        &(0..c * h * wd)
+            .map(|i| ((i * 7 % 23) as f32 - 11.0) / 10.0)
+            .collect::<Vec<_>>(),
+    );
+    let w0: Vec<f32> = (0..c * co * 4).map(|i| ((i * 13 % 29) as f32 - 14.0) / 20.0).collect();
+    let bias: Vec<f32> = (0..co).map(|i| i as f32 * 0.1).collect();
+    let mut b = GraphBuilder::new();
+    let input = b.input("x", &[1, c, h, wd]);
+    let y = b.node("up", Op::ConvTranspose2d(attrs.clone()), &[input]);
+    b.output(y);
+    let mut g = b.build().unwrap();
+    g.node_mut(y).params.insert("weight".into(), t(&[c, co, 2, 2], &w0));
+    g.node_mut(y).params.insert("bias".into(), t(&[co], &bias));
+    let once = |g: &qgraph::Graph| {
+        g.run(vec![Value::F32(x.clone())])
+            .unwrap()
+            .remove(0)
+            .into_f32()
+            .unwrap()
+    };
+    let want0 = conv_transpose_direct(&x, &w0, Some(&bias), &attrs);
+    close(&once(&g), &want0, 1e-4);
+    assert!(
+        g.node(y).params["weight"].has_derived(),
+        "the transposed weight is kept"
+    );
+    close(&once(&g), &want0, 1e-4);
+    let w1: Vec<f32> = w0.iter().map(|v| 0.5 - v).collect();
+    g.node_mut(y)
+        .params
+        .get_mut("weight")
+        .unwrap()
+        .data_mut()
+        .copy_from_slice(&w1);
+    close(&once(&g), &conv_transpose_direct(&x, &w1, Some(&bias), &attrs), 1e-4);
+}
+
 #[test]
 fn norms_and_embedding() {
     let bn = Op::BatchNorm(qgraph::BatchNormAttrs {

@@ -706,7 +706,7 @@ impl<'a> Converter<'a> {
                         (None, Some(&pool)) => &graph.nodes()[pool].inputs,
                         (None, None) => &node.inputs,
                     };
-                    let pool = fused_pool.get(&i).map(|&p| pool_of(&graph.nodes()[p]));
+                    let pool = fused_pool.get(&i).and_then(|&p| pool_of(&graph.nodes()[p]));
                     let mut inputs = Vec::with_capacity(read.len());
                     let mut in_q = Vec::with_capacity(read.len());
                     for j in read {
@@ -734,7 +734,7 @@ impl<'a> Converter<'a> {
                                 concat,
                                 dequantize,
                                 residual: residual.map(|(_, r)| r),
-                                pool: pool.flatten(),
+                                pool,
                             };
                             let (op, detail) =
                                 build_anchor(node, &cfg, &in_q, out, self.weights.get(&node.name), fusion)?;
@@ -1053,11 +1053,10 @@ fn pool_of(node: &Node) -> Option<Pool2d> {
 }
 
 fn build_pass(node: &Node) -> Result<Arc<dyn CustomOp>> {
-    let pool = pool_window;
     let op = match &node.op {
-        Op::MaxPool2d(p) => Passthrough::MaxPool(pool(p)),
+        Op::MaxPool2d(p) => Passthrough::MaxPool(pool_window(p)),
         Op::AvgPool2d(p) => Passthrough::AvgPool {
-            pool: pool(p),
+            pool: pool_window(p),
             count_include_pad: p.count_include_pad,
         },
         Op::AdaptiveAvgPool2d { output } => Passthrough::AdaptiveAvgPool {

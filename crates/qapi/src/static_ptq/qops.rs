@@ -250,10 +250,10 @@ impl CustomOp for QConv2d {
     }
     fn forward(&self, inputs: &[&Value]) -> qgraph::Result<Value> {
         const OP: &str = "QuantizedConv2d";
-        if self.pool.is_some() && (self.dequantize || self.residual.is_some()) {
+        if self.pool.is_some() && (self.dequantize || self.residual.is_some() || self.concat.is_some()) {
             return Err(fail(
                 OP,
-                "a fused max pool with a fused dequantize or add is not supported; convert again",
+                "a fused max pool with a fused cat, dequantize or add is not supported; convert again",
             ));
         }
         if self.dequantize {
@@ -263,12 +263,6 @@ impl CustomOp for QConv2d {
             return self.forward_add(inputs, add);
         }
         if let Some(pool) = &self.pool {
-            if self.concat.is_some() {
-                return Err(fail(
-                    OP,
-                    "a fused max pool after a fused cat is not supported; convert again",
-                ));
-            }
             let [x] = inputs else {
                 return Err(fail(OP, "expected one input"));
             };

@@ -430,7 +430,16 @@ pub fn conv_transpose2d(node: &Node, a: &ConvTranspose2dAttrs, x: &Tensor, out_s
     let [kh, kw] = a.kernel;
     let rows = og * kh * kw;
     if a.stride == a.kernel && a.padding == [0, 0] && a.dilation == [1, 1] && (oh, ow) == (h * kh, wd * kw) {
-        return Ok(Tensor::new(out_shape, conv_transpose2d_tiled(a, w, bias, x, o))?);
+        let weight = node.param("weight")?;
+        let kept = weight.derived(|w| TransposedGroups::new(a, w.data(), c, o));
+        // A weight read with other channel counts or groups (not this node's own) is transposed
+        // for this call only.
+        let y = if kept.layout == (c, o, g) {
+            conv_transpose2d_tiled(a, &kept, bias, x, o)
+        } else {
+            conv_transpose2d_tiled(a, &TransposedGroups::new(a, w, c, o), bias, x, o)
+        };
+        return Ok(Tensor::new(out_shape, y)?);
     }
     let mut cols = vec![0.0f32; rows * h * wd];
     let mut y = vec![0.0f32; n * o * oh * ow];
@@ -474,25 +483,51 @@ pub fn conv_transpose2d(node: &Node, a: &ConvTranspose2dAttrs, x: &Tensor, out_s
     Ok(Tensor::new(out_shape, y)?)
 }
 
+/// The weight of a ConvTranspose2d `[c, o / g, kh, kw]` as `W_g^T` per group (`[o/g * kh * kw,
+/// c/g]` row-major, groups in order): rows the AVX-512 product reads in place. Kept with the
+/// weight tensor ([`Tensor::derived`]), so it is built once, not per call.
+struct TransposedGroups {
+    /// `(c, o, groups)` it was built for.
+    layout: (usize, usize, usize),
+    data: Vec<f32>,
+}
+
+impl TransposedGroups {
+    fn new(a: &ConvTranspose2dAttrs, w: &[f32], c: usize, o: usize) -> TransposedGroups {
+        let g = a.groups;
+        let (cg, rows) = (c / g, o / g * a.kernel[0] * a.kernel[1]);
+        let data = (0..g)
+            .flat_map(|grp| {
+                let wg = &w[grp * cg * rows..(grp + 1) * cg * rows];
+                (0..rows).flat_map(move |r| (0..cg).map(move |ic| wg[ic * rows + r]))
+            })
+            .collect();
+        TransposedGroups {
+            layout: (c, o, g),
+            data,
+        }
+    }
+}
+
 /// The non-overlapping [`conv_transpose2d`]: input pixel `(iy, ix)` alone makes output pixels
 /// `(iy * kh + i, ix * kw + j)`, so a task takes a block of input rows of one (image, group),
-/// multiplies it by `W_g^T` (transposed once per call into rows the AVX-512 product reads in
-/// place) into a tile that stays in cache, and writes the block's `kh` output rows per input
-/// row of every output channel, bias and activation included.
-fn conv_transpose2d_tiled(a: &ConvTranspose2dAttrs, w: &[f32], bias: Option<&[f32]>, x: &Tensor, o: usize) -> Vec<f32> {
+/// multiplies it by `W_g^T` (`wt`, see [`TransposedGroups`]) into a tile that stays in cache,
+/// and writes the block's `kh` output rows per input row of every output channel, bias and
+/// activation included.
+fn conv_transpose2d_tiled(
+    a: &ConvTranspose2dAttrs,
+    wt: &TransposedGroups,
+    bias: Option<&[f32]>,
+    x: &Tensor,
+    o: usize,
+) -> Vec<f32> {
     let (n, c, h, wd) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
     let g = a.groups;
     let (cg, og) = (c / g, o / g);
     let [kh, kw] = a.kernel;
     let (taps, ow) = (kh * kw, wd * kw);
     let rows = og * taps;
-    // `W_g` is `[cg, rows]`; its transpose `[rows, cg]` per group.
-    let wt: Vec<f32> = (0..g)
-        .flat_map(|grp| {
-            let wg = &w[grp * cg * rows..(grp + 1) * cg * rows];
-            (0..rows).flat_map(move |r| (0..cg).map(move |ic| wg[ic * rows + r]))
-        })
-        .collect();
+    let wt = &wt.data;
     // Input rows per task: whole rows, at least 128 pixels, about 256 KiB of tile.
     let block_rows = (256 * 1024 / 4 / rows.max(1)).max(128).div_ceil(wd).min(h).max(1);
     let out_plane = h * kh * ow;

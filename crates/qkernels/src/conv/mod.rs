@@ -383,10 +383,10 @@ impl PackedConv2d {
         activation: FusedActivation,
     ) -> Result<(Vec<u8>, NhwcShape)> {
         if let Some(direct) = self.concat_kernel() {
-            let (oh, ow) = pool.output_hw("max_pool2d", xs.h, xs.w)?;
-            let ys = self.output_shape(NhwcShape::new(xs.n, oh, ow, xs.c))?;
+            let (rows, ps) = PooledRows::new(EltwisePath::best(), x, xs, *pool)?;
+            let ys = self.output_shape(ps)?;
             return filled(ys, |y| {
-                self.run_pooled_direct(direct, x, xs, pool, x_q, y_q, activation, y)
+                self.run_pooled_direct(direct, &rows, ps, x_q, y_q, activation, y)
             });
         }
         let (p, ps) = crate::eltwise::max_pool2d(x, xs, pool)?;
@@ -413,25 +413,25 @@ impl PackedConv2d {
             let (p, ps) = crate::eltwise::max_pool2d(x, xs, pool)?;
             return self.run(&p, ps, x_q, y_q, activation, y);
         };
-        self.run_pooled_direct(direct, x, xs, pool, x_q, y_q, activation, as_uninit(y))
+        let (rows, ps) = PooledRows::new(EltwisePath::best(), x, xs, *pool)?;
+        self.run_pooled_direct(direct, &rows, ps, x_q, y_q, activation, as_uninit(y))
     }
 
-    /// [`PackedConv2d::run_pooled`] on the direct kernel `dc` (this layer's, copying its rows).
+    /// [`PackedConv2d::run_pooled`] on the direct kernel `dc` (this layer's, copying its rows)
+    /// from the pooled `rows` of shape `ps`.
     #[allow(clippy::too_many_arguments)]
     fn run_pooled_direct(
         &self,
         dc: &direct::DirectConv,
-        x: &[u8],
-        xs: NhwcShape,
-        pool: &Pool2d,
+        rows: &PooledRows<'_>,
+        ps: NhwcShape,
         x_q: ActQuant,
         y_q: ActQuant,
         activation: FusedActivation,
         y: &mut [std::mem::MaybeUninit<u8>],
     ) -> Result<()> {
-        let (rows, ps) = PooledRows::new(EltwisePath::best(), x, xs, *pool)?;
         let _span = tracing::debug_span!("conv2d_pooled", ?ps, c_out = self.geometry.c_out).entered();
-        self.run_direct(dc, direct::InputRows::Pooled(&rows), ps, x_q, y_q, activation, y, None)
+        self.run_direct(dc, direct::InputRows::Pooled(rows), ps, x_q, y_q, activation, y, None)
     }
 
     /// The convolution followed by dequantization to NCHW `f32` (shape `(n, c_out, oh, ow)`):

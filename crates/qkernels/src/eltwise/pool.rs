@@ -227,6 +227,9 @@ impl<'a> PooledRows<'a> {
 
     /// The input bytes pooled rows `rows` of image `n` read (empty when none are left).
     pub(crate) fn source(&self, n: usize, rows: std::ops::Range<usize>) -> &'a [u8] {
+        if rows.is_empty() {
+            return &[];
+        }
         let (s, k) = (self.pool.stride.0, (self.pool.kernel.0 - 1) * self.pool.dilation.0 + 1);
         let first = (rows.start * s).saturating_sub(self.pool.padding.0).min(self.xs.h);
         let end = (rows.end.saturating_sub(1) * s + k)
@@ -234,9 +237,6 @@ impl<'a> PooledRows<'a> {
             .clamp(first, self.xs.h);
         let row = self.xs.w * self.xs.c;
         let image = n * self.xs.h * row;
-        if rows.is_empty() {
-            return &[];
-        }
         &self.x[image + first * row..image + end * row]
     }
 }
